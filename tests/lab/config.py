@@ -1,0 +1,49 @@
+"""Lab settings: one place for names, addresses and ports (keep in step with inventory/lab)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HF_REPO_ID = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
+VLLM_IMAGE = "avarok/dgx-vllm-nvfp4-kernel:v23"
+
+
+def log(msg: str) -> None:
+    """Print one lab progress line."""
+    print(f"[lab] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """Where the lab keeps its state and how its parts are addressed."""
+
+    state_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("SPARKLAB_DIR", "/var/lib/sparklab"))
+    )
+    network: str = "sparklab"
+    subnet: str = "172.29.78.0/24"
+    gateway: str = "172.29.78.1"
+    files_port: int = 38081
+    hub_port: int = 38082
+    registry_port: int = 35000
+    shard_size: int = int(os.environ.get("SPARKLAB_SHARD_SIZE", str(256 * 1024)))
+    host_prefix: str = "spark-sim"
+    host_label: str = "sparklab.host"
+    base_image: str = "sparklab/debian12"
+    sim_image: str = "sparklab/spark-sim"
+    vllm_standin_tag: str = "sparklab/vllm-standin"
+    toolkit_version: str = "1.19.0-1"
+
+    @property
+    def registry_push(self) -> str:
+        """Registry address as the outer engine pushes to it (loopback needs no TLS)."""
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def registry_mirror(self) -> str:
+        """Registry address as simulated hosts use it as their Docker Hub mirror."""
+        return f"http://{self.gateway}:{self.registry_port}"

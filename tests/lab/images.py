@@ -1,0 +1,156 @@
+"""Images of the lab, each built once and reused until its recipe changes.
+
+- ``sparklab/debian12``: Debian 12 from debootstrap (Debian mirror only), systemd as PID 1, python3.
+- ``sparklab/spark-sim``: the simulated DGX Spark host (see ``spark-sim/Dockerfile``).
+- ``sparklab/vllm-standin``: the stand-in for ``avarok/dgx-vllm-nvfp4-kernel:v23``
+  (``tests/standins/vllm_standin``); the lab pushes it to its registry under the production name.
+
+Each image is tagged with a hash of its recipe (the files it is built from and its base), so a
+changed recipe builds a new image and an unchanged one is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tests.lab.config import REPO_ROOT, LabConfig, log
+
+DEBIAN_MIRROR = os.environ.get("SPARKLAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBOOTSTRAP_ARGS = [
+    "--variant=minbase",
+    "--include=systemd,systemd-sysv,python3,dbus,ca-certificates",
+    "bookworm",
+]
+SIM_DIR = Path(__file__).parent / "spark-sim"
+NVIDIA_SMI = REPO_ROOT / "tests" / "standins" / "nvidia_smi_standin" / "nvidia-smi"
+VLLM_STANDIN_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin"
+EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+def _docker_env() -> dict[str, str]:
+    # The classic builder: the lab's engine may have no buildx, and the builds need no registry.
+    return dict(os.environ, DOCKER_BUILDKIT="0")
+
+
+def recipe_hash(parts: Iterable[str | Path]) -> str:
+    """Hash of strings and file contents (files in sorted order for directories)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
+            for f in files:
+                if "__pycache__" in f.parts:
+                    continue
+                digest.update(f.name.encode())
+                digest.update(f.read_bytes())
+        else:
+            digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+def image_exists(ref: str) -> bool:
+    """True when the engine holds an image by that reference."""
+    res = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, check=False)
+    return res.returncode == 0
+
+
+def _tag_latest(ref: str) -> None:
+    repo = ref.rsplit(":", 1)[0]
+    subprocess.run(["docker", "tag", ref, f"{repo}:latest"], check=True)
+
+
+def build_base(cfg: LabConfig) -> str:
+    """Debian 12 rootfs from debootstrap, imported as an image that boots systemd."""
+    ref = f"{cfg.base_image}:{recipe_hash([*DEBOOTSTRAP_ARGS, DEBIAN_MIRROR])}"
+    if image_exists(ref):
+        return ref
+    log(f"building {ref} with debootstrap (about a minute)")
+    work = cfg.state_dir / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(
+            ["debootstrap", *DEBOOTSTRAP_ARGS, str(rootfs), DEBIAN_MIRROR],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        (rootfs / "etc" / "machine-id").write_text("")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(
+            [
+                "docker", "import",
+                "-c", 'CMD ["/lib/systemd/systemd"]',
+                "-c", "ENV container=docker",
+                "-", ref,
+            ],
+            stdin=tar.stdout,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        if tar.wait() != 0:
+            raise SystemExit("tar of the debootstrap rootfs failed")
+    _tag_latest(ref)
+    return ref
+
+
+def _build(ref: str, context: Path, base: str) -> None:
+    subprocess.run(
+        ["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", ref, str(context)],
+        check=True,
+        env=_docker_env(),
+        stdout=subprocess.DEVNULL,
+    )
+    _tag_latest(ref)
+
+
+def build_spark_sim(cfg: LabConfig, base: str) -> str:
+    """The simulated DGX Spark host image."""
+    certs = sorted(EXTRA_CA_DIR.glob("*.crt")) if EXTRA_CA_DIR.is_dir() else []
+    ref = f"{cfg.sim_image}:{recipe_hash([base, SIM_DIR, NVIDIA_SMI, *certs])}"
+    if image_exists(ref):
+        return ref
+    log(f"building {ref} (Docker and the stand-in nvidia-smi on {base})")
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        shutil.copytree(SIM_DIR, ctx, dirs_exist_ok=True)
+        (ctx / "ca-certificates").mkdir()
+        for cert in certs:
+            shutil.copy(cert, ctx / "ca-certificates" / cert.name)
+        shutil.copy(NVIDIA_SMI, ctx / "nvidia-smi")
+        (ctx / "nvidia-smi-standin.json").write_text('{"driver_version": "580.95.05"}\n')
+        _build(ref, ctx, base)
+    return ref
+
+
+def build_vllm_standin(cfg: LabConfig, base: str) -> str:
+    """The stand-in for the vLLM image, built from tests/standins/vllm_standin."""
+    ref = f"{cfg.vllm_standin_tag}:{recipe_hash([base, VLLM_STANDIN_DIR])}"
+    if image_exists(ref):
+        return ref
+    log(f"building {ref} (stand-in for the vLLM image)")
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        shutil.copytree(VLLM_STANDIN_DIR, ctx, dirs_exist_ok=True, ignore=_ignore_pycache)
+        _build(ref, ctx, base)
+    return ref
+
+
+def _ignore_pycache(_dir: str, names: list[str]) -> list[str]:
+    return [n for n in names if n == "__pycache__"]
+
+
+def build_all(cfg: LabConfig) -> dict[str, str]:
+    """Build (or reuse) every lab image; returns their references."""
+    base = build_base(cfg)
+    return {
+        "base": base,
+        "spark_sim": build_spark_sim(cfg, base),
+        "vllm_standin": build_vllm_standin(cfg, base),
+    }

@@ -1,0 +1,217 @@
+"""The lab's network and the stand-in services the simulated hosts reach.
+
+All of them listen on the lab network's gateway address (the registry on all addresses, so that
+the outer engine can push to it over loopback):
+- a static file server: the stand-in NVIDIA apt repository (``/nvidia/``) and a wheelhouse of the
+  Python packages roles install on hosts (``/wheels/``), so hosts need no index at converge time;
+- the stand-in Hugging Face Hub (``tests/standins/hf_hub_standin``) with the synthetic repo;
+- Debian's ``docker-registry``, holding the stand-in vLLM image under its production name, which
+  the hosts use as their Docker Hub mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.lab.config import HF_REPO_ID, REPO_ROOT, VLLM_IMAGE, LabConfig, log
+from tests.lab.images import recipe_hash
+
+STANDINS = REPO_ROOT / "tests" / "standins"
+HUB_DIR = STANDINS / "hf_hub_standin"
+APT_DIR = STANDINS / "nvidia_apt_standin"
+# Python packages the roles install on hosts, pinned as the role defaults pin them.
+WHEELHOUSE_PACKAGES = ["huggingface_hub==2.4.0"]
+
+
+def ensure_network(cfg: LabConfig) -> None:
+    """Create the lab's bridge network with its fixed subnet."""
+    res = subprocess.run(["docker", "network", "inspect", cfg.network], capture_output=True)
+    if res.returncode == 0:
+        return
+    subprocess.run(
+        [
+            "docker", "network", "create", "--driver", "bridge",
+            "--subnet", cfg.subnet, "--gateway", cfg.gateway,
+            "--label", "sparklab=1", cfg.network,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _stamp_ok(stamp: Path, value: str) -> bool:
+    return stamp.is_file() and stamp.read_text() == value
+
+
+def build_hub_fixture(cfg: LabConfig) -> Path:
+    """The synthetic model repo the stand-in Hub serves (rebuilt when its recipe changes)."""
+    out = cfg.state_dir / "hub" / "repo"
+    key = recipe_hash([HUB_DIR / "fixture.py", str(cfg.shard_size)])
+    stamp = cfg.state_dir / "hub" / "repo.stamp"
+    if not _stamp_ok(stamp, key):
+        log(f"building the synthetic model repo (20 shards of {cfg.shard_size} bytes)")
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        out.mkdir(parents=True)
+        subprocess.run(
+            [sys.executable, str(HUB_DIR / "fixture.py"), "--out", str(out),
+             "--shard-size", str(cfg.shard_size)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        stamp.write_text(key)
+    return out
+
+
+def build_apt_repo(cfg: LabConfig) -> Path:
+    """The stand-in NVIDIA apt repository with a throwaway signing key."""
+    out = cfg.state_dir / "www" / "nvidia"
+    key = recipe_hash([APT_DIR, cfg.toolkit_version])
+    stamp = cfg.state_dir / "www" / "nvidia.stamp"
+    if not _stamp_ok(stamp, key):
+        log("building the stand-in NVIDIA apt repository")
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        out.mkdir(parents=True)
+        subprocess.run(
+            [sys.executable, str(APT_DIR / "build_repo.py"), "--out", str(out),
+             "--version", cfg.toolkit_version],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        stamp.write_text(key)
+    return out
+
+
+def build_wheelhouse(cfg: LabConfig) -> Path:
+    """Wheels of the packages roles pip-install on hosts, for an index-free install."""
+    out = cfg.state_dir / "www" / "wheels"
+    key = recipe_hash(WHEELHOUSE_PACKAGES)
+    stamp = cfg.state_dir / "www" / "wheels.stamp"
+    if not _stamp_ok(stamp, key):
+        log(f"downloading wheels: {' '.join(WHEELHOUSE_PACKAGES)}")
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "-d", str(out),
+             "--only-binary=:all:", *WHEELHOUSE_PACKAGES],
+            check=True,
+        )  # fmt: skip
+        stamp.write_text(key)
+    return out
+
+
+def _pidfile(cfg: LabConfig, name: str) -> Path:
+    return cfg.state_dir / "run" / f"{name}.pid"
+
+
+def _alive(cfg: LabConfig, name: str) -> bool:
+    pidfile = _pidfile(cfg, name)
+    if not pidfile.is_file():
+        return False
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+def _wait_port(host: str, port: int, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"lab service {name} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+def _start(cfg: LabConfig, name: str, argv: list[str], host: str, port: int) -> None:
+    if _alive(cfg, name):
+        return
+    logfile = cfg.state_dir / "log" / f"{name}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    _pidfile(cfg, name).parent.mkdir(parents=True, exist_ok=True)
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _pidfile(cfg, name).write_text(str(proc.pid))
+    _wait_port(host, port, name)
+    log(f"{name} listening on {host}:{port} (log {logfile})")
+
+
+def start_services(cfg: LabConfig) -> None:
+    """Build what the services serve and start the ones not running."""
+    www = cfg.state_dir / "www"
+    build_apt_repo(cfg)
+    build_wheelhouse(cfg)
+    repo = build_hub_fixture(cfg)
+    _start(
+        cfg,
+        "files",
+        [sys.executable, "-m", "http.server", "--bind", cfg.gateway, "--directory", str(www),
+         str(cfg.files_port)],
+        cfg.gateway,
+        cfg.files_port,
+    )  # fmt: skip
+    _start(
+        cfg,
+        "hub",
+        [sys.executable, str(HUB_DIR / "server.py"), "--repo", f"{HF_REPO_ID}={repo}",
+         "--host", cfg.gateway, "--port", str(cfg.hub_port)],
+        cfg.gateway,
+        cfg.hub_port,
+    )  # fmt: skip
+    regdir = cfg.state_dir / "registry"
+    regdir.mkdir(parents=True, exist_ok=True)
+    regconf = regdir / "config.yml"
+    regconf.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {regdir / 'data'}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 0.0.0.0:{cfg.registry_port}\n"
+    )
+    _start(
+        cfg,
+        "registry",
+        ["docker-registry", "serve", str(regconf)],
+        "127.0.0.1",
+        cfg.registry_port,
+    )
+
+
+def push_vllm_image(cfg: LabConfig, standin_ref: str) -> None:
+    """Publish the stand-in image in the lab registry under the production image name."""
+    target = f"{cfg.registry_push}/{VLLM_IMAGE}"
+    subprocess.run(["docker", "tag", standin_ref, target], check=True)
+    subprocess.run(["docker", "push", "-q", target], check=True, stdout=subprocess.DEVNULL)
+    log(f"{VLLM_IMAGE} (stand-in {standin_ref}) published in the lab registry")
+
+
+def stop_services(cfg: LabConfig) -> None:
+    """Stop the lab's service processes."""
+    for name in ("files", "hub", "registry"):
+        pidfile = _pidfile(cfg, name)
+        if _alive(cfg, name):
+            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+        pidfile.unlink(missing_ok=True)
+
+
+def hub_stats(cfg: LabConfig) -> dict[str, object]:
+    """The stand-in Hub's byte counters."""
+    url = f"http://{cfg.gateway}:{cfg.hub_port}/_standin/stats"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        data: dict[str, object] = json.load(resp)
+    return data

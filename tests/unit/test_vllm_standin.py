@@ -1,0 +1,585 @@
+"""The vLLM stand-in (tests/standins/vllm_standin) behaves like vLLM 0.16's server from outside.
+
+Each server runs through entrypoint.sh, as in the image, on 127.0.0.1 and a free port, against a
+small model directory (config.json, safetensors index, two shards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+STANDIN = Path(__file__).resolve().parents[1] / "standins" / "vllm_standin"
+ENTRYPOINT = STANDIN / "entrypoint.sh"
+SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+CARD_ARGS = (
+    "--trust-remote-code --kv-cache-dtype fp8 --attention-backend flashinfer "
+    "--enable-auto-tool-choice --tool-call-parser minimax_m2 "
+    "--reasoning-parser minimax_m2_append_think"
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer"},
+                "alerts": {"type": "boolean"},
+                "note": {"type": "string"},
+            },
+            "required": ["location", "unit", "days", "alerts"],
+        },
+    },
+}
+CLOCK_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+THINK_ANSWER = re.compile(r"^<think>.*</think>\s*\S", re.DOTALL)
+
+
+def make_model_dir(root: Path) -> Path:
+    """config.json, model.safetensors.index.json and two tiny (valid) safetensors shards."""
+    model = root / "MiniMax-M2.5-REAP-172B-NVFP4"
+    model.mkdir(parents=True)
+    config = {
+        "architectures": ["MiniMaxM2ForCausalLM"],
+        "max_position_embeddings": 196608,
+        "num_hidden_layers": 62,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    weight_map = {f"model.layers.{i}.weight": shard for i, shard in enumerate(SHARDS)}
+    index = {"metadata": {"total_size": 16}, "weight_map": weight_map}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    for i, shard in enumerate(SHARDS):
+        header = json.dumps(
+            {f"model.layers.{i}.weight": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}}
+        ).encode()
+        (model / shard).write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Standin:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_listening(self, timeout: float = 10.0) -> requests.Response:
+        """The first answer of /health, once the server listens."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"stand-in exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                return requests.get(f"{self.base}/health", timeout=1)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        pytest.fail(f"stand-in not listening after {timeout} s:\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        assert self.wait_listening(timeout).status_code == 200, self.output()
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"stand-in still running after {timeout} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+Launcher = Callable[..., Standin]
+
+
+def launch(workdir: Path, model: Path | None, extra_args: str = "", **env: str) -> Standin:
+    """Start entrypoint.sh with the card's settings (a fast load) plus ``env`` overrides."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"standin-{port}.log"
+    full_env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "GPU_MEMORY_UTIL": "0.93",
+        "MAX_MODEL_LEN": "65536",
+        "VLLM_EXTRA_ARGS": extra_args,
+        "VLLM_STANDIN_SERVER": str(STANDIN / "server.py"),
+        "VLLM_STANDIN_LOAD_SECONDS": "0.2",
+        "VLLM_STANDIN_PREFILL_TPS": "100000",
+        "VLLM_STANDIN_DECODE_TPS": "2000",
+        "VLLM_STANDIN_STATE_DIR": str(workdir),
+        "VLLM_STANDIN_CONTROL_FILE": str(workdir / "no-control.json"),
+        **({"MODEL": str(model)} if model else {}),
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["/bin/sh", str(ENTRYPOINT)], env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Standin(proc, port, log)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    started: list[Standin] = []
+
+    def start(model: Path | None, extra_args: str = "", **env: str) -> Standin:
+        standin = launch(tmp_path, model, extra_args, **env)
+        started.append(standin)
+        return standin
+
+    yield start
+    for standin in started:
+        standin.stop()
+
+
+@pytest.fixture(scope="module")
+def card_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
+    """Configured as the model card's launch: reasoning and tool parsers, no served name."""
+    root = tmp_path_factory.mktemp("card")
+    standin = launch(root, make_model_dir(root), CARD_ARGS)
+    standin.wait_ready()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def key_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
+    """An API key and a served name given with quotes in VLLM_EXTRA_ARGS; no tool flags."""
+    root = tmp_path_factory.mktemp("key")
+    extra = '--api-key sekret --served-model-name "minimax"'
+    standin = launch(root, make_model_dir(root), extra)
+    standin.wait_ready()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
+    """A tokenizer.json (whitespace words), measurable rates, key from VLLM_API_KEY."""
+    tokenizers = pytest.importorskip("tokenizers")
+    root = tmp_path_factory.mktemp("tok")
+    model = make_model_dir(root)
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(model / "tokenizer.json"))
+    standin = launch(
+        root,
+        model,
+        CARD_ARGS,
+        VLLM_API_KEY="envkey",
+        VLLM_STANDIN_PREFILL_TPS="1000",
+        VLLM_STANDIN_DECODE_TPS="50",
+    )
+    standin.wait_ready()
+    yield standin
+    standin.stop()
+
+
+def chat(server: Standin, body: dict[str, Any], key: str | None = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(
+        f"{server.base}/v1/chat/completions", json=body, headers=headers, timeout=30
+    )
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def stream_events(response: requests.Response) -> Iterator[tuple[float, str]]:
+    """(arrival time, data) of each SSE event."""
+    for line in response.iter_lines():
+        if line:
+            assert line.startswith(b"data: "), line
+            yield time.monotonic(), line[len(b"data: ") :].decode()
+
+
+def metric(server: Standin, name: str) -> float:
+    text = requests.get(f"{server.base}/metrics", timeout=5).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_refuses_connections_while_loading_then_serves(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(make_model_dir(tmp_path), CARD_ARGS, VLLM_STANDIN_LOAD_SECONDS="1.5")
+    time.sleep(0.5)
+    assert standin.proc.poll() is None, standin.output()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", standin.port), timeout=1).close()
+    standin.wait_ready()
+    health = requests.get(f"{standin.base}/health", timeout=5)
+    assert health.content == b""
+    assert health.headers["server"] == "uvicorn"
+    assert requests.post(f"{standin.base}/ping", timeout=5).status_code == 200
+    output = standin.output()
+    for line in ("Loading weights took", "Available KV cache memory", "Starting vLLM API server"):
+        assert line in output
+    assert output.index("Loading weights took") < output.index("Application startup complete.")
+    assert "--port " + str(standin.port) in output  # the entrypoint echoes the command
+
+
+def test_entrypoint_requires_model(launcher: Launcher) -> None:
+    standin = launcher(None)
+    assert standin.wait_exit() == 1
+    assert "MODEL environment variable must be set" in standin.output()
+
+
+def test_unknown_flag_is_an_argparse_error(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(make_model_dir(tmp_path), "--no-such-flag 1")
+    assert standin.wait_exit() == 2
+    assert "unrecognized arguments: --no-such-flag" in standin.output()
+
+
+def test_missing_shard_fails_start(tmp_path: Path, launcher: Launcher) -> None:
+    model = make_model_dir(tmp_path)
+    (model / SHARDS[1]).unlink()
+    standin = launcher(model)
+    assert standin.wait_exit() == 1
+    output = standin.output()
+    assert "FileNotFoundError" in output
+    assert str(model / SHARDS[1]) in output
+
+
+def test_missing_config_fails_start(tmp_path: Path, launcher: Launcher) -> None:
+    model = make_model_dir(tmp_path)
+    (model / "config.json").unlink()
+    standin = launcher(model)
+    assert standin.wait_exit() == 1
+    assert f"Invalid repository ID or local directory specified: '{model}'" in standin.output()
+
+
+def test_oom_at_start_fault(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(make_model_dir(tmp_path), VLLM_STANDIN_FAULT="oom_at_start")
+    assert standin.wait_exit() == 1
+    output = standin.output()
+    assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate" in output
+    assert "Loading weights took" in output  # after the load, as on the Spark
+    assert "Application startup complete." not in output
+
+
+def test_memory_utilisation_above_safe_maximum_ooms(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(make_model_dir(tmp_path), GPU_MEMORY_UTIL="0.95")
+    assert standin.wait_exit() == 1
+    assert "CUDA out of memory" in standin.output()
+
+
+def test_crash_after_start_happens_once_per_marker(tmp_path: Path, launcher: Launcher) -> None:
+    model = make_model_dir(tmp_path)
+    first = launcher(model, VLLM_STANDIN_FAULT="crash_after_start:1")
+    first.wait_ready()
+    assert first.wait_exit(timeout=5) == 1
+    assert "EngineDeadError" in first.output()
+    assert (tmp_path / "vllm-standin-crashed").exists()
+    second = launcher(model, VLLM_STANDIN_FAULT="crash_after_start:0.5")
+    second.wait_ready()
+    time.sleep(1.2)
+    assert second.proc.poll() is None, second.output()
+    assert requests.get(f"{second.base}/health", timeout=5).status_code == 200
+
+
+def test_control_file_makes_it_unhealthy(tmp_path: Path, launcher: Launcher) -> None:
+    control = tmp_path / "standin.json"
+    control.write_text(json.dumps({"fault": "unhealthy", "load_seconds": 0.1}))
+    standin = launcher(make_model_dir(tmp_path), CARD_ARGS, VLLM_STANDIN_CONTROL_FILE=str(control))
+    assert standin.wait_listening().status_code == 503
+    assert requests.get(f"{standin.base}/v1/models", timeout=5).status_code == 200
+    response = chat(standin, {"messages": user("hi")})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == 500
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def test_models_and_version(card_server: Standin) -> None:
+    model_path = card_server.output().split("Model: ", 1)[1].splitlines()[0]
+    models = requests.get(f"{card_server.base}/v1/models", timeout=5).json()
+    assert models["object"] == "list"
+    [card] = models["data"]
+    assert card["id"] == model_path  # no --served-model-name: the id is MODEL
+    assert card["root"] == model_path
+    assert card["max_model_len"] == 65536
+    assert card["owned_by"] == "vllm"
+    version = requests.get(f"{card_server.base}/version", timeout=5).json()["version"]
+    assert version.startswith("0.16.0")
+
+
+def test_chat_answers_the_coherence_question(card_server: Standin) -> None:
+    body = {"messages": user("What is the capital of France? Please reply with one word only")}
+    response = chat(card_server, {**body, "max_tokens": 100})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["id"].startswith("chatcmpl-")
+    assert data["object"] == "chat.completion"
+    [choice] = data["choices"]
+    message = choice["message"]
+    assert THINK_ANSWER.match(message["content"]), message
+    assert "Paris" in message["content"].split("</think>", 1)[1]
+    assert message["reasoning"] is None
+    assert message["reasoning_content"] is None
+    assert choice["finish_reason"] == "stop"
+    usage = data["usage"]
+    assert usage["prompt_tokens"] > 10
+    assert usage["completion_tokens"] > 3
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_chat_honours_max_tokens(card_server: Standin) -> None:
+    data = chat(card_server, {"messages": user("Tell me a story"), "max_tokens": 5}).json()
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["usage"]["completion_tokens"] == 5
+    assert data["choices"][0]["message"]["content"].startswith("<think>")
+
+
+def test_chat_streams_tokens(card_server: Standin) -> None:
+    body: dict[str, Any] = {"messages": user("Explain unified memory briefly"), "max_tokens": 512}
+    expected = chat(card_server, body).json()["choices"][0]["message"]["content"]
+    response = requests.post(
+        f"{card_server.base}/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        stream=True,
+        timeout=30,
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [data for _, data in stream_events(response)]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    contents = [d for d in deltas if d]
+    assert contents[0].startswith("<think>")
+    assert "".join(contents) == expected
+    finished = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert [c["choices"][0]["finish_reason"] for c in finished] == ["stop"]
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == []
+    assert usage["completion_tokens"] == len(contents)
+
+
+def test_tool_call(card_server: Standin) -> None:
+    body: dict[str, Any] = {
+        "messages": user("What is the weather in San Francisco this week?"),
+        "tools": [WEATHER_TOOL, CLOCK_TOOL],
+        "max_tokens": 512,
+    }
+    data = chat(card_server, body).json()
+    [choice] = data["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert re.fullmatch(r"<think>.*</think>\s*", message["content"], re.DOTALL)
+    [call] = message["tool_calls"]
+    assert re.fullmatch(r"chatcmpl-tool-[0-9a-f]{32}", call["id"])
+    assert call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    assert arguments == {"location": "San Francisco", "unit": "celsius", "days": 1, "alerts": True}
+
+    named = {**body, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+    [call] = chat(card_server, named).json()["choices"][0]["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_time", "arguments": "{}"}
+
+    plain = chat(card_server, {**body, "tool_choice": "none"}).json()["choices"][0]
+    assert plain["finish_reason"] == "stop"
+    assert plain["message"]["tool_calls"] == []
+
+
+def test_tool_call_streamed(card_server: Standin) -> None:
+    body: dict[str, Any] = {"messages": user("Weather in Oslo?"), "tools": [WEATHER_TOOL]}
+    body["stream"] = True
+    response = requests.post(
+        f"{card_server.base}/v1/chat/completions", json=body, stream=True, timeout=30
+    )
+    chunks = [json.loads(data) for _, data in stream_events(response) if data != "[DONE]"]
+    calls = [d["tool_calls"] for c in chunks if "tool_calls" in (d := c["choices"][0]["delta"])]
+    assert len(calls) == 1
+    assert calls[0][0]["function"]["name"] == "get_weather"
+    assert json.loads(calls[0][0]["function"]["arguments"])["location"] == "Oslo"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_completions_endpoint(card_server: Standin) -> None:
+    response = requests.post(
+        f"{card_server.base}/v1/completions", json={"prompt": "Once upon a time"}, timeout=30
+    )
+    data = response.json()
+    assert data["object"] == "text_completion"
+    assert data["usage"]["completion_tokens"] == 16  # the default max_tokens
+    assert data["choices"][0]["finish_reason"] == "length"
+
+
+def test_request_errors(card_server: Standin) -> None:
+    response = chat(card_server, {"model": "nope", "messages": user("hi")})
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "The model `nope` does not exist."
+    bad = requests.post(
+        f"{card_server.base}/v1/chat/completions",
+        data=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=5,
+    )
+    assert bad.status_code == 400
+    too_long = chat(card_server, {"messages": user("hi"), "max_tokens": 70000})
+    assert too_long.status_code == 400
+    assert "maximum context length is 65536" in too_long.json()["error"]["message"]
+
+
+def test_metrics_count_served_requests(card_server: Standin) -> None:
+    before = {
+        name: metric(card_server, name)
+        for name in (
+            "vllm:request_success_total",
+            "vllm:prompt_tokens_total",
+            "vllm:generation_tokens_total",
+            "vllm:time_to_first_token_seconds_count",
+            "vllm:e2e_request_latency_seconds_count",
+        )
+    }
+    data = chat(card_server, {"messages": user("Count me"), "max_tokens": 7}).json()
+    assert (
+        metric(card_server, "vllm:request_success_total")
+        == before["vllm:request_success_total"] + 1
+    )
+    assert metric(card_server, "vllm:prompt_tokens_total") == (
+        before["vllm:prompt_tokens_total"] + data["usage"]["prompt_tokens"]
+    )
+    assert metric(card_server, "vllm:generation_tokens_total") == (
+        before["vllm:generation_tokens_total"] + 7
+    )
+    for name in (
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+    ):
+        assert metric(card_server, name) == before[name] + 1
+    text = requests.get(f"{card_server.base}/metrics", timeout=5).text
+    for name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:num_preemptions"):
+        assert re.search(rf'^{name}\S*\{{model_name="[^"]+",engine="0"\}} ', text, re.M), name
+    assert "# TYPE vllm:inter_token_latency_seconds histogram" in text
+
+
+# --------------------------------------------------------------------------- API key, served name
+
+
+def test_api_key_guards_v1_only(key_server: Standin) -> None:
+    denied = requests.get(f"{key_server.base}/v1/models", timeout=5)
+    assert denied.status_code == 401
+    assert denied.json() == {"error": "Unauthorized"}
+    wrong = {"Authorization": "Bearer wrong"}
+    assert requests.get(f"{key_server.base}/v1/models", headers=wrong, timeout=5).status_code == 401
+    for path in ("/health", "/ping", "/version", "/metrics"):
+        assert requests.get(f"{key_server.base}{path}", timeout=5).status_code == 200, path
+    ok = requests.get(
+        f"{key_server.base}/v1/models", headers={"Authorization": "Bearer sekret"}, timeout=5
+    )
+    assert ok.status_code == 200
+
+
+def test_quotes_in_extra_args_reach_the_server(key_server: Standin) -> None:
+    headers = {"Authorization": "Bearer sekret"}
+    models = requests.get(f"{key_server.base}/v1/models", headers=headers, timeout=5).json()
+    assert [card["id"] for card in models["data"]] == ['"minimax"']
+    assert (
+        chat(key_server, {"model": "minimax", "messages": user("hi")}, "sekret").status_code == 404
+    )
+    ok = chat(key_server, {"model": '"minimax"', "messages": user("hi")}, "sekret")
+    assert ok.status_code == 200
+    # no reasoning parser: the template's <think> is not in the output
+    assert not ok.json()["choices"][0]["message"]["content"].startswith("<think>")
+
+
+def test_tools_without_auto_tool_choice_flags_are_rejected(key_server: Standin) -> None:
+    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL]}
+    response = chat(key_server, body, "sekret")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.startswith('"auto" tool choice requires --enable-auto-tool-choice')
+
+
+# --------------------------------------------------------------------------- tokenizer, timing
+
+
+def test_prompt_tokens_come_from_the_tokenizer(tokenizer_server: Standin) -> None:
+    def prompt_tokens(text: str) -> int:
+        body = {"messages": user(text), "max_tokens": 1}
+        usage: dict[str, int] = chat(tokenizer_server, body, "envkey").json()["usage"]
+        return usage["prompt_tokens"]
+
+    # whitespace-split words: "a,b,c,d" is one token (the regex approximation would say 7)
+    assert prompt_tokens("a,b,c,d") == 1 + 7  # 3 per message, 4 for the generation prompt
+    assert prompt_tokens("one two three") == 3 + 7
+    assert "tokenizer.json" in tokenizer_server.output()
+
+
+def test_prefill_and_decode_follow_the_configured_rates(tokenizer_server: Standin) -> None:
+    words = 400
+    body: dict[str, Any] = {
+        "messages": user(" ".join(f"w{i}" for i in range(words))),
+        "max_tokens": 20,
+        "stream": True,
+    }
+
+    def timed() -> tuple[float, float, int]:
+        start = time.monotonic()
+        response = requests.post(
+            f"{tokenizer_server.base}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": "Bearer envkey"},
+            stream=True,
+            timeout=30,
+        )
+        times = [
+            t
+            for t, data in stream_events(response)
+            if data != "[DONE]" and json.loads(data)["choices"][0]["delta"].get("content")
+        ]
+        return times[0] - start, times[-1] - times[0], len(times)
+
+    ttft, decode, tokens = timed()
+    assert tokens == 20
+    assert 0.5 * (words + 7) / 1000 <= ttft <= 1.5 * (words + 7) / 1000 + 0.1
+    assert 0.5 * 19 / 50 <= decode <= 1.5 * 19 / 50
+    cached_ttft, _, _ = timed()  # the same prompt again: prefix caching skips most of the prefill
+    assert cached_ttft < ttft / 2
