@@ -1,0 +1,1 @@
+"""Ansible plugins the wrapper enables for its runs (see :mod:`sparkfleet.fleet`)."""
