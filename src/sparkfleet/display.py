@@ -124,7 +124,7 @@ class HostBoard:
         elif isinstance(event, TaskRetry):
             row = self.row(event.host)
             row.state = "retrying"
-            row.retry = f"{event.attempts}/{event.retries}"
+            row.retry = f"{event.attempts}/{event.max_attempts}"
         elif isinstance(event, DownloadProgress):
             self.row(event.host).download = event
         elif isinstance(event, StopRequested):
@@ -278,9 +278,8 @@ class PlainView:
             self._line(event.time, event.host, state, text)
         elif isinstance(event, TaskRetry):
             if not self._throttled((event.host, "retry"), event.time):
-                text = (
-                    f"{_label(event.role, event.task)} (attempt {event.attempts}/{event.retries})"
-                )
+                tries = f"attempt {event.attempts}/{event.max_attempts}"
+                text = f"{_label(event.role, event.task)} ({tries})"
                 self._line(event.time, event.host, "retrying", text)
         elif isinstance(event, DownloadProgress):
             if not self._throttled((event.host, "download"), event.time):

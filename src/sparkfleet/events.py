@@ -128,14 +128,15 @@ class HostTaskResult(Event):
 
 @dataclass(frozen=True)
 class TaskRetry(Event):
-    """An ``until`` loop tried again on one host (``attempts`` so far, ``retries`` in all)."""
+    """An ``until`` loop on one host failed an attempt and tries again (``attempts`` made so far,
+    at most ``max_attempts``: the first try plus ``retries``)."""
 
     kind: ClassVar[str] = "task_retry"
     host: str
     task: str
     role: str | None
     attempts: int
-    retries: int
+    max_attempts: int
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,7 @@ def parse_event(
                 task=str(data.get("task", "")),
                 role=_role(data),
                 attempts=int(res.get("attempts", 0) or 0),
-                retries=int(res.get("retries", 0) or 0),
+                max_attempts=int(res.get("retries", 0) or 0),
             )
         )
     elif name == "warning":

@@ -59,6 +59,8 @@ from sparkfleet.result import RunCollector, RunResult
 
 STRATEGY_DIR = Path(__file__).resolve().parent / "ansible_plugins" / "strategy"
 STRATEGY_NAME = "sparkfleet_linear"
+KILLED_RC = 254
+"""``rc`` of a run that was killed (as ansible-runner reports its own cancel)."""
 PathArg: TypeAlias = str | os.PathLike[str]
 Limit: TypeAlias = str | Sequence[str]
 
@@ -127,8 +129,13 @@ polled about twice a second (True = stop)."""
 
 
 class _Control:
-    """Polled by ansible-runner (``cancel_callback``): turns stop requests into the stop file,
-    then into runner's kill after the grace period."""
+    """Polled by ansible-runner (``cancel_callback``, about twice a second): turns stop requests
+    into the stop file, then into a kill.
+
+    A kill first sends SIGTERM to ansible-playbook, whose handler passes it on to its workers
+    (each runs in a session of its own, out of reach of a signal to the process group) and ends
+    the run; if it still runs ``term_grace_s`` later, ansible-runner kills its process group.
+    """
 
     def __init__(
         self,
@@ -137,42 +144,67 @@ class _Control:
         stop_file: Path | None,
         grace_s: float | None,
         emit: Callable[[FleetEvent], None],
+        term_grace_s: float = 10.0,
     ) -> None:
         self.cancel = cancel
         self.token = token
         self.stop_file = stop_file
         self.grace_s = grace_s
         self.emit = emit
+        self.term_grace_s = term_grace_s
+        self.pid: int | None = None
         self.stop_at: float | None = None
+        self.term_at: float | None = None
         self.killed = False
 
-    def _external(self) -> bool:
+    def _poll_external(self) -> None:
         cancel = self.cancel
         if cancel is None:
-            return False
+            return
         if isinstance(cancel, CancelToken):
             if cancel.kill_requested:
                 self.token.kill()
-            return cancel.stop_requested
-        if isinstance(cancel, threading.Event):
-            return cancel.is_set()
-        return bool(cancel())
+            elif cancel.stop_requested:
+                self.token.stop()
+        elif isinstance(cancel, threading.Event):
+            if cancel.is_set():
+                self.token.stop()
+        elif cancel():
+            self.token.stop()
 
     def __call__(self) -> bool:
-        if self.stop_at is None and (self.token.stop_requested or self._external()):
-            self.stop_at = time.monotonic()
+        if self.killed:
+            return True
+        self._poll_external()
+        if not self.token.stop_requested:
+            return False
+        now = time.monotonic()
+        if self.stop_at is None:
+            self.stop_at = now
             if self.stop_file is not None and not self.token.kill_requested:
                 self.stop_file.touch()
                 self.emit(StopRequested(force=False))
-        if self.stop_at is None or self.killed:
-            return self.killed
-        if isinstance(self.cancel, CancelToken) and self.cancel.kill_requested:
-            self.token.kill()
-        overdue = self.grace_s is not None and time.monotonic() - self.stop_at >= self.grace_s
-        if self.stop_file is None or self.token.kill_requested or overdue:
-            self.killed = True
+        overdue = self.grace_s is not None and now - self.stop_at >= self.grace_s
+        if self.term_at is None and (
+            self.stop_file is None or self.token.kill_requested or overdue
+        ):
+            self.term_at = now
             self.emit(StopRequested(force=True))
+            if self.pid is not None:
+                try:
+                    os.kill(self.pid, signal.SIGTERM)
+                    return False
+                except ProcessLookupError:
+                    pass
+            self.killed = True
+        elif self.term_at is not None and now - self.term_at >= self.term_grace_s:
+            self.killed = True
         return self.killed
+
+    @property
+    def forced(self) -> bool:
+        """True once a kill was sent."""
+        return self.term_at is not None
 
 
 @contextmanager
@@ -551,6 +583,8 @@ class Fleet:
                 log = self.event_log.open("a", encoding="utf-8")
 
             def on_raw(raw: RawEvent) -> bool:
+                if control.pid is None and isinstance(raw.get("pid"), int):
+                    control.pid = raw["pid"]  # ansible-playbook's own process
                 if log is not None:
                     log.write(json.dumps(raw, default=str) + "\n")
                 collector.add_raw(raw)
@@ -591,13 +625,16 @@ class Fleet:
             shutil.rmtree(private, ignore_errors=True)
         if callback_error:
             raise callback_error[0]
+        rc = runner.rc
+        if control.forced or rc is None:
+            rc = KILLED_RC
         return collector.result(
             operation=op_name,
             playbook=str(path.relative_to(self.project.root))
             if path.is_relative_to(self.project.root)
             else str(path),
-            status=str(runner.status),
-            rc=int(runner.rc) if runner.rc is not None else -1,
+            status="canceled" if control.forced else str(runner.status),
+            rc=int(rc),
             elapsed_s=elapsed,
             artifact_dir=str(self.artifacts_dir / ident) if self.artifacts_dir else None,
         )

@@ -1,0 +1,265 @@
+"""sparkfleet's event parsing, results and display, on ansible-runner events from real runs.
+
+The events in ``data/*.jsonl`` were recorded by ``data/record_events.py`` from runs on a simulated
+host of the lab (trimmed: gathered facts and module invocations dropped, long strings cut):
+
+- ``preflight_mixed``: preflight on three hosts, one ok, one failing its architecture check, one
+  unreachable;
+- ``deploy_stopped``: a deploy stopped gracefully during the toolkit role;
+- ``deploy``: the deploy that followed, to the end;
+- ``health``: the health check after it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from sparkfleet.display import HostBoard, PlainView, host_detail, print_summary
+from sparkfleet.events import (
+    STOP_ACKNOWLEDGED,
+    AnsibleWarning,
+    DownloadProgress,
+    FleetEvent,
+    HostTaskResult,
+    HostTaskStarted,
+    PlayStarted,
+    TaskStarted,
+    TaskStatus,
+    event_to_dict,
+    failure_message,
+    parse_event,
+    progress_from_sparkfleet_key,
+)
+from sparkfleet.result import ExitCode, RunCollector, RunResult
+
+DATA = Path(__file__).resolve().parent / "data"
+HOST, BAD, GONE = "api-rec-1", "api-rec-bad", "api-rec-gone"
+
+
+def raw_events(name: str) -> list[dict[str, Any]]:
+    """The recorded raw events of one run."""
+    return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
+
+
+def replay(
+    raws: list[dict[str, Any]], status: str = "successful", rc: int = 0
+) -> tuple[RunResult, list[FleetEvent]]:
+    """Feed recorded events to a collector as a run does; the result and the typed events."""
+    collector = RunCollector()
+    events: list[FleetEvent] = []
+    for raw in raws:
+        collector.add_raw(raw)
+        for event in parse_event(raw):
+            collector.add(event)
+            events.append(event)
+    result = collector.result(
+        operation="test", playbook="playbooks/site.yml", status=status, rc=rc, elapsed_s=1.0
+    )
+    return result, events
+
+
+@pytest.fixture(scope="module")
+def mixed() -> tuple[RunResult, list[FleetEvent]]:
+    """The preflight on an ok, a failing and an unreachable host (ansible-playbook rc 4)."""
+    return replay(raw_events("preflight_mixed"), status="failed", rc=4)
+
+
+def test_mixed_preflight_per_host_outcome(mixed: tuple[RunResult, list[FleetEvent]]) -> None:
+    result, _ = mixed
+    assert set(result.hosts) == {HOST, BAD, GONE}
+    ok, bad, gone = result.hosts[HOST], result.hosts[BAD], result.hosts[GONE]
+    assert (ok.status, bad.status, gone.status) == ("ok", "failed", "unreachable")
+    assert ok.failed_task is None and ok.message == ""
+    assert bad.failed_task == "spark_preflight : Check the architecture"
+    assert bad.message == "architecture is x86_64, expected spark_preflight_expected_arch=aarch64"
+    assert gone.failed_task == "Gathering Facts"
+    assert 'Could not find container "api-rec-gone"' in gone.message
+    assert result.failed_hosts == [BAD] and result.unreachable_hosts == [GONE]
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert not result.canceled and result.errors == []
+
+
+def test_mixed_preflight_facts(mixed: tuple[RunResult, list[FleetEvent]]) -> None:
+    result, _ = mixed
+    report = result.hosts[HOST].preflight_report
+    assert report is not None
+    assert report["arch"] == "x86_64" and report["gpu"]["name"] == "NVIDIA GB10"
+    assert report["disk"]["free_bytes"] > 0 and report["port"]["state"] == "free"
+    assert result.hosts[GONE].preflight_report is None
+    assert set(result.facts("spark_preflight_report")) == {HOST, BAD}
+
+
+def test_counts_from_events_match_ansibles_recap() -> None:
+    """Without the recap (a killed run), the counts come from the results seen: the same."""
+    for name in ("preflight_mixed", "deploy", "deploy_stopped"):
+        raws = raw_events(name)
+        with_recap, _ = replay(raws)
+        without, _ = replay([r for r in raws if r["event"] != "playbook_on_stats"])
+        assert with_recap.hosts.keys() == without.hosts.keys()
+        for host in with_recap.hosts.values():
+            other = without.hosts[host.name]
+            got = (other.ok, other.changed, other.failed, other.unreachable, other.skipped)
+            want = (host.ok, host.changed, host.failed, host.unreachable, host.skipped)
+            assert got == want, f"{name} {host.name}"
+
+
+def test_typed_events_of_a_run(mixed: tuple[RunResult, list[FleetEvent]]) -> None:
+    _, events = mixed
+    assert isinstance(events[0], PlayStarted) and events[0].pattern == "spark"
+    first_task = next(e for e in events if isinstance(e, TaskStarted))
+    assert first_task.task == "Gathering Facts" and first_task.role is None
+    starts = {e.host for e in events if isinstance(e, HostTaskStarted)}
+    assert starts == {HOST, BAD, GONE}
+    unreachable = [e for e in events if isinstance(e, HostTaskResult) and e.host == GONE]
+    assert [e.status for e in unreachable] == [TaskStatus.UNREACHABLE]
+    assert unreachable[0].is_failure
+    gather = next(e for e in events if isinstance(e, HostTaskResult) and e.host == HOST)
+    assert gather.action == "gather_facts" and gather.result == {"changed": False}
+    facts = [e for e in events if isinstance(e, HostTaskResult) and e.facts]
+    assert {e.task for e in facts} == {"Keep the report as a fact"}
+    for event in events:
+        json.dumps(event_to_dict(event))
+
+
+def test_deploy_results() -> None:
+    result, events = replay(raw_events("deploy"))
+    assert result.exit_code == ExitCode.OK and result.ok
+    host = result.hosts[HOST]
+    assert host.changed > 0 and host.failed == 0
+    manifest = host.model_manifest
+    assert manifest is not None and len(manifest["commit"]) == 40
+    assert "model.safetensors.index.json" in manifest["files"]
+    health = host.health
+    assert health is not None and health.healthy
+    assert isinstance(health.chat_seconds, float) and health.chat_seconds > 0
+    assert isinstance(health.completion_tokens, int) and health.completion_tokens > 0
+    assert host.endpoint == "http://127.0.0.1:8000/v1"
+    detail = host_detail(host)
+    assert "endpoint http://127.0.0.1:8000/v1 serves MiniMax-M2.5-REAP-172B-NVFP4" in detail
+    assert f"@{manifest['commit'][:12]}" in detail
+    changed = {e.task for e in events if isinstance(e, HostTaskResult) and e.status == "changed"}
+    assert "Install the toolkit packages, pinned together" not in changed  # done before the stop
+    assert "Fetch the model" in changed
+
+
+def test_health_run_changes_nothing() -> None:
+    result, _ = replay(raw_events("health"))
+    host = result.hosts[HOST]
+    assert result.ok and host.changed == 0 and host.health is not None
+
+
+def test_gracefully_stopped_deploy() -> None:
+    result, events = replay(raw_events("deploy_stopped"))
+    assert result.canceled and result.status == "canceled"
+    assert result.exit_code == ExitCode.INTERRUPTED
+    ack = next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, AnsibleWarning) and e.message.startswith(STOP_ACKNOWLEDGED)
+    )
+    after = events[ack:]
+    assert [e.task for e in after if isinstance(e, TaskStarted)] == ["Restart docker"]
+    assert all(e.is_handler for e in after if isinstance(e, TaskStarted))
+    assert result.hosts[HOST].succeeded
+    assert result.hosts[HOST].last_task == "nvidia_container_toolkit : Restart docker"
+
+
+def test_board_and_summary_of_a_stopped_deploy() -> None:
+    raws = raw_events("deploy_stopped")
+    result, events = replay(raws)
+    board = HostBoard(title="sparkfleet deploy (site.yml)", started=events[0].time)
+    for event in events:
+        board.update(event)
+    console = Console(record=True, width=160, color_system=None)
+    console.print(board.render(now=events[-1].time))
+    live = console.export_text()
+    assert HOST in live and "running" in live and "Restart docker" in live
+    board.finish(result)
+    console.print(board.render(now=events[-1].time))
+    print_summary(console, result)
+    final = console.export_text()
+    assert final.count("stopped") >= 2  # the host's state in the table and in the summary
+    assert "test (playbooks/site.yml): stopped in 1.0 s; 1 ok" in final
+
+
+def test_plain_lines_of_the_mixed_preflight(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    view = PlainView(sys.stdout)
+    for raw in raw_events("preflight_mixed"):
+        for event in parse_event(raw):
+            view.on_event(event)
+    lines = capsys.readouterr().out.splitlines()
+    failed = [ln for ln in lines if f" {BAD} " in ln and " failed " in ln]
+    assert len(failed) == 1
+    assert failed[0].endswith(
+        "spark_preflight : Check the architecture: architecture is x86_64, "
+        "expected spark_preflight_expected_arch=aarch64"
+    )
+    assert any(f" {GONE} " in ln and " unreachable " in ln for ln in lines)
+    assert not any("skipped" in ln for ln in lines)
+    assert any("spark_preflight : validate the arguments" in ln for ln in lines)
+
+
+def _with_res(raw: dict[str, Any], **res: Any) -> dict[str, Any]:
+    data = dict(raw["event_data"])
+    data["res"] = {**data.get("res", {}), **res}
+    return {**raw, "event_data": data}
+
+
+def recorded(name: str, event: str, task: str) -> dict[str, Any]:
+    """One recorded event."""
+    return next(
+        r for r in raw_events(name) if r["event"] == event and r["event_data"].get("task") == task
+    )
+
+
+def test_download_progress_from_a_result() -> None:
+    """A recorded result of the fetch, as it would be with the progress the role may report."""
+    raw = recorded("deploy", "runner_on_ok", "Fetch the model")
+    assert progress_from_sparkfleet_key(raw) is None
+    prog = {"bytes_done": 25_000_000_000, "bytes_total": 100_000_000_000, "rate_bps": 1.5e8}
+    events = parse_event(_with_res(raw, sparkfleet_progress=prog))
+    download = [e for e in events if isinstance(e, DownloadProgress)]
+    assert len(download) == 1
+    assert download[0].host == HOST and download[0].fraction == 0.25
+    assert download[0].rate_bps == 1.5e8 and download[0].task == "Fetch the model"
+    bad = parse_event(_with_res(raw, sparkfleet_progress={"bytes_done": "many"}))
+    assert not any(isinstance(e, DownloadProgress) for e in bad)
+    unknown_total = DownloadProgress(host="h", bytes_done=5, bytes_total=0)
+    assert unknown_total.fraction is None
+
+
+def test_extra_progress_parser() -> None:
+    raw = recorded("deploy", "runner_on_ok", "Fetch the model")
+
+    def from_files(event: Any) -> DownloadProgress | None:
+        res = event["event_data"]["res"]
+        return DownloadProgress(
+            host=event["event_data"]["host"], bytes_done=res["bytes_total"],
+            bytes_total=res["bytes_total"])  # fmt: skip
+
+    events = parse_event(raw, (progress_from_sparkfleet_key, from_files))
+    download = [e for e in events if isinstance(e, DownloadProgress)]
+    assert len(download) == 1 and download[0].fraction == 1.0
+
+
+@pytest.mark.parametrize(
+    ("res", "message"),
+    [
+        ({"msg": "plain"}, "plain"),
+        ({"msg": "non-zero return code", "rc": 2, "stderr": "a\nb\n", "stdout": ""}, "rc=2: a\nb"),
+        ({"rc": 1, "stdout": "only stdout"}, "only stdout"),
+        ({"results": [{"failed": False}, {"failed": True, "msg": "item two"}]}, "item two"),
+        ({"module_stderr": "Trace\nBoom", "exception": "(traceback unavailable)"}, "Trace\nBoom"),
+        ({"msg": "\x1b[0;31mcoloured\x1b[0m"}, "coloured"),
+        ({}, ""),
+    ],
+)  # fmt: skip
+def test_failure_message(res: dict[str, Any], message: str) -> None:
+    assert failure_message(res) == message

@@ -1,0 +1,274 @@
+"""The fleet API and CLI against the lab: one simulated DGX Spark, deployed through the API.
+
+The host is a spark-sim container of our own, ``api-sim-1``, labelled ``sparklab.api`` so the
+lab's inventory (label ``sparklab.host``) never sees it; it is reached with the Docker API
+connection and gets the lab's group variables through an inline inventory. A second inventory
+name for the same container (``api-sim-bad``) carries a preflight variable that makes it fail;
+a third (``api-sim-gone``) names no container, so it is unreachable.
+
+The module deploys once: a first ``deploy()`` is stopped gracefully while the toolkit role runs,
+then a second one converges from there (which shows the stop left the host consistent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sparkfleet import (
+    CancelToken,
+    ExitCode,
+    Fleet,
+    FleetEvent,
+    HostTaskResult,
+    HostTaskStarted,
+    RunResult,
+    StopRequested,
+    TaskStarted,
+    TaskStatus,
+)
+from tests.lab import hosts
+from tests.lab.config import REPO_ROOT, LabConfig
+
+pytestmark = pytest.mark.lab
+
+CFG = LabConfig(host_prefix="api-sim", host_label="sparklab.api")
+HOST = "api-sim-1"
+DOCKER_API = {"ansible_connection": "community.docker.docker_api"}
+# The task during which the first deploy is asked to stop: the one after daemon.json changed,
+# so its "Restart docker" handler is pending when the stop takes effect.
+STOP_DURING = "Generate the CDI spec"
+IGNORED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+
+def lab_inventory(**extra_hosts: dict[str, Any]) -> dict[str, Any]:
+    """Inline inventory: group ``spark`` with the lab's group vars, HOST plus ``extra_hosts``."""
+    group_vars = yaml.safe_load((REPO_ROOT / "inventory/lab/group_vars/spark.yml").read_text())
+    members = {HOST: dict(DOCKER_API), **{n: {**DOCKER_API, **v} for n, v in extra_hosts.items()}}
+    return {"all": {"children": {"spark": {"vars": group_vars, "hosts": members}}}}
+
+
+def project_files() -> set[str]:
+    """Every path in the project tree (caches and the virtualenv left out)."""
+    found: set[str] = set()
+    for root, dirs, files in os.walk(REPO_ROOT):
+        dirs[:] = [d for d in dirs if d not in IGNORED_DIRS and not d.endswith(".egg-info")]
+        found.update(os.path.relpath(os.path.join(root, f), REPO_ROOT) for f in files)
+        found.update(os.path.relpath(os.path.join(root, d), REPO_ROOT) + "/" for d in dirs)
+    return found
+
+
+def in_host(*cmd: str) -> str:
+    """Run a command in the simulated host; its stdout."""
+    return subprocess.run(
+        ["docker", "exec", HOST, *cmd], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@dataclass
+class Deployed:
+    """The module's two deploys and the events of each."""
+
+    stopped: RunResult
+    stopped_events: list[FleetEvent]
+    deployed: RunResult
+    deployed_events: list[FleetEvent]
+    files_before: set[str]
+    files_after: set[str]
+
+
+@pytest.fixture(scope="module")
+def api_host() -> Iterator[str]:
+    """A fresh simulated host of our own, removed afterwards."""
+    hosts.remove_hosts(CFG)
+    hosts.start_hosts(CFG, 1, f"{CFG.sim_image}:latest")
+    yield HOST
+    hosts.remove_hosts(CFG)
+
+
+@pytest.fixture(scope="module")
+def deployed(api_host: str) -> Deployed:
+    """Deploy stopped gracefully during the toolkit role, then deployed to the end."""
+    files_before = project_files()
+    fleet = Fleet(lab_inventory())
+    token = CancelToken()
+    stopped_events: list[FleetEvent] = []
+
+    def stop_in_toolkit(event: FleetEvent) -> None:
+        stopped_events.append(event)
+        if isinstance(event, HostTaskStarted) and event.task == STOP_DURING:
+            token.stop()
+
+    stopped = fleet.deploy(on_event=stop_in_toolkit, cancel=token)
+    deployed_events: list[FleetEvent] = []
+    deployed = fleet.deploy(on_event=deployed_events.append)
+    return Deployed(
+        stopped, stopped_events, deployed, deployed_events, files_before, project_files()
+    )
+
+
+def test_graceful_stop_finishes_the_task_in_flight_and_its_handlers(deployed: Deployed) -> None:
+    res, events = deployed.stopped, deployed.stopped_events
+    assert res.canceled and res.status == "canceled"
+    assert res.exit_code == ExitCode.INTERRUPTED
+    assert [e.force for e in events if isinstance(e, StopRequested)] == [False]
+    stop_at = next(i for i, e in enumerate(events) if isinstance(e, StopRequested))
+    after = events[stop_at:]
+    # the task in flight finished on the host...
+    assert any(
+        isinstance(e, HostTaskResult) and e.task == STOP_DURING and not e.is_failure for e in after
+    ), "the task in flight did not finish"
+    # ...the handler notified before the stop ran...
+    handlers = [e.task for e in after if isinstance(e, TaskStarted) and e.is_handler]
+    assert handlers == ["Restart docker"]
+    # ...and nothing else started
+    started = [e.task for e in after if isinstance(e, TaskStarted) and not e.is_handler]
+    assert started == [], f"tasks started after the stop: {started}"
+    host = res.hosts[HOST]
+    assert host.failed == 0 and host.unreachable == 0
+    # the restarted Docker engine runs with the runtime the role merged into daemon.json
+    assert "nvidia" in json.loads(in_host("docker", "info", "--format", "{{json .Runtimes}}"))
+
+
+def test_deploy_converges_and_reports_the_roles_facts(deployed: Deployed) -> None:
+    res = deployed.deployed
+    assert res.status == "successful" and res.rc == 0, res.to_json()
+    assert res.exit_code == ExitCode.OK and res.ok
+    host = res.hosts[HOST]
+    assert (host.failed, host.unreachable) == (0, 0)
+    assert host.changed > 0 and host.ok >= host.changed
+    report = host.preflight_report
+    assert report is not None and report["arch"] == "x86_64"
+    assert report["gpu"]["name"] == "NVIDIA GB10"
+    manifest = host.model_manifest
+    assert manifest is not None and len(manifest["commit"]) == 40
+    assert "config.json" in manifest["files"]
+    health = host.health
+    assert health is not None and health.healthy
+    assert health.endpoint == "http://127.0.0.1:8000/v1"
+    assert health.completion_tokens and health.completion_tokens > 0
+    assert health.answer
+    # the per-host counts from the recap agree with the results the events reported
+    results = [
+        e for e in deployed.deployed_events if isinstance(e, HostTaskResult) and e.item is None
+    ]
+    assert sum(e.status in (TaskStatus.OK, TaskStatus.CHANGED) for e in results) == host.ok
+    assert sum(e.status is TaskStatus.CHANGED for e in results) == host.changed
+
+
+def test_runs_write_nothing_into_the_project(deployed: Deployed) -> None:
+    assert deployed.files_after == deployed.files_before
+
+
+def test_health_through_the_api(deployed: Deployed) -> None:
+    res = Fleet(lab_inventory()).health(limit=HOST)
+    assert res.ok, res.to_json()
+    host = res.hosts[HOST]
+    assert host.changed == 0
+    health = host.health
+    assert health is not None and health.healthy
+    # what the role reports is what the endpoint serves, seen from the controller
+    addr = hosts.host_address(CFG, HOST)
+    with urllib.request.urlopen(f"http://{addr}:8000/v1/models", timeout=30) as resp:
+        served = [m["id"] for m in json.load(resp)["data"]]
+    assert served == [health.model]
+
+
+def test_unreachable_host_cli_exit_2(api_host: str, tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump(lab_inventory(**{"api-sim-gone": {}})))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparkfleet.cli", "preflight", "-i", str(inventory), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == ExitCode.UNREACHABLE, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["exit_code"] == 2
+    assert out["hosts"][HOST]["status"] == "ok"
+    assert out["hosts"][HOST]["facts"]["spark_preflight_report"]["arch"] == "x86_64"
+    gone = out["hosts"]["api-sim-gone"]
+    assert gone["status"] == "unreachable" and gone["unreachable"] == 1
+    assert "api-sim-gone" in gone["message"]
+
+
+def test_failing_host_surfaces_its_task_and_message(api_host: str) -> None:
+    wrong_arch = {"ansible_host": HOST, "spark_preflight_expected_arch": "aarch64"}
+    fleet = Fleet(lab_inventory(**{"api-sim-bad": wrong_arch}))
+    res = fleet.preflight()
+    assert res.exit_code == ExitCode.FAILED
+    assert res.failed_hosts == ["api-sim-bad"]
+    assert res.hosts[HOST].succeeded and res.hosts[HOST].status == "ok"
+    bad = res.hosts["api-sim-bad"]
+    assert bad.failed_task == "spark_preflight : Check the architecture"
+    assert bad.message == "architecture is x86_64, expected spark_preflight_expected_arch=aarch64"
+
+
+def test_failing_host_plain_lines(api_host: str, tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    bad = {"ansible_host": HOST, "spark_preflight_min_driver_version": "999.0"}
+    inventory.write_text(yaml.safe_dump(lab_inventory(**{"api-sim-bad": bad})))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparkfleet.cli", "preflight", "-i", str(inventory),
+         "-l", "api-sim-bad"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == ExitCode.FAILED, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    failed = [ln for ln in lines if " failed " in ln and "api-sim-bad" in ln]
+    assert failed and "spark_preflight : Check the GPU and its driver" in failed[0]
+    assert "older than spark_preflight_min_driver_version=999.0" in failed[0]
+    assert not any(HOST + " " in ln for ln in lines), "the limit was not applied"
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_kill_ends_the_run_and_its_workers(api_host: str) -> None:
+    marker = f"SPARKFLEET_TEST_RUN=kill-{os.getpid()}"
+    token = CancelToken()
+    busy: list[int] = []
+
+    def kill_while_busy(event: FleetEvent) -> None:
+        if isinstance(event, HostTaskStarted) and event.task == "Gather the host report":
+            deadline = time.monotonic() + 5
+            while len(busy) < 2 and time.monotonic() < deadline:  # the worker forks next
+                busy[:] = processes_with_env(marker)
+                time.sleep(0.05)
+            token.kill()
+
+    key, value = marker.split("=")
+    fleet = Fleet(lab_inventory(), envvars={key: value})
+    res = fleet.run("site.yml", tags=["preflight"], on_event=kill_while_busy, cancel=token)
+    assert len(busy) >= 2, "ansible-playbook and a worker should have been running"
+    assert res.canceled and res.status == "canceled" and res.rc == 254
+    assert res.exit_code == ExitCode.INTERRUPTED
+    assert res.hosts[HOST].failed == 0
+    assert processes_with_env(marker) == [], "processes of the killed run remain"
