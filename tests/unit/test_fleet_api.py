@@ -6,7 +6,6 @@ Runs that need Ansible use ``data/local_play.yml`` on two inventory hosts reache
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -33,7 +32,6 @@ from sparkfleet import (
     StopRequested,
     TaskRetry,
     TaskStarted,
-    TaskStatus,
 )
 from sparkfleet.cli import main, parse_extravars
 from sparkfleet.fleet import _Control
@@ -248,34 +246,3 @@ def test_a_failing_callback_stops_the_run_and_is_raised() -> None:
     with pytest.raises(RuntimeError, match="callback bug"):
         Fleet(local_inventory(), extravars={"local_play_sleep": 30}).run(PLAY, on_event=broken)
     assert time.monotonic() - started < 25
-
-
-def test_cli_plain_and_json_on_the_local_play(tmp_path: Path) -> None:
-    inventory = tmp_path / "hosts.json"
-    inventory.write_text(json.dumps({"spark": {"hosts": local_inventory()}}))
-    project = tmp_path / "project"
-    (project / "playbooks").mkdir(parents=True)
-    (project / "roles").mkdir()
-    (project / "ansible.cfg").write_text("[defaults]\nretry_files_enabled = false\n")
-    (project / "playbooks" / "status.yml").write_text(PLAY.read_text())
-    base = [sys.executable, "-m", "sparkfleet.cli", "status", "-i", str(inventory),
-            "--project-dir", str(project), "-e", "local_play_fail=true", "-l", "two"]  # fmt: skip
-    plain = subprocess.run(base, capture_output=True, text=True, timeout=120, check=False)
-    assert plain.returncode == ExitCode.FAILED, plain.stderr
-    assert any(
-        " two " in ln and " failed " in ln and ln.endswith("Fail where asked: asked to fail on two")
-        for ln in plain.stdout.splitlines()
-    ), plain.stdout
-    out = subprocess.run(
-        [*base, "--json"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.returncode == ExitCode.FAILED
-    doc = json.loads(out.stdout)
-    assert list(doc["hosts"]) == ["two"] and doc["hosts"]["two"]["status"] == "failed"
-    assert doc["exit_code"] == 1 and doc["operation"] == "status"
-    assert not list(project.rglob("*.retry")) and sorted(p.name for p in project.iterdir()) == [
-        "ansible.cfg",
-        "playbooks",
-        "roles",
-    ]
-    assert TaskStatus.FAILED.value == "failed"
