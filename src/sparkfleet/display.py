@@ -7,6 +7,7 @@ host result (and throttled progress lines) for logs and pipes; :func:`print_summ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -126,7 +127,12 @@ class HostBoard:
             row.state = "retrying"
             row.retry = f"{event.attempts}/{event.max_attempts}"
         elif isinstance(event, DownloadProgress):
-            self.row(event.host).download = event
+            row = self.row(event.host)
+            prev = row.download
+            if event.rate_bps is None and prev is not None and event.time > prev.time:
+                rate = (event.bytes_done - prev.bytes_done) / (event.time - prev.time)
+                event = dataclasses.replace(event, rate_bps=max(rate, 0.0))
+            row.download = event
         elif isinstance(event, StopRequested):
             self.stopping = (
                 "killing the run" if event.force else "stopping: the tasks in flight finish"

@@ -19,7 +19,10 @@ event was made, ``kind`` names the class for JSON consumers (:func:`event_to_dic
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -240,30 +243,13 @@ def failure_message(res: Mapping[str, Any]) -> str:
     return text
 
 
-def progress_from_sparkfleet_key(raw: RawEvent) -> DownloadProgress | None:
-    """Progress from a ``sparkfleet_progress`` mapping in a task result.
-
-    Any task (a module, a ``slurp``/``set_fact`` of a progress file, an ``until`` loop polling
-    one) may report download progress by returning::
-
-        sparkfleet_progress: {bytes_done: int, bytes_total: int, rate_bps: float (optional)}
-
-    It is read from ``runner_on_ok``, ``runner_retry``, ``runner_on_async_poll`` and loop item
-    results.
-    """
-    data = raw.get("event_data") or {}
-    res = data.get("res")
-    if not isinstance(res, Mapping):
-        return None
-    prog = res.get("sparkfleet_progress")
-    if not isinstance(prog, Mapping):
-        facts = res.get("ansible_facts")
-        prog = facts.get("sparkfleet_progress") if isinstance(facts, Mapping) else None
-    if not isinstance(prog, Mapping):
+def _progress(data: Mapping[str, Any], prog: Any) -> DownloadProgress | None:
+    """A DownloadProgress from a ``{bytes_done, bytes_total, rate_bps}`` mapping, if valid."""
+    if not isinstance(prog, Mapping) or "bytes_done" not in prog:
         return None
     try:
-        done = int(prog.get("bytes_done", 0))
-        total = int(prog.get("bytes_total", 0))
+        done = int(prog["bytes_done"])
+        total = int(prog.get("bytes_total") or 0)
         rate = prog.get("rate_bps")
         rate_f = float(rate) if rate is not None else None
     except (TypeError, ValueError):
@@ -277,7 +263,62 @@ def progress_from_sparkfleet_key(raw: RawEvent) -> DownloadProgress | None:
     )
 
 
-DEFAULT_PROGRESS_PARSERS: tuple[ProgressParser, ...] = (progress_from_sparkfleet_key,)
+def progress_from_sparkfleet_key(raw: RawEvent) -> DownloadProgress | None:
+    """Progress from a ``sparkfleet_progress`` mapping in a task result (or in its facts).
+
+    Any task (a module, a ``set_fact``, an ``until`` loop polling something) may report download
+    progress by returning::
+
+        sparkfleet_progress: {bytes_done: int, bytes_total: int, rate_bps: float (optional)}
+
+    It is read from ``runner_on_ok``, ``runner_retry`` (each attempt of an ``until`` loop),
+    ``runner_on_async_poll`` and loop item results.
+    """
+    data = raw.get("event_data") or {}
+    res = data.get("res")
+    if not isinstance(res, Mapping):
+        return None
+    prog = res.get("sparkfleet_progress")
+    if prog is None and isinstance(res.get("ansible_facts"), Mapping):
+        prog = res["ansible_facts"].get("sparkfleet_progress")
+    return _progress(data, prog)
+
+
+def progress_from_slurped_file(raw: RawEvent) -> DownloadProgress | None:
+    """Progress from a JSON progress file read on the host with ``ansible.builtin.slurp``.
+
+    The file holds ``{"bytes_done": ..., "bytes_total": ..., "rate_bps": ...}`` (or those keys
+    under ``sparkfleet_progress``). A role can follow a long download with a loop that reads it::
+
+        - name: Follow the download
+          ansible.builtin.slurp: {src: "{{ progress_file }}"}
+          register: _progress
+          until: (_progress.content | b64decode | from_json).done | default(false)
+          retries: 3600
+          delay: 5
+
+    Every attempt becomes a ``runner_retry`` event, hence a :class:`DownloadProgress`.
+    """
+    data = raw.get("event_data") or {}
+    res = data.get("res")
+    if not isinstance(res, Mapping) or res.get("encoding") != "base64":
+        return None
+    content, source = res.get("content"), str(res.get("source", ""))
+    if not isinstance(content, str) or not source.endswith(".json"):
+        return None
+    try:
+        doc = json.loads(base64.b64decode(content, validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    if isinstance(doc, Mapping) and "sparkfleet_progress" in doc:
+        doc = doc["sparkfleet_progress"]
+    return _progress(data, doc)
+
+
+DEFAULT_PROGRESS_PARSERS: tuple[ProgressParser, ...] = (
+    progress_from_sparkfleet_key,
+    progress_from_slurped_file,
+)
 """Progress parsers every run uses; :class:`sparkfleet.Fleet` takes more (``progress_parsers``)."""
 
 _RESULT_STATUS = {

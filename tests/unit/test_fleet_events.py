@@ -263,3 +263,27 @@ def test_extra_progress_parser() -> None:
 )  # fmt: skip
 def test_failure_message(res: dict[str, Any], message: str) -> None:
     assert failure_message(res) == message
+
+
+def test_download_progress_from_a_slurped_progress_file() -> None:
+    """The recorded fetch result turned into what a ``slurp`` of a progress file returns."""
+    import base64
+
+    raw = recorded("deploy", "runner_on_ok", "Fetch the model")
+    data = {**raw["event_data"], "task": "Follow the download"}
+    doc = {"bytes_done": 3_000, "bytes_total": 4_000}
+    content = base64.b64encode(json.dumps(doc).encode()).decode()
+    res = {"content": content, "encoding": "base64", "source": "/var/lib/x/progress.json"}
+    event = {**raw, "event": "runner_retry", "event_data": {**data, "res": res}}
+    download = [e for e in parse_event(event) if isinstance(e, DownloadProgress)]
+    assert len(download) == 1 and download[0].fraction == 0.75 and download[0].rate_bps is None
+    assert download[0].task == "Follow the download"
+    # the table computes the rate from two reports when the file gives none
+    board = HostBoard(title="t")
+    board.update(DownloadProgress(host=HOST, bytes_done=1_000, bytes_total=4_000, time=10.0))
+    board.update(DownloadProgress(host=HOST, bytes_done=3_000, bytes_total=4_000, time=12.0))
+    latest = board.rows[HOST].download
+    assert latest is not None and latest.rate_bps == 1_000.0
+    for broken in ({**res, "content": "not base64!"}, {**res, "source": "/x/progress.txt"}):
+        bad = {**event, "event_data": {**data, "res": broken}}
+        assert not any(isinstance(e, DownloadProgress) for e in parse_event(bad))
