@@ -1,20 +1,52 @@
 #!/usr/bin/python
-"""Ansible module: read-only report of a DGX Spark host's readiness."""
+"""Ansible module: read-only readiness report of a DGX Spark host, with the problems found."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: spark_host_report
-short_description: Report GPU, driver, Docker, disk and port state of a DGX Spark host
+short_description: Report architecture, OS, GPU, driver, Docker, disk and port of a DGX Spark host
 description:
-  - Reads the host's state without changing anything; the role's asserts decide.
-  - GPU name and driver version come from C(nvidia-smi --query-gpu); memory fields are not read
-    (on GB10 they are C([N/A]) because memory is unified).
+  - Reads the host's state without changing anything and lists every requirement not met, each
+    with the numbers and the variable that sets the requirement. The role decides to fail.
+  - GPU name and driver version come from C(nvidia-smi --query-gpu). Memory figures are read but
+    never judged: on GB10 memory is unified and they read C([N/A]) or C(Not Supported).
+  - Docker counts as running when C(docker.service) is active (the socket alone is not enough,
+    and the module never starts Docker through it) and the engine answers C(docker version).
+  - Disk: what the model fetch still needs is the size of the files listed in the model dir's
+    C(.sparkfleet-manifest.json) that are missing or of another size; without a manifest it is
+    I(model_size_bytes) less what the model dir already holds. When something must be fetched,
+    I(disk_margin_bytes) more must be free.
 options:
+  expected_arch:
+    description: Architecture the host must have (C(uname -m)).
+    type: str
+    required: true
+  os_releases:
+    description: Accepted C(ID VERSION_ID) prefixes from os-release, e.g. C(ubuntu 24.04); empty accepts any.
+    type: list
+    elements: str
+    default: []
+  gpu_name:
+    description: Text the GPU name must contain.
+    type: str
+    required: true
+  min_driver_version:
+    description: Lowest driver version accepted.
+    type: str
+    required: true
   model_dir:
     description: Directory the model is fetched to.
     type: path
     required: true
+  model_size_bytes:
+    description: Size of the whole model, used when the model dir has no manifest.
+    type: int
+    required: true
+  disk_margin_bytes:
+    description: Free space required on top of what the fetch still needs.
+    type: int
+    default: 0
   port:
     description: TCP port the service will listen on.
     type: int
@@ -28,116 +60,314 @@ author: sparkfleet
 
 RETURN = r"""
 report:
-  description: gpu (present, name, driver_version, error), docker (present, running,
-    server_version, error), disk (path, free_bytes, model_dir_bytes), port (state free|ours|taken, owner).
+  description: arch, os, gpu, docker, disk, port, problems (list of messages), ok.
   returned: always
   type: dict
 """
 
+import json
 import os
+import platform
+import re
 import shutil
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 
+MANIFEST = ".sparkfleet-manifest.json"
+GB = 1e9
+NOT_A_NUMBER = ("[N/A]", "N/A", "[Not Supported]", "Not Supported", "")
 
-def _run(argv):
+
+def _run(argv, timeout=60):
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 127, "", str(exc)
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def gb(value):
+    return "%.1f GB" % (value / GB)
+
+
+def version_tuple(text):
+    """(580, 95, 5) for "580.95.05"; None when it is not dotted numbers."""
+    if not re.match(r"^\d+(\.\d+)*$", text.strip()):
+        return None
+    return tuple(int(part) for part in text.strip().split("."))
+
+
+def os_release(path="/etc/os-release"):
+    fields = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    fields[key] = value.strip().strip('"')
+    except OSError:
+        pass
+    return {"id": fields.get("ID", ""), "version_id": fields.get("VERSION_ID", ""),
+            "pretty_name": fields.get("PRETTY_NAME", "")}
+
+
+def parse_memory(text):
+    """MiB as an int, or None for the unified-memory answers ([N/A], Not Supported)."""
+    value = text.strip()
+    if value in NOT_A_NUMBER:
+        return None
+    match = re.match(r"^(\d+)(\s*MiB)?$", value)
+    return int(match.group(1)) if match else None
+
+
 def gpu_report():
     if shutil.which("nvidia-smi") is None:
-        return {"present": False, "name": "", "driver_version": "", "error": "nvidia-smi not found"}
+        return {"present": False, "name": "", "driver_version": "", "count": 0,
+                "memory_total": "", "memory_total_mib": None, "error": "nvidia-smi not found"}
     rc, out, err = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    if rc != 0 or not lines:
-        msg = (err or out).strip() or "nvidia-smi exited %d" % rc
-        return {"present": False, "name": "", "driver_version": "", "error": msg}
-    name, _, driver = lines[0].partition(",")
-    return {"present": True, "name": name.strip(), "driver_version": driver.strip(), "error": "",
-            "count": len(lines)}
+    if rc != 0 or not lines or "," not in lines[0]:
+        msg = " ".join((err or out).split()) or "nvidia-smi exited %d" % rc
+        return {"present": False, "name": "", "driver_version": "", "count": 0,
+                "memory_total": "", "memory_total_mib": None,
+                "error": "nvidia-smi exited %d: %s" % (rc, msg)}
+    name, _, driver = lines[0].rpartition(",")
+    report = {"present": True, "name": name.strip(), "driver_version": driver.strip(),
+              "count": len(lines), "memory_total": "", "memory_total_mib": None, "error": ""}
+    rc, out, _err = _run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader"])
+    first = out.splitlines()[0].strip() if rc == 0 and out.strip() else ""
+    report["memory_total"] = first or "unknown"
+    report["memory_total_mib"] = parse_memory(first)
+    return report
+
+
+def _systemd_running():
+    return os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
 
 
 def docker_report():
-    if shutil.which("docker") is None:
-        return {"present": False, "running": False, "server_version": "",
-                "error": "docker command not found"}
-    rc, out, err = _run(["docker", "version", "--format", "{{.Server.Version}}"])
+    report = {"present": shutil.which("docker") is not None, "running": False,
+              "service": "", "server_version": "", "error": ""}
+    if _systemd_running():
+        _rc, out, _err = _run(["systemctl", "show", "docker.service", "--property",
+                               "LoadState,ActiveState,SubState,UnitFileState"])
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        state = props.get("ActiveState", "unknown")
+        report["service"] = "%s (%s, %s)" % (state, props.get("SubState", "?"),
+                                             props.get("UnitFileState") or props.get("LoadState", "?"))
+        if props.get("LoadState") == "not-found":
+            report["error"] = "docker.service is not installed"
+            return report
+        if state != "active":
+            report["error"] = "docker.service is %s" % report["service"]
+            return report
+    if not report["present"]:
+        report["error"] = "the docker command is not installed"
+        return report
+    rc, out, err = _run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=30)
     if rc != 0:
-        return {"present": True, "running": False, "server_version": "",
-                "error": (err or out).strip() or "docker version exited %d" % rc}
-    return {"present": True, "running": True, "server_version": out.strip(), "error": ""}
+        report["error"] = " ".join((err or out).split()) or "docker version exited %d" % rc
+        return report
+    report["running"] = True
+    report["server_version"] = out.strip()
+    return report
 
 
-def disk_report(model_dir):
-    path = model_dir
+def _nearest_existing(path):
     while not os.path.exists(path):
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
+    return path
+
+
+def _file_size(path):
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None
+
+
+def read_manifest(model_dir):
+    """{relative path: size} from the model dir's manifest, or None."""
+    try:
+        with open(os.path.join(model_dir, MANIFEST), encoding="utf-8") as handle:
+            files = json.load(handle).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(files, dict):
+        return None
+    sizes = {}
+    for name, meta in files.items():
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool):
+            return None
+        sizes[name] = size
+    return sizes
+
+
+def disk_report(model_dir, model_size_bytes, margin_bytes):
+    path = _nearest_existing(model_dir)
     st = os.statvfs(path)
-    used = 0
-    if os.path.isdir(model_dir):
-        for root, _dirs, files in os.walk(model_dir):
-            for name in files:
-                try:
-                    used += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    pass
-    return {"path": path, "free_bytes": st.f_bavail * st.f_frsize, "model_dir_bytes": used}
+    free = st.f_bavail * st.f_frsize
+    manifest = read_manifest(model_dir)
+    if manifest is not None:
+        missing = {n: s for n, s in manifest.items()
+                   if _file_size(os.path.join(model_dir, n)) != s}
+        needed = sum(missing.values())
+        present = sum(manifest.values()) - needed
+        basis = "manifest"
+        detail = "%d of %d files listed in %s missing" % (len(missing), len(manifest), MANIFEST)
+    else:
+        present = 0
+        if os.path.isdir(model_dir):
+            for root, dirs, files in os.walk(model_dir):
+                dirs[:] = [d for d in dirs if not (root == model_dir and d == ".cache")]
+                present += sum(_file_size(os.path.join(root, f)) or 0 for f in files)
+        needed = max(model_size_bytes - present, 0)
+        basis = "model_size"
+        detail = "spark_preflight_model_size_gb=%g less %s present" % (model_size_bytes / GB,
+                                                                        gb(present))
+    required = needed + margin_bytes if needed else 0
+    return {"path": path, "model_dir": model_dir, "free_bytes": free, "present_bytes": present,
+            "needed_bytes": needed, "required_bytes": required, "basis": basis, "detail": detail}
 
 
-def _listening(port):
+def _listen_inodes(port):
+    inodes = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            with open(table) as handle:
+            with open(table, encoding="ascii") as handle:
                 rows = handle.read().splitlines()[1:]
         except OSError:
             continue
         for row in rows:
             fields = row.split()
-            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.append(fields[9])
+    return inodes
 
 
-def port_report(port, container_name):
-    if not _listening(port):
-        return {"state": "free", "owner": ""}
-    if shutil.which("docker"):
-        rc, out, _err = _run(["docker", "ps", "--filter", "name=^/?%s$" % container_name,
-                              "--format", "{{.Ports}}"])
-        if rc == 0 and (":%d->" % port) in out:
-            return {"state": "ours", "owner": "container %s" % container_name}
-    owner = "an unknown process"
-    if shutil.which("ss"):
-        rc, out, _err = _run(["ss", "-H", "-ltnp", "sport = :%d" % port])
-        if rc == 0 and out.strip():
-            owner = out.split("users:", 1)[-1].strip() if "users:" in out else out.strip()
-    return {"state": "taken", "owner": owner}
+def _socket_owner(inodes):
+    """'NAME (pid N)' of a process holding one of the socket inodes, or ''."""
+    wanted = {"socket:[%s]" % inode for inode in inodes}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        fd_dir = "/proc/%s/fd" % pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) in wanted:
+                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                        argv = handle.read().split(b"\0")
+                    cmd = " ".join(a.decode(errors="replace") for a in argv if a)[:120]
+                    return "%s (pid %s)" % (cmd or "?", pid)
+            except OSError:
+                continue
+    return ""
+
+
+def _container_publishing(port):
+    """Names of running containers that publish ``port`` on the host."""
+    rc, out, _err = _run(["docker", "ps", "--format", "{{.Names}}\t{{.Ports}}"], timeout=30)
+    if rc != 0:
+        return []
+    found = []
+    for line in out.splitlines():
+        name, _, ports = line.partition("\t")
+        if re.search(r":%d->" % port, ports):
+            found.append(name)
+    return found
+
+
+def port_report(port, container_name, docker_running):
+    inodes = _listen_inodes(port)
+    if not inodes:
+        return {"number": port, "state": "free", "owner": ""}
+    containers = _container_publishing(port) if docker_running else []
+    if container_name in containers:
+        return {"number": port, "state": "ours", "owner": "container %s" % container_name}
+    if containers:
+        return {"number": port, "state": "taken", "owner": "container %s" % ", ".join(containers)}
+    return {"number": port, "state": "taken",
+            "owner": _socket_owner(inodes) or "a process this user cannot see"}
+
+
+def problems_of(report, p):
+    problems = []
+    if report["arch"] != p["expected_arch"]:
+        problems.append("architecture is %s, expected spark_preflight_expected_arch=%s"
+                        % (report["arch"], p["expected_arch"]))
+    osr = report["os"]
+    release = ("%s %s" % (osr["id"], osr["version_id"])).strip()
+    if p["os_releases"] and not any(release == r or release.startswith(r + ".")
+                                    or release.startswith(r + " ") for r in p["os_releases"]):
+        problems.append("OS is %s (%s), expected one of spark_preflight_os_releases=%s"
+                        % (release, osr["pretty_name"], ", ".join(p["os_releases"])))
+    gpu = report["gpu"]
+    if not gpu["present"]:
+        problems.append("no usable GPU: %s" % gpu["error"])
+    else:
+        if p["gpu_name"] not in gpu["name"]:
+            problems.append("GPU is %s, expected a name containing spark_preflight_gpu_name=%s"
+                            % (gpu["name"], p["gpu_name"]))
+        have, need = version_tuple(gpu["driver_version"]), version_tuple(p["min_driver_version"])
+        if have is None:
+            problems.append("driver version %r is not a dotted version" % gpu["driver_version"])
+        elif have < need:
+            problems.append("driver %s is older than spark_preflight_min_driver_version=%s"
+                            % (gpu["driver_version"], p["min_driver_version"]))
+    if not report["docker"]["running"]:
+        problems.append("Docker engine not running: %s" % report["docker"]["error"])
+    disk = report["disk"]
+    if disk["free_bytes"] < disk["required_bytes"]:
+        problems.append(
+            "disk: %s free on %s, but the model fetch needs %s under %s (%s) plus "
+            "spark_preflight_disk_margin_gb=%g: %s short"
+            % (gb(disk["free_bytes"]), disk["path"], gb(disk["needed_bytes"]), disk["model_dir"],
+               disk["detail"], p["disk_margin_bytes"] / GB,
+               gb(disk["required_bytes"] - disk["free_bytes"])))
+    port = report["port"]
+    if port["state"] == "taken":
+        problems.append("port %d (spark_preflight_port) is taken by %s, not by container %s"
+                        % (port["number"], port["owner"], p["container_name"]))
+    return problems
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
+            "expected_arch": {"type": "str", "required": True},
+            "os_releases": {"type": "list", "elements": "str", "default": []},
+            "gpu_name": {"type": "str", "required": True},
+            "min_driver_version": {"type": "str", "required": True},
             "model_dir": {"type": "path", "required": True},
+            "model_size_bytes": {"type": "int", "required": True},
+            "disk_margin_bytes": {"type": "int", "default": 0},
             "port": {"type": "int", "required": True},
             "container_name": {"type": "str", "required": True},
         },
         supports_check_mode=True,
     )
-    params = module.params
+    p = module.params
+    if version_tuple(p["min_driver_version"]) is None:
+        module.fail_json(msg="spark_preflight_min_driver_version=%r must be a dotted version such "
+                             "as 580.0" % p["min_driver_version"])
+    docker = docker_report()
     report = {
+        "arch": platform.machine(),
+        "os": os_release(),
         "gpu": gpu_report(),
-        "docker": docker_report(),
-        "disk": disk_report(params["model_dir"]),
-        "port": port_report(params["port"], params["container_name"]),
+        "docker": docker,
+        "disk": disk_report(p["model_dir"], p["model_size_bytes"], p["disk_margin_bytes"]),
+        "port": port_report(p["port"], p["container_name"], docker["running"]),
     }
+    report["problems"] = problems_of(report, p)
+    report["ok"] = not report["problems"]
     module.exit_json(changed=False, report=report)
 
 

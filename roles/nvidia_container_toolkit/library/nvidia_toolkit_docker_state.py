@@ -1,0 +1,102 @@
+#!/usr/bin/python
+"""Ansible module: does the running dockerd predate the toolkit's OCI hook?"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: nvidia_toolkit_docker_state
+short_description: Tell whether dockerd must restart to offer --gpus
+description:
+  - Read-only. dockerd registers its GPU device driver (what C(docker run --gpus) needs) only at
+    start, and only when C(nvidia-container-runtime-hook) is on its PATH then; a reload does not
+    register it. This module compares the start time of the service's main process with the time
+    the hook was installed (its inode change time) and says whether a restart is needed.
+options:
+  service:
+    description: systemd unit of the Docker engine.
+    type: str
+    default: docker.service
+  hook:
+    description: The toolkit's OCI prestart hook, looked up on PATH.
+    type: str
+    default: nvidia-container-runtime-hook
+author: sparkfleet
+"""
+
+RETURN = r"""
+restart_needed:
+  description: Whether dockerd runs and started before the hook was installed.
+  returned: always
+  type: bool
+hook_path:
+  description: Where the hook is ("" when not installed).
+  returned: always
+  type: str
+hook_installed_at:
+  description: Inode change time of the hook (epoch seconds), 0 when not installed.
+  returned: always
+  type: float
+dockerd_pid:
+  description: Main PID of the service, 0 when it is not running.
+  returned: always
+  type: int
+dockerd_started_at:
+  description: Start time of that process (epoch seconds), 0 when it is not running.
+  returned: always
+  type: float
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def main_pid(service):
+    try:
+        out = subprocess.run(["systemctl", "show", "--property", "MainPID", "--value", service],
+                             capture_output=True, text=True, check=False, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return int(out.strip()) if out.strip().isdigit() else 0
+
+
+def process_start(pid):
+    """Start time of ``pid`` in epoch seconds, from /proc (0 when unknown).
+
+    /proc/PID/stat counts clock ticks since boot; the boot clock read now turns that into an age
+    (to 10 ms, unlike /proc/stat's btime, which is rounded to the second).
+    """
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "service": {"type": "str", "default": "docker.service"},
+            "hook": {"type": "str", "default": "nvidia-container-runtime-hook"},
+        },
+        supports_check_mode=True,
+    )
+    hook = shutil.which(module.params["hook"], path=SEARCH_PATH) or ""
+    installed = os.stat(hook).st_ctime if hook else 0.0
+    pid = main_pid(module.params["service"])
+    started = process_start(pid) if pid else 0.0
+    module.exit_json(
+        changed=False, hook_path=hook, hook_installed_at=installed, dockerd_pid=pid,
+        dockerd_started_at=started, restart_needed=bool(hook and started and started < installed),
+    )
+
+
+if __name__ == "__main__":
+    main()
