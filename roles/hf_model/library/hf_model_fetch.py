@@ -54,7 +54,10 @@ options:
     choices: [http, xet]
     default: http
   workers: {description: Files fetched at the same time (1-64)., type: int, default: 8}
-  retries: {description: Attempts per file without progress before giving up (1-100)., type: int, default: 10}
+  retries:
+    description: Attempts per file in a row that move less than 1 MiB before giving up (1-100).
+    type: int
+    default: 10
   stall_timeout_s: {description: Seconds without data before a transfer is retried., type: int, default: 60}
   disk_margin_gb: {description: Free space kept beyond the bytes to fetch, in GB., type: float, default: 5}
   progress_file: {description: JSON progress file (empty for none)., type: path}
@@ -112,6 +115,7 @@ READ_CHUNK = 8 * 1024 * 1024
 GB = 1000 ** 3
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+MIN_PROGRESS = 1024 * 1024
 
 
 class FetchError(Exception):
@@ -580,22 +584,20 @@ class HttpFetcher:
                          % path)
 
     def _download(self, path, entry, part):
+        """Bring `part` to the entry's size, continuing what is there; returns its hasher."""
         size = entry["size"]
-        hasher = new_hasher(entry)
-        have = os.path.getsize(part) if os.path.exists(part) else 0
-        if have and hasher is not None:
-            hash_into(hasher, part, have)
+        state = Transfer(entry, part)
         url = self.hf_hub_url(self.params["repo_id"], path, revision=self.commit,
                               endpoint=self.params["endpoint"])
         failures = 0
         last_error = None
         with open(part, "ab") as out:
-            while have < size:
+            while state.have < size:
                 if self.stop.is_set():
                     raise Stopped()
-                before = have
+                before = state.have
                 try:
-                    have, hasher = self._stream(url, out, have, size, hasher, entry)
+                    self._stream(url, out, state)
                 except Stopped:
                     raise
                 except (self.httpx.NetworkError, self.httpx.TimeoutException,
@@ -605,60 +607,79 @@ class HttpFetcher:
                     if http_status(exc) not in RETRY_STATUS:
                         raise
                     last_error = "HTTP %s" % http_status(exc)
-                if have >= size:
+                if state.have >= size:
                     break
-                failures = 0 if have > before else failures + 1
+                # an attempt that moved less than MIN_PROGRESS counts as one without progress
+                failures = 0 if state.have - before >= MIN_PROGRESS else failures + 1
                 if failures >= self.params["retries"]:
                     raise FetchError("download of %s from %s stopped at %d of %d bytes after %d "
                                      "attempts without progress (last error: %s); run again to "
-                                     "continue from there" % (path, self.params["endpoint"], have,
-                                                              size, failures, last_error))
-                self.progress.update(message="%s: %s, resuming at byte %d" % (path, last_error, have))
-                self.stop.wait(min(30.0, 2.0 ** max(0, failures - 1)) if failures else 0.5)
-        return hasher
+                                     "continue from there" % (path, self.params["endpoint"],
+                                                              state.have, size, failures,
+                                                              last_error))
+                self.progress.update(message="%s: %s, resuming at byte %d"
+                                     % (path, last_error, state.have))
+                self.stop.wait(min(30.0, 2.0 ** (failures - 1)) if failures else 0.2)
+        return state.hasher
 
-    def _stream(self, url, out, have, size, hasher, entry):
+    def _stream(self, url, out, state):
+        """One GET from state.have on, appended to `out`; state follows every byte written."""
         headers = self.build_hf_headers(token=self.token or False)
         headers["Accept-Encoding"] = "identity"
-        if have:
-            headers["Range"] = "bytes=%d-" % have
+        if state.have:
+            headers["Range"] = "bytes=%d-" % state.have
         session = self.get_session()
         with session.stream("GET", url, headers=headers, timeout=self.timeout,
                             follow_redirects=True) as response:
             if response.status_code == 416:  # partial file longer than the file: start over
-                out.truncate(0)
-                out.seek(0)
-                return 0, new_hasher(entry)
+                state.restart(out)
+                return
             if response.status_code >= 400:
                 response.read()
                 self.raise_for_status(response)
-            if have and response.status_code != 206:
-                out.truncate(0)
-                out.seek(0)
-                have, hasher = 0, new_hasher(entry)
-            elif have:
-                content_range = response.headers.get("Content-Range", "")
-                match = re.match(r"bytes (\d+)-", content_range)
-                if not match or int(match.group(1)) != have:
-                    out.truncate(0)
-                    out.seek(0)
-                    return 0, new_hasher(entry)
+            if state.have:
+                match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+                if response.status_code != 206 or not match or int(match.group(1)) != state.have:
+                    state.restart(out)  # the server sends the whole file: take it from byte 0
+                    if response.status_code != 200:
+                        return
+            size = state.size
             for chunk in response.iter_bytes():
                 if self.stop.is_set():
                     raise Stopped()
                 if not chunk:
                     continue
-                if have + len(chunk) > size:
-                    chunk = chunk[: size - have]
+                if state.have + len(chunk) > size:
+                    chunk = chunk[: size - state.have]
                 out.write(chunk)
-                if hasher is not None:
-                    hasher.update(chunk)
-                have += len(chunk)
+                state.add(chunk)
                 self.progress.add(len(chunk))
-                if have >= size:
+                if state.have >= size:
                     break
             out.flush()
-        return have, hasher
+
+
+class Transfer:
+    """Bytes of a partial file and their running hash."""
+
+    def __init__(self, entry, part):
+        self.entry = entry
+        self.size = entry["size"]
+        self.hasher = new_hasher(entry)
+        self.have = os.path.getsize(part) if os.path.exists(part) else 0
+        if self.have and self.hasher is not None:
+            hash_into(self.hasher, part, self.have)
+
+    def add(self, chunk):
+        if self.hasher is not None:
+            self.hasher.update(chunk)
+        self.have += len(chunk)
+
+    def restart(self, out):
+        out.truncate(0)
+        out.seek(0)
+        self.have = 0
+        self.hasher = new_hasher(self.entry)
 
 
 class XetFetcher:
