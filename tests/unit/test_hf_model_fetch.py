@@ -1,0 +1,423 @@
+"""Tests of the hf_model role's module (roles/hf_model/library/hf_model_fetch.py).
+
+The module runs as Ansible runs it on a host: a child process of the project's Python (which has
+ansible-core and huggingface_hub, as the role's venv does) reading ``{"ANSIBLE_MODULE_ARGS": ...}``
+from a file. It fetches from this file's own stand-in Hub on 127.0.0.1, whose fault switches
+(dropped connections, a corrupted byte, a slow link, tokens) and byte counters are the evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "roles" / "hf_model" / "library" / "hf_model_fetch.py"
+REPO = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
+BIG_REPO = "standin/one-big-shard"
+BIG_SHARD = "model-00001-of-00001.safetensors"
+SHARD_SIZE = 1_500_000  # 20 shards: a ~30 MB repo
+BIG_SHARD_SIZE = 24 * 1024 * 1024
+MANIFEST = ".sparkfleet-manifest.json"
+
+
+@dataclass
+class Fixture:
+    """The running stand-in Hub and the repos it serves (repo.json of each)."""
+
+    hub: StandinHub
+    meta: dict[str, Any]
+    big_meta: dict[str, Any]
+
+    def sizes(self, meta: dict[str, Any] | None = None) -> dict[str, int]:
+        return {f["path"]: int(f["size"]) for f in (meta or self.meta)["files"]}
+
+    def total(self, meta: dict[str, Any] | None = None) -> int:
+        return sum(self.sizes(meta).values())
+
+    def sha256(self, path: str, meta: dict[str, Any] | None = None) -> str:
+        return str(next(f for f in (meta or self.meta)["files"] if f["path"] == path)["sha256"])
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
+    work = tmp_path_factory.mktemp("hf_model_fetch")
+    meta = build_fixture(work / "repo", SHARD_SIZE)
+    big_meta = build_fixture(work / "big", BIG_SHARD_SIZE, shards=1, seed=1)
+    hub = StandinHub({REPO: work / "repo", BIG_REPO: work / "big"}, work).start()
+    try:
+        yield Fixture(hub, meta, big_meta)
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_hub(request: pytest.FixtureRequest) -> None:
+    if "fx" in request.fixturenames:
+        fixture: Fixture = request.getfixturevalue("fx")
+        fixture.hub.clean()
+
+
+def module_args(fx: Fixture, local_dir: Path, **extra: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "repo_id": REPO,
+        "local_dir": str(local_dir),
+        "endpoint": fx.hub.url,
+        "disk_margin_gb": 0,
+        "retries": 3,
+        "progress_file": str(local_dir.parent / f"{local_dir.name}-progress.json"),
+    }
+    args.update(extra)
+    return args
+
+
+def args_file(args: dict[str, Any], where: Path) -> Path:
+    path = where / f"args-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    return path
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    line = [ln for ln in stdout.splitlines() if ln.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+def run_module(args: dict[str, Any], where: Path, timeout: float = 120) -> dict[str, Any]:
+    """Run the module once as Ansible would; its JSON result (plus the raw stdout)."""
+    proc = subprocess.run(
+        [sys.executable, str(MODULE), str(args_file(args, where))],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+    )
+    result = parse_result(proc.stdout)
+    result["_stdout"] = proc.stdout + proc.stderr
+    assert proc.returncode == (1 if result.get("failed") else 0), proc.stderr
+    return result
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def assert_complete(fx: Fixture, local_dir: Path, meta: dict[str, Any] | None = None) -> None:
+    meta = meta or fx.meta
+    for entry in meta["files"]:
+        path = local_dir / entry["path"]
+        assert path.stat().st_size == entry["size"], entry["path"]
+        assert sha256(path) == entry["sha256"], entry["path"]
+    manifest = json.loads((local_dir / MANIFEST).read_text())
+    assert manifest["commit"] == meta["sha"]
+    assert set(manifest["files"]) == {f["path"] for f in meta["files"]}
+    parts = local_dir / ".cache" / "sparkfleet" / "parts"
+    assert not [p for p in parts.rglob("*") if p.is_file()]
+
+
+def bytes_on_disk(fx: Fixture, target: Path) -> int:
+    """Bytes of the repo's files under target, in place or as partial files."""
+    parts = target / ".cache" / "sparkfleet" / "parts"
+    total = 0
+    for path in fx.sizes():
+        for candidate in (target / path, parts / f"{path}.part"):
+            if candidate.exists():
+                total += candidate.stat().st_size
+    return total
+
+
+def served(fx: Fixture) -> dict[str, int]:
+    files: dict[str, int] = fx.hub.stats()["files"]
+    return files
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+def test_fetch_verifies_records_and_a_rerun_is_a_no_op(fx: Fixture, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    first = run_module(module_args(fx, target), tmp_path)
+    assert first["changed"] and not first.get("failed"), first.get("msg", first)
+    assert sorted(first["fetched"]) == sorted(fx.sizes())
+    assert first["commit"] == fx.meta["sha"]
+    assert first["bytes_fetched"] == fx.total() == first["bytes_total"]
+    assert_complete(fx, target)
+    assert served(fx) == fx.sizes()  # every file exactly once
+    progress = json.loads((tmp_path / "model-progress.json").read_text())
+    assert progress["phase"] == "done"
+    assert progress["bytes_done"] == progress["bytes_total"] == fx.total()
+    assert progress["schema"] == "sparkfleet/hf_model-progress/1"
+
+    fx.hub.clean()
+    again = run_module(module_args(fx, target), tmp_path)
+    assert again["changed"] is False and again["fetched"] == []
+    stats = fx.hub.stats()
+    assert stats["bytes_served"] == 0
+    assert stats["requests"] == 1  # the branch is resolved to its commit, nothing else
+
+    fx.hub.clean()
+    pinned = run_module(module_args(fx, target, revision=fx.meta["sha"]), tmp_path)
+    assert pinned["changed"] is False
+    assert fx.hub.stats()["requests"] == 0  # a recorded commit needs no Hub at all
+
+
+def test_check_mode_reports_and_writes_nothing(fx: Fixture, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, _ansible_check_mode=True), tmp_path)
+    assert result["changed"] and sorted(result["fetched"]) == sorted(fx.sizes())
+    assert result["bytes_to_fetch"] == fx.total()
+    assert not target.exists()
+    assert fx.hub.stats()["bytes_served"] == 0
+
+
+def test_connection_dropped_mid_file_continues_with_range(fx: Fixture, tmp_path: Path) -> None:
+    drop_at = 5 * 1024 * 1024 + 12345
+    fx.hub.faults(drop_after_bytes=drop_at, drop_count=1)
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, repo_id=BIG_REPO), tmp_path)
+    assert result["changed"] and not result.get("failed"), result
+    assert_complete(fx, target, fx.big_meta)
+    size = fx.sizes(fx.big_meta)[BIG_SHARD]
+    downloads = [d for d in fx.hub.stats()["downloads"] if d["path"] == BIG_SHARD]
+    assert [(d["dropped"], d["range"]) for d in downloads] == [
+        (True, None),
+        (False, f"bytes={drop_at}-"),
+    ]
+    assert served(fx)[BIG_SHARD] == size  # not one byte fetched twice
+
+
+def test_connection_dropped_every_time_fails_clearly(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(drop_after_bytes=1000)
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, repo_id=BIG_REPO, retries=2), tmp_path)
+    assert result["failed"]
+    assert re.match(
+        rf"download of \S+ from {fx.hub.url} stopped at \d+ of \d+ bytes after 2 attempts "
+        r"without progress \(last error: RemoteProtocolError: .*\); run again to continue",
+        result["msg"],
+    ), result["msg"]
+    assert "Traceback" not in result["_stdout"]
+
+
+def test_corrupted_byte_in_transit_refetches_that_file_alone(fx: Fixture, tmp_path: Path) -> None:
+    bad = "model-00007-of-00020.safetensors"
+    fx.hub.faults(corrupt_once=bad)
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target), tmp_path)
+    assert result["changed"] and not result.get("failed"), result
+    assert result["refetched"] == [bad]
+    assert_complete(fx, target)
+    expected = fx.sizes()
+    expected[bad] *= 2
+    assert served(fx) == expected
+    corrupted = [d["path"] for d in fx.hub.stats()["downloads"] if d["corrupted"]]
+    assert corrupted == [bad]
+
+
+def test_slow_server_shows_progress_and_completes(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(rate_limit_bps=1_500_000)  # about 3 s for the repo with 8 transfers at a time
+    target = tmp_path / "model"
+    progress_file = tmp_path / "model-progress.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(MODULE), str(args_file(module_args(fx, target), tmp_path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    snapshots: list[dict[str, Any]] = []
+    while proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            snapshots.append(json.loads(progress_file.read_text()))
+        time.sleep(0.2)
+    stdout, _ = proc.communicate()
+    result = parse_result(stdout)
+    assert result["changed"] and not result.get("failed"), result
+    assert_complete(fx, target)
+    moving = [
+        s
+        for s in snapshots
+        if s["phase"] == "fetching" and 0 < s["bytes_done"] < s["bytes_total"] and s["rate_bps"] > 0
+    ]
+    assert len(moving) >= 3, snapshots[-3:]
+    assert all(s["bytes_total"] == fx.total() for s in moving)
+    done = [s["bytes_done"] for s in moving]
+    assert done == sorted(done)
+    assert any(s["active"] for s in moving) and any(s["eta_s"] for s in moving)
+
+
+def test_wrong_token_is_a_clear_401_and_never_shown(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(require_token="right-token-5c1f")
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token-9d2e\n")
+    token_file.chmod(0o600)
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, token_file=str(token_file)), tmp_path)
+    assert result["failed"] and result["hub_status"] == 401
+    assert "rejected hf_model_token (HTTP 401" in result["msg"]
+    assert "wrong-token-9d2e" not in result["_stdout"]
+    assert "wrong-token-9d2e" not in (tmp_path / "model-progress.json").read_text()
+
+    missing = run_module(module_args(fx, target), tmp_path)
+    assert missing["failed"] and "gated or private" in missing["msg"]
+    assert "set hf_model_token" in missing["msg"]
+
+    token_file.write_text("right-token-5c1f\n")
+    right = run_module(module_args(fx, target, token_file=str(token_file)), tmp_path)
+    assert right["changed"] and not right.get("failed"), right
+    assert "right-token-5c1f" not in right["_stdout"]
+    assert_complete(fx, target)
+
+
+def test_unknown_repo_and_revision_are_clear_404s(fx: Fixture, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    repo = run_module(module_args(fx, target, repo_id="nobody/nothing"), tmp_path)
+    assert repo["failed"] and repo["hub_status"] == 404
+    assert "hf_model_repo_id=nobody/nothing not found" in repo["msg"]
+    revision = run_module(module_args(fx, target, revision="v9.9"), tmp_path)
+    assert revision["failed"] and "hf_model_revision=v9.9 not found" in revision["msg"]
+    fx.hub.faults(status={"model-00003-of-00020.safetensors": 403})
+    forbidden = run_module(module_args(fx, target), tmp_path)
+    assert forbidden["failed"] and "HTTP 403" in forbidden["msg"]
+    assert "Traceback" not in repo["_stdout"] + revision["_stdout"] + forbidden["_stdout"]
+
+
+def test_sigkilled_run_is_continued_by_the_next(fx: Fixture, tmp_path: Path) -> None:
+    total = fx.total()
+    fx.hub.faults(rate_limit_bps=2_000_000)
+    target = tmp_path / "model"
+    proc = subprocess.Popen(
+        [sys.executable, str(MODULE), str(args_file(module_args(fx, target), tmp_path))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while fx.hub.stats()["bytes_served"] < total // 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    # Pause the server (1 byte/s) and let the client write what the kernel's socket buffers still
+    # hold, so that the kill cuts the files where the client has them: bytes buffered in the
+    # kernel at a kill are lost to any client and would only blur the measurement.
+    fx.hub.faults(rate_limit_bps=1)
+    while fx.hub.stats()["bytes_served"] - bytes_on_disk(fx, target) > 8 * 8192:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts = target / ".cache" / "sparkfleet" / "parts"
+    cut = {str(p.relative_to(parts))[: -len(".part")] for p in parts.rglob("*.part")}
+    resumable = {p for p in cut if (parts / f"{p}.part").stat().st_size > 0}
+    assert resumable  # files cut mid-way
+    # The server's threads for the dead connections end at their next writes; only then may the
+    # pause be lifted (a full-speed write into a dead socket would be counted as served).
+    while not cut <= {d["path"] for d in fx.hub.stats()["downloads"]}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    killed_at = fx.hub.stats()["bytes_served"]
+    assert total * 0.4 < killed_at < total * 0.9
+    fx.hub.control("DELETE", "faults")
+
+    result = run_module(module_args(fx, target), tmp_path)
+    assert result["changed"] and not result.get("failed"), result
+    assert result["bytes_to_fetch"] < total - killed_at + total * 0.05
+    assert_complete(fx, target)
+    ranged = {d["path"] for d in fx.hub.stats()["downloads"] if d["range"]}
+    assert ranged == resumable  # each partial file continued with Range, not restarted
+    stats = fx.hub.stats()
+    log = [(d["path"], d["range"], d["sent"]) for d in stats["downloads"]]
+    assert stats["bytes_served"] <= 1.05 * total, json.dumps([killed_at, result["refetched"], log])
+
+
+def test_disk_too_small_fails_before_downloading(fx: Fixture, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        result = run_module(module_args(fx, mount / "model", disk_margin_gb=0.001), tmp_path)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert result["failed"]
+    needed = (fx.total() + 1_000_000) / 1e9
+    assert f"{needed:.2f} GB needed" in result["msg"]
+    assert "GB free" in result["msg"] and str(mount / "model") in result["msg"]
+    assert fx.hub.stats()["bytes_served"] == 0
+
+
+def test_sha256_verify_finds_a_corrupted_file_and_refetches_it_alone(
+    fx: Fixture, tmp_path: Path
+) -> None:
+    target = tmp_path / "model"
+    assert run_module(module_args(fx, target), tmp_path)["changed"]
+    bad = "model-00011-of-00020.safetensors"
+    with open(target / bad, "r+b") as fh:
+        fh.seek(fx.sizes()[bad] // 3)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    fx.hub.clean()
+    by_size = run_module(module_args(fx, target, verify="size"), tmp_path)
+    assert by_size["changed"] is False  # same size: only a hash can tell
+    by_hash = run_module(module_args(fx, target, verify="sha256"), tmp_path)
+    assert by_hash["changed"] and by_hash["fetched"] == [bad]
+    assert served(fx) == {bad: fx.sizes()[bad]}
+    assert_complete(fx, target)
+    fx.hub.clean()
+    clean = run_module(module_args(fx, target, verify="sha256"), tmp_path)
+    assert clean["changed"] is False and fx.hub.stats()["bytes_served"] == 0
+
+
+def test_files_dropped_by_a_new_commit_are_removed(fx: Fixture, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    assert run_module(module_args(fx, target), tmp_path)["changed"]
+    manifest_path = target / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["commit"] = "0" * 40
+    manifest["files"]["old-shard.safetensors"] = {"size": 3, "sha256": "x", "git_oid": None}
+    manifest_path.write_text(json.dumps(manifest))
+    (target / "old-shard.safetensors").write_bytes(b"old")
+    (target / "notes.txt").write_text("kept: not the role's file")
+    fx.hub.clean()
+    result = run_module(module_args(fx, target), tmp_path)
+    assert result["changed"] and result["removed"] == ["old-shard.safetensors"]
+    assert result["fetched"] == []
+    assert not (target / "old-shard.safetensors").exists() and (target / "notes.txt").exists()
+    assert_complete(fx, target)
+    assert fx.hub.stats()["bytes_served"] == 0
+
+
+def test_xet_transfer_uses_huggingface_hubs_downloader(fx: Fixture, tmp_path: Path) -> None:
+    bad = "model-00002-of-00020.safetensors"
+    fx.hub.faults(corrupt_once=bad)
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, transfer="xet"), tmp_path)
+    assert result["changed"] and result["refetched"] == [bad], result
+    assert_complete(fx, target)
+    fx.hub.clean()
+    assert run_module(module_args(fx, target, transfer="xet"), tmp_path)["changed"] is False
+
+
+def test_bad_parameters_name_the_value_and_range(fx: Fixture, tmp_path: Path) -> None:
+    result = run_module(module_args(fx, tmp_path / "m", workers=0), tmp_path)
+    assert result["failed"] and result["msg"] == "workers=0 is out of range: 1-64"
+    peer = run_module(module_args(fx, tmp_path / "m", source="peer"), tmp_path)
+    assert peer["failed"] and "needs the seed's manifest" in peer["msg"]
