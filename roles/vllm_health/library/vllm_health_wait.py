@@ -109,6 +109,15 @@ def progress_line(module, params, elapsed, unit, container):
     return line
 
 
+def current_instance(unit):
+    """Whether a server answering now is the unit's current one, not one about to be stopped."""
+    if unit is None:
+        return True
+    if unit["active"] == "activating":
+        return unit["sub"] in ("start", "start-post")
+    return unit["active"] == "active" and not unit["job_pending"]
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -152,8 +161,11 @@ def main():
         probed_at = time.time()
         status, _body, latency_ms = http(url, api_key=params["api_key"], timeout=2.0)
         if status == 200:
-            finish("ready", ready_at=round(probed_at + latency_ms / 1000.0, 3),
-                   ready_after_s=round(probed_at - since, 1), health_latency_ms=round(latency_ms, 1))
+            unit = unit_state(run, params["service"])
+            if current_instance(unit):
+                finish("ready", ready_at=round(probed_at + latency_ms / 1000.0, 3),
+                       ready_after_s=round(probed_at - since, 1),
+                       health_latency_ms=round(latency_ms, 1))
         unhealthy = unhealthy + 1 if status == 503 else 0
         if unhealthy >= 3:
             finish("dead", msg="%s answers 503 (the engine is dead), %d s into the %d s budget" % (
