@@ -342,9 +342,7 @@ def test_control_file_in_the_model_dir_wins(tmp_path: Path, launcher: Launcher) 
     assert "CUDA out of memory" in standin.output()
 
 
-def test_crash_marker_goes_where_the_control_file_says(
-    tmp_path: Path, launcher: Launcher
-) -> None:
+def test_crash_marker_goes_where_the_control_file_says(tmp_path: Path, launcher: Launcher) -> None:
     model = make_model_dir(tmp_path)
     state = tmp_path / "survives-the-container"
     control = {"fault": "crash_after_start:0.5", "load_seconds": 0.1, "state_dir": str(state)}

@@ -35,8 +35,8 @@ Faults: ``oom_at_start`` exits 1 with torch's CUDA OOM message after the load de
 ``crash_after_start:N`` serves, then after N seconds logs an engine-died error and exits 1,
 unless the marker ``vllm-standin-crashed`` exists in the state directory (the crash creates it,
 so a restarted server stays up; with ``--ipc=host`` a state_dir under /dev/shm is the host's
-and outlives the container, so a new container started by systemd stays up too); ``unhealthy`` serves, but /health and /ping answer 503 and
-generation 500.
+and outlives the container, so a new container started by systemd stays up too);
+``unhealthy`` serves, but /health and /ping answer 503 and generation 500.
 
 Prompt tokens: with ``tokenizers`` and MODEL/tokenizer.json, the tokenizer's count for each
 message's content; otherwise an approximation counting words and punctuation marks separately
