@@ -331,6 +331,33 @@ def test_control_file_makes_it_unhealthy(tmp_path: Path, launcher: Launcher) -> 
     assert response.json()["error"]["code"] == 500
 
 
+def test_control_file_in_the_model_dir_wins(tmp_path: Path, launcher: Launcher) -> None:
+    """A deployment mounts only the model dir: MODEL/.vllm-standin.json reaches the server."""
+    model = make_model_dir(tmp_path)
+    control = tmp_path / "standin.json"
+    control.write_text(json.dumps({"fault": "unhealthy", "load_seconds": 0.1}))
+    (model / ".vllm-standin.json").write_text(json.dumps({"fault": "oom_at_start"}))
+    standin = launcher(model, CARD_ARGS, VLLM_STANDIN_CONTROL_FILE=str(control))
+    assert standin.wait_exit() == 1
+    assert "CUDA out of memory" in standin.output()
+
+
+def test_crash_marker_goes_where_the_control_file_says(tmp_path: Path, launcher: Launcher) -> None:
+    model = make_model_dir(tmp_path)
+    state = tmp_path / "survives-the-container"
+    control = {"fault": "crash_after_start:0.5", "load_seconds": 0.1, "state_dir": str(state)}
+    (model / ".vllm-standin.json").write_text(json.dumps(control))
+    first = launcher(model)
+    first.wait_ready()
+    assert first.wait_exit(timeout=5) == 1
+    assert (state / "vllm-standin-crashed").exists()
+    assert not (tmp_path / "vllm-standin-crashed").exists()
+    second = launcher(model)
+    second.wait_ready()
+    time.sleep(1.0)
+    assert second.proc.poll() is None, second.output()
+
+
 # --------------------------------------------------------------------------- endpoints
 
 

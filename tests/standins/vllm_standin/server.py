@@ -23,14 +23,20 @@ CLI (argparse; an unknown flag exits with status 2)::
     VLLM_STANDIN_OOM_ABOVE      --gpu-memory-utilization above this: CUDA OOM (default 0.93)
     VLLM_STANDIN_FAULT          none | oom_at_start | crash_after_start:N | unhealthy
     VLLM_STANDIN_STATE_DIR      where the crash-once marker lives (default /tmp)
-    VLLM_STANDIN_CONTROL_FILE   JSON object overriding fault, load_seconds, prefill_tps and
-                                decode_tps (default /models-control/standin.json; absent: none)
+    VLLM_STANDIN_CONTROL_FILE   JSON object overriding fault, load_seconds, prefill_tps,
+                                decode_tps and state_dir (default /models-control/standin.json;
+                                absent: none)
+
+A second control file, ``MODEL/.vllm-standin.json`` (same keys), is read after the first and
+wins: a deployment mounts only the model directory, so this is how the lab injects faults into
+a container it does not start itself. The real image ignores the file.
 
 Faults: ``oom_at_start`` exits 1 with torch's CUDA OOM message after the load delay;
 ``crash_after_start:N`` serves, then after N seconds logs an engine-died error and exits 1,
-unless the marker ``$VLLM_STANDIN_STATE_DIR/vllm-standin-crashed`` exists (the crash creates it,
-so a restarted server stays up); ``unhealthy`` serves, but /health and /ping answer 503 and
-generation 500.
+unless the marker ``vllm-standin-crashed`` exists in the state directory (the crash creates it,
+so a restarted server stays up; with ``--ipc=host`` a state_dir under /dev/shm is the host's
+and outlives the container, so a new container started by systemd stays up too);
+``unhealthy`` serves, but /health and /ping answer 503 and generation 500.
 
 Prompt tokens: with ``tokenizers`` and MODEL/tokenizer.json, the tokenizer's count for each
 message's content; otherwise an approximation counting words and punctuation marks separately
@@ -67,6 +73,7 @@ from urllib.parse import urlsplit
 
 VERSION = "0.16.0rc2.dev0+standin"
 CRASH_MARKER = "vllm-standin-crashed"
+MODEL_CONTROL_FILE = ".vllm-standin.json"
 GPU_TOTAL_GIB = 119.7  # what torch reports for a GB10
 WEIGHTS_AND_OVERHEAD_GIB = 96.0  # the 99 GB checkpoint plus activations and CUDA graphs
 BLOCK_SIZE = 16
@@ -151,15 +158,21 @@ class Knobs:
     state_dir: Path
 
 
-def load_knobs(env: Mapping[str, str]) -> Knobs:
+def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
+    """The knobs from ``env``, then the control file, then MODEL's own control file."""
     values: dict[str, Any] = {
         "fault": env.get("VLLM_STANDIN_FAULT", "none"),
         "load_seconds": env.get("VLLM_STANDIN_LOAD_SECONDS", "5"),
         "prefill_tps": env.get("VLLM_STANDIN_PREFILL_TPS", "920"),
         "decode_tps": env.get("VLLM_STANDIN_DECODE_TPS", "28"),
+        "state_dir": env.get("VLLM_STANDIN_STATE_DIR", "/tmp"),
     }
-    control = Path(env.get("VLLM_STANDIN_CONTROL_FILE", "/models-control/standin.json"))
-    if control.is_file():
+    controls = [Path(env.get("VLLM_STANDIN_CONTROL_FILE", "/models-control/standin.json"))]
+    if model:
+        controls.append(Path(model) / MODEL_CONTROL_FILE)
+    for control in controls:
+        if not control.is_file():
+            continue
         try:
             overrides = json.loads(control.read_text())
             values.update({k: v for k, v in overrides.items() if k in values})
@@ -179,7 +192,7 @@ def load_knobs(env: Mapping[str, str]) -> Knobs:
             prefill_tps=float(values["prefill_tps"]),
             decode_tps=float(values["decode_tps"]),
             oom_above=float(env.get("VLLM_STANDIN_OOM_ABOVE", "0.93")),
-            state_dir=Path(env.get("VLLM_STANDIN_STATE_DIR", "/tmp")),
+            state_dir=Path(str(values["state_dir"])),
         )
     except ValueError as exc:
         die(f"ValueError: stand-in settings: {exc}", [])
@@ -1095,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
         args.api_key = [os.environ["VLLM_API_KEY"]]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    knobs = load_knobs(os.environ)
+    knobs = load_knobs(os.environ, args.model_tag)
     log("INFO", "api_server.py:1351", f"vLLM API server version {VERSION}")
     defaults = vars(build_parser().parse_args(["serve", args.model_tag]))
     changed = {k: v for k, v in vars(args).items() if v != defaults[k] or k == "model_tag"}

@@ -1,0 +1,447 @@
+"""The service scenario: what converge left on svc-spark, then the ways a Spark fails.
+
+Static checks first (unit, environment file, container, image record, API key), then runs of
+converge.yml driven from here: a second run that must change nothing, bad settings that must be
+refused before anything changes, and faults injected through the stand-in's control file in the
+model directory (the lab's own data; the unit mounts it read-only into the container): a crash
+after start, out of memory at start-up, a model directory emptied under a deployed service.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCENARIO = Path(__file__).resolve().parents[1]
+INVENTORY = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+HOST = "svc-spark"
+API_KEY = "sparklab-svc-key-0f3a9c"  # molecule.yml, host_vars
+MODEL_DIR = "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
+MOUNT = "/models/MiniMax-M2.5-REAP-172B-NVFP4"
+CONTROL = f"{MODEL_DIR}/.vllm-standin.json"
+SERVED = "MiniMax-M2.5-REAP-172B-NVFP4"
+IMAGE = "avarok/dgx-vllm-nvfp4-kernel"
+CARD_ENV = {
+    "VLLM_NVFP4_GEMM_BACKEND": "marlin",
+    "VLLM_TEST_FORCE_FP8_MARLIN": "1",
+    "VLLM_USE_FLASHINFER_MOE_FP4": "0",
+    "VLLM_MARLIN_USE_ATOMIC_ADD": "1",
+    "MODEL": MOUNT,
+    "PORT": "8000",
+    "MAX_MODEL_LEN": "65536",
+    "GPU_MEMORY_UTIL": "0.93",
+    "VLLM_EXTRA_ARGS": (
+        "--trust-remote-code --kv-cache-dtype fp8 --attention-backend flashinfer "
+        "--enable-auto-tool-choice --tool-call-parser minimax_m2 --reasoning-parser "
+        "minimax_m2_append_think --served-model-name MiniMax-M2.5-REAP-172B-NVFP4"
+    ),
+}
+CARD_CHAT = {
+    "model": SERVED,
+    "messages": [{"role": "user", "content": "Hello! What can you do?"}],
+    "max_tokens": 512,
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.01,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sh(command: str, check: bool = True, timeout: float = 120) -> str:
+    """Run ``command`` on the simulated host (docker exec, quicker than testinfra's ansible)."""
+    res = subprocess.run(
+        ["docker", "exec", HOST, "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"{command!r} exited {res.returncode}: {res.stdout}{res.stderr}")
+    return res.stdout
+
+
+def unit_props(*names: str) -> dict[str, str]:
+    out = sh("systemctl show vllm.service " + " ".join(f"--property={n}" for n in names))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def snapshot() -> dict[str, str]:
+    """What a refused run must leave alone: files, the container, systemd's last reload."""
+    return {
+        "files": sh(
+            "sha256sum /etc/systemd/system/vllm.service /etc/vllm/vllm.env "
+            "/etc/vllm/vllm.image.json"
+        ),
+        "started_at": sh("docker inspect -f '{{.State.StartedAt}}' minimax").strip(),
+        "units_loaded": sh("systemctl show --property=UnitsLoadTimestampMonotonic").strip(),
+        "main_pid": unit_props("MainPID")["MainPID"],
+    }
+
+
+class Run:
+    """One ansible-playbook run of converge.yml and what it left."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], result_file: Path) -> None:
+        self.rc = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        text = result_file.read_text() if result_file.is_file() else ""
+        self.result: dict[str, Any] = json.loads(text) if text.strip() else {}
+
+    def json_output(self) -> dict[str, Any]:
+        start = self.output.index("{")
+        data: dict[str, Any] = json.JSONDecoder().raw_decode(self.output[start:])[0]
+        return data
+
+    def failures(self) -> list[str]:
+        """Messages of the failed tasks (json stdout callback)."""
+        messages = []
+        for play in self.json_output()["plays"]:
+            for task in play["tasks"]:
+                result = task["hosts"].get(HOST, {})
+                if result.get("failed"):
+                    messages.append(str(result.get("msg", "")))
+        return messages
+
+    def changed_tasks(self) -> dict[str, Any]:
+        """Results of the tasks that reported a change (json stdout callback)."""
+        return {
+            t["task"]["name"]: t["hosts"][HOST]
+            for p in self.json_output()["plays"]
+            for t in p["tasks"]
+            if t["hosts"].get(HOST, {}).get("changed")
+        }
+
+    def task_names(self) -> list[str]:
+        return [t["task"]["name"] for p in self.json_output()["plays"] for t in p["tasks"]]
+
+
+def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run:
+    """Run converge.yml (as molecule does) with extra arguments."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "result.json"
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        if json_output:
+            env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
+        proc = subprocess.run(
+            ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO / "converge.yml"),
+             "-e", f"sparklab_result_file={result_file}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )  # fmt: skip
+        return Run(proc, result_file)
+
+
+def wait_for(what: str, predicate: Any, timeout: float = 120, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def restore_service() -> None:
+    """No fault injected, the unit cleared and restarted; returns once it serves again."""
+    sh(f"rm -f {CONTROL}")
+    sh("systemctl reset-failed vllm.service; systemctl restart vllm.service", timeout=300)
+    assert unit_props("ActiveState")["ActiveState"] == "active"
+
+
+def inject(control: dict[str, Any]) -> None:
+    sh(f"printf '%s' {shlex.quote(json.dumps(control))} > {CONTROL}")
+
+
+def curl(args: str) -> tuple[int, str]:
+    """(HTTP status, body) of a curl on the host."""
+    out = sh(f"curl -sS -o /tmp/curl.out -w '%{{http_code}}' {args}; echo; cat /tmp/curl.out")
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+# --------------------------------------------------------------------------- what converge left
+
+
+def test_unit_file_runs_the_cards_launch(host: Any) -> None:
+    unit = host.file("/etc/systemd/system/vllm.service")
+    assert unit.mode == 0o644
+    text = unit.content_string
+    assert text.startswith("#\n# Ansible managed")
+    digest = host.file("/etc/vllm/vllm.image.json").content_string
+    ref = json.loads(digest)["current"]["ref"]
+    assert re.fullmatch(rf"{IMAGE}:v23@sha256:[0-9a-f]{{64}}", ref)
+    exec_start = " ".join(text.split("ExecStart=", 1)[1].split("\n#", 1)[0].split()).replace(
+        " \\ ", " "
+    )
+    for part in [
+        "/usr/bin/docker run --rm --name minimax --pull=never --gpus all --ipc=host",
+        f"-v {MODEL_DIR}:{MOUNT}:ro -p 8000:8000 --env-file /etc/vllm/vllm.env",
+        'u.urlopen(\\"http://127.0.0.1:8000/health\\", timeout=5)',
+        f"--health-start-period=900s --health-retries=3 {ref}",
+    ]:
+        assert part in exec_start
+    for line in [
+        "ExecStartPre=-/bin/sh -c '/usr/bin/docker rm -f minimax 2>/dev/null'",
+        "ExecStop=/usr/bin/docker stop -t 60 minimax",
+        "Restart=on-failure",
+        "RestartSec=3",
+        "TimeoutStartSec=900",
+        "TimeoutStopSec=90",
+        "StartLimitBurst=5",
+    ]:
+        assert f"\n{line}\n" in text
+    assert "drop_caches" not in text  # vllm_drop_caches is off by default
+    assert API_KEY not in text
+    verify = host.run("systemd-analyze verify /etc/systemd/system/vllm.service")
+    assert verify.rc == 0, verify.stderr
+
+
+def test_environment_file_is_private_and_holds_the_key(host: Any) -> None:
+    directory = host.file("/etc/vllm")
+    assert (directory.mode, directory.user) == (0o700, "root")
+    env_file = host.file("/etc/vllm/vllm.env")
+    assert (env_file.mode, env_file.user, env_file.group) == (0o600, "root", "root")
+    entries = [line for line in env_file.content_string.splitlines() if not line.startswith("#")]
+    assert dict(e.split("=", 1) for e in entries) == {**CARD_ENV, "VLLM_API_KEY": API_KEY}
+
+
+def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> None:
+    info = json.loads(sh("docker inspect minimax"))[0]
+    assert info["State"]["Running"]
+    image_env = json.loads(sh(f"docker image inspect {shlex.quote(info['Image'])}"))[0]
+    inherited = dict(e.split("=", 1) for e in image_env["Config"]["Env"] or [])
+    env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+    added = {k: v for k, v in env.items() if inherited.get(k) != v}
+    assert added == {**CARD_ENV, "VLLM_API_KEY": API_KEY}
+    mounts = [(m["Source"], m["Destination"], m["RW"]) for m in info["Mounts"]]
+    assert mounts == [(MODEL_DIR, MOUNT, False)]
+    assert info["HostConfig"]["IpcMode"] == "host"
+    assert [r["Capabilities"] for r in info["HostConfig"]["DeviceRequests"]] == [[["gpu"]]]
+    assert info["HostConfig"]["PortBindings"] == {"8000/tcp": [{"HostIp": "", "HostPort": "8000"}]}
+    probe = info["Config"]["Healthcheck"]["Test"]
+    assert probe[0] == "CMD-SHELL" and "127.0.0.1:8000/health" in probe[1]
+    sh("docker exec minimax " + " ".join(shlex.quote(p) for p in ["sh", "-c", probe[1]]))
+    wait_for(
+        "Docker's health check to pass",
+        lambda: sh("docker inspect -f '{{.State.Health.Status}}' minimax").strip() == "healthy",
+        60,
+    )
+
+
+def test_the_key_never_reaches_a_command_line_or_the_journal() -> None:
+    assert API_KEY not in sh("ps -eo args")
+    assert API_KEY not in sh("journalctl --no-pager -o cat")
+    assert API_KEY not in sh("systemctl show vllm.service")
+
+
+def test_the_previous_image_stays_for_a_rollback(host: Any) -> None:
+    record = json.loads(host.file("/etc/vllm/vllm.image.json").content_string)
+    running = sh("docker inspect -f '{{.Image}}' minimax").strip()
+    assert record["current"]["id"] == running
+    older = sh(f"docker image inspect -f '{{{{.Id}}}}' {IMAGE}:v22").strip()
+    assert record["previous"] == {"ref": f"{IMAGE}:v22", "id": older}
+    assert older != running
+
+
+def test_requests_without_the_key_are_refused() -> None:
+    assert curl("http://localhost:8000/v1/models")[0] == 401
+    assert curl("http://localhost:8000/health")[0] == 200  # vLLM keeps /health open
+
+
+def test_endpoint_answers_the_cards_curl_example_with_the_key() -> None:
+    auth = f"-H 'Authorization: Bearer {API_KEY}'"
+    status, body = curl(f"{auth} http://localhost:8000/v1/models")
+    assert status == 200
+    models = json.loads(body)["data"]
+    assert [(m["id"], m["max_model_len"]) for m in models] == [(SERVED, 65536)]
+    status, body = curl(
+        f"{auth} http://localhost:8000/v1/chat/completions "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(CARD_CHAT))}"
+    )
+    assert status == 200
+    content = json.loads(body)["choices"][0]["message"]["content"]
+    assert re.match(r"^<think>.+</think>\s*\S", content, re.DOTALL)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_second_run_reloads_and_restarts_nothing() -> None:
+    before = snapshot()
+    run = converge(json_output=True)
+    assert run.rc == 0, run.output[-3000:]
+    assert run.json_output()["stats"][HOST]["changed"] == 0, run.changed_tasks()
+    handlers = {"Reload systemd units", "Stop vllm for the restart", "Start vllm again"}
+    assert not handlers & set(run.task_names())
+    assert snapshot() == before
+    assert run.result["healthy"] is True
+    tool_call = {"function": "get_weather", "arguments": {"location": "Paris"}}
+    assert run.result["tool_call"] == tool_call
+    assert run.result["unauthenticated_status"] == 401
+    assert all(isinstance(v, float) for v in run.result["latency_ms"].values())
+
+
+BAD_INPUTS = {
+    "util 0.95": (
+        ["-e", "vllm_gpu_memory_util=0.95"],
+        "vllm_gpu_memory_util=0.95 is outside the allowed range (0, 0.93]",
+    ),
+    "util 0": (
+        ["-e", "vllm_gpu_memory_util=0"],
+        "vllm_gpu_memory_util=0 is outside the allowed range (0, 0.93]",
+    ),
+    "max len 300000": (
+        ["-e", "vllm_max_model_len=300000"],
+        "vllm_max_model_len=300000 is outside the allowed range 1-196608",
+    ),
+    "port 0": (["-e", "vllm_port=0"], "vllm_port=0 is outside the allowed range 1-65535"),
+    "extra arg with a quote": (
+        ["-e", json.dumps({"vllm_extra_args": ["--trust-remote-code", '--served-model-name="x"']})],
+        'vllm_extra_args holds ["--served-model-name=\\"x\\""]: allowed in each item are letters',
+    ),
+    "empty model dir": (
+        ["-e", "vllm_model_dir=/srv/models/empty"],
+        "vllm_model_dir=/srv/models/empty is not a complete model: config.json is missing; "
+        "no model.safetensors.index.json and no *.safetensors file",
+    ),
+    "model dir missing a shard": (
+        ["-e", "vllm_model_dir=/srv/models/partial"],
+        "vllm_model_dir=/srv/models/partial is not a complete model: 1 of 20 shards named by "
+        "the index are missing or empty (model-00007-of-00020.safetensors)",
+    ),
+    "digest not sha256": (
+        ["-e", "vllm_image_digest=sha256:1234"],
+        'vllm_image_digest="sha256:1234" empty or sha256: followed by 64 lowercase hex digits',
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def refused_runs() -> Iterator[tuple[dict[str, Run], dict[str, str], dict[str, str]]]:
+    """Every bad input run at once (they fail before changing anything), plus a check-mode run."""
+    before = snapshot()
+    cases = {name: [*args, "--tags", "service"] for name, (args, _msg) in BAD_INPUTS.items()}
+    cases["check mode"] = ["--check", "--diff", "--tags", "service", "-e", "vllm_drop_caches=true"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {
+            name: pool.submit(converge, *args, json_output=name != "check mode")
+            for name, args in cases.items()
+        }
+        runs = {name: future.result() for name, future in futures.items()}
+    yield runs, before, snapshot()
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_before_anything_changes(
+    case: str, refused_runs: tuple[dict[str, Run], dict[str, str], dict[str, str]]
+) -> None:
+    runs, before, after = refused_runs
+    run = runs[case]
+    assert run.rc == 2, run.output[-2000:]
+    failures = run.failures()
+    assert len(failures) == 1
+    assert BAD_INPUTS[case][1] in failures[0]
+    stats = run.json_output()["stats"][HOST]
+    assert stats["changed"] == 0
+    assert "Write the systemd unit" not in run.task_names()
+    assert after == before
+
+
+def test_check_mode_shows_a_change_without_making_it(
+    refused_runs: tuple[dict[str, Run], dict[str, str], dict[str, str]],
+) -> None:
+    runs, before, after = refused_runs
+    run = runs["check mode"]
+    assert run.rc == 0, run.output[-2000:]
+    assert "+ExecStartPre=-/bin/sh -c 'sync && echo 3 > /proc/sys/vm/drop_caches'" in run.output
+    assert re.search(rf"{HOST}\s*: ok=\d+\s+changed=[1-9]", run.output)
+    assert after == before
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_crash_after_start_is_restarted_and_health_goes_green_again() -> None:
+    state_dir = f"/dev/shm/sparklab-crash-{uuid.uuid4().hex[:8]}"
+    try:
+        inject({"fault": "crash_after_start:2", "load_seconds": 1, "state_dir": state_dir})
+        sh("systemctl reset-failed vllm.service; systemctl restart vllm.service", timeout=300)
+        before = int(unit_props("NRestarts")["NRestarts"])
+
+        def restarted() -> bool:
+            props = unit_props("NRestarts", "ActiveState", "SubState")
+            return int(props["NRestarts"]) > before and props["SubState"] in (
+                "start-post",
+                "running",
+            )
+
+        wait_for("systemd to restart the crashed service", restarted, timeout=120)
+        run = converge("--tags", "health")
+        assert run.rc == 0, run.output[-3000:]
+        assert run.result["healthy"] is True
+        assert run.result["unit"]["restarts"] > before
+        journal = sh("journalctl -u vllm.service --no-pager -o cat -n 200")
+        assert "EngineDeadError" in journal
+        assert "Scheduled restart job" in journal
+        sh(f"test -f {state_dir}/vllm-standin-crashed")
+    finally:
+        sh(f"rm -rf {state_dir}", check=False)
+        restore_service()
+
+
+def test_out_of_memory_at_start_fails_fast_with_a_hint() -> None:
+    try:
+        inject({"fault": "oom_at_start", "load_seconds": 20})
+        sh("systemctl reset-failed vllm.service; systemctl restart --no-block vllm.service")
+        run = converge("--tags", "health", "-e", "vllm_health_progress_s=2")
+        assert run.rc == 2, run.output[-3000:]
+        result = run.result
+        assert result["healthy"] is False
+        assert result["failed_task"] == "Wait for the endpoint to answer /health"
+        assert "vllm.service died" in result["failure"]
+        assert result["wait_elapsed_s"] < 900  # failed at the death, not at the budget's end
+        hints = result["diagnosis"]["hints"]
+        assert hints[0]["pattern"] == "out_of_memory"
+        assert "lower vllm_gpu_memory_util (now 0.93" in hints[0]["hint"]
+        assert re.search(
+            r"loading: \d+ s of 900 s; vllm.service activating \(start-post\)", run.output
+        )
+        assert "Hint: out of memory at start-up" in run.output
+        assert "torch.OutOfMemoryError: CUDA out of memory" in run.output
+        assert "Journal of vllm.service (last 30 lines):" in run.output
+    finally:
+        restore_service()
+
+
+def test_model_dir_emptied_under_the_service_is_diagnosed() -> None:
+    aside = f"{MODEL_DIR}.aside"
+    try:
+        sh(f"mv {MODEL_DIR} {aside} && mkdir {MODEL_DIR}")
+        sh("systemctl reset-failed vllm.service; systemctl restart --no-block vllm.service")
+        run = converge("--tags", "health")
+        assert run.rc == 2, run.output[-3000:]
+        hints = run.result["diagnosis"]["hints"]
+        assert hints[0]["pattern"] == "model_files"
+        assert f"vllm_model_dir={MODEL_DIR}" in hints[0]["hint"]
+        assert "Invalid repository ID or local directory specified" in run.output
+    finally:
+        sh(f"test -d {aside} && rm -rf {MODEL_DIR} && mv {aside} {MODEL_DIR}", check=False)
+        restore_service()

@@ -1,0 +1,233 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Apache-2.0
+"""One check of the vLLM OpenAI-compatible API: health, models, chat or tool_call."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vllm_health_api
+short_description: Check one vLLM endpoint and report its latency
+description:
+  - C(health) - GET /health answers 200.
+  - C(models) - GET /v1/models serves O(model) with O(max_model_len); with O(api_key) and
+    O(check_auth), a request without the key must be refused (401/403).
+  - C(chat) - a chat completion with O(sampling) whose content carries C(<think>...</think>)
+    and an answer after it.
+  - C(tool_call) - a chat completion offered one tool answers with C(finish_reason=tool_calls),
+    the tool's name and JSON arguments holding its required parameter.
+options:
+  url:
+    description: Base URL of the endpoint, e.g. C(http://127.0.0.1:8000).
+    type: str
+    required: true
+  check:
+    description: What to check.
+    type: str
+    required: true
+    choices: [health, models, chat, tool_call]
+  api_key:
+    description: Bearer token; empty for none.
+    type: str
+    default: ""
+  check_auth:
+    description: With O(api_key), also check that a request without it is refused.
+    type: bool
+    default: true
+  model:
+    description: Served model id.
+    type: str
+    default: MiniMax-M2.5-REAP-172B-NVFP4
+  max_model_len:
+    description: Context length /v1/models must report; 0 to skip.
+    type: int
+    default: 0
+  prompt:
+    description: User message of the chat check.
+    type: str
+    default: Hello! What can you do?
+  tool_prompt:
+    description: User message of the tool-call check.
+    type: str
+    default: What is the weather like in Paris right now?
+  max_tokens:
+    description: max_tokens of the chat and tool-call requests.
+    type: int
+    default: 512
+  sampling:
+    description: Sampling settings added to the chat and tool-call requests.
+    type: dict
+    default: {temperature: 1.0, top_p: 0.95, top_k: 40, min_p: 0.01}
+  timeout_s:
+    description: Seconds one request may take.
+    type: float
+    default: 300
+"""
+
+RETURN = r"""
+latency_ms:
+  description: Milliseconds the (authenticated) request took.
+  type: float
+  returned: success
+"""
+
+import json
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vllm_health_probe import http
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string", "description": "City name"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["location"],
+        },
+    },
+}
+THINK_ANSWER = re.compile(r"^\s*<think>(?P<reasoning>.*?)</think>(?P<answer>.*)$", re.DOTALL)
+
+
+def excerpt(body):
+    text = body if isinstance(body, str) else json.dumps(body)
+    return text[:300]
+
+
+def expect_ok(module, what, status, body, url):
+    if status == 200:
+        return
+    if status == 0:
+        module.fail_json(msg="%s: no answer from %s (%s)" % (what, url, body))
+    advice = ""
+    if status == 401:
+        advice = " (the endpoint wants an API key: set vllm_health_api_key, which defaults to vllm_api_key)"
+    module.fail_json(msg="%s: %s answered %d: %s%s" % (what, url, status, excerpt(body), advice),
+                     status=status)
+
+
+def check_models(module, p, base):
+    url = base + "/v1/models"
+    status, body, ms = http(url, api_key=p["api_key"], timeout=p["timeout_s"])
+    expect_ok(module, "/v1/models", status, body, url)
+    data = body.get("data") if isinstance(body, dict) else None
+    served = [m for m in data or [] if isinstance(m, dict)]
+    ids = [m.get("id") for m in served]
+    entry = next((m for m in served if m.get("id") == p["model"]), None)
+    if entry is None:
+        module.fail_json(msg="/v1/models serves %s, not %s (vllm_health_model; the service's "
+                         "vllm_served_model_name)" % (ids, p["model"]), served=ids)
+    if p["max_model_len"] and entry.get("max_model_len") != p["max_model_len"]:
+        module.fail_json(msg="/v1/models reports max_model_len %s for %s, expected %d "
+                         "(vllm_max_model_len)" % (entry.get("max_model_len"), p["model"],
+                                                   p["max_model_len"]), served=ids)
+    result = dict(latency_ms=round(ms, 1), served=ids, model=p["model"],
+                  max_model_len=entry.get("max_model_len"), root=entry.get("root"))
+    if p["api_key"] and p["check_auth"]:
+        refused, _body, _ms = http(url, timeout=p["timeout_s"])
+        if refused not in (401, 403):
+            module.fail_json(msg="%s answered %d to a request without the API key: the key is "
+                             "not enforced (is VLLM_API_KEY in the service's environment?)"
+                             % (url, refused))
+        result["unauthenticated_status"] = refused
+    return result
+
+
+def chat(module, p, base, messages, extra):
+    url = base + "/v1/chat/completions"
+    payload = dict(model=p["model"], messages=messages, max_tokens=p["max_tokens"])
+    payload.update(p["sampling"] or {})
+    payload.update(extra)
+    status, body, ms = http(url, "POST", payload, api_key=p["api_key"], timeout=p["timeout_s"])
+    expect_ok(module, "chat completion", status, body, url)
+    try:
+        choice = body["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError):
+        module.fail_json(msg="chat completion: no choices[0].message in %s" % excerpt(body))
+    usage = body.get("usage") or {}
+    tokens = usage.get("completion_tokens")
+    return choice, message, dict(
+        latency_ms=round(ms, 1), completion_tokens=tokens, prompt_tokens=usage.get("prompt_tokens"),
+        tokens_per_s=round(tokens / (ms / 1000.0), 1) if tokens and ms > 0 else None,
+        finish_reason=choice.get("finish_reason"))
+
+
+def check_chat(module, p, base):
+    choice, message, result = chat(module, p, base, [{"role": "user", "content": p["prompt"]}], {})
+    content = message.get("content") or ""
+    match = THINK_ANSWER.match(content)
+    if not match or not match.group("answer").strip():
+        module.fail_json(msg="chat completion content is not <think>...</think> followed by an "
+                         "answer (reasoning parser minimax_m2_append_think; finish_reason %s): %s"
+                         % (choice.get("finish_reason"), json.dumps(content[:300])))
+    result["answer"] = match.group("answer").strip()[:300]
+    result["reasoning_chars"] = len(match.group("reasoning"))
+    return result
+
+
+def check_tool_call(module, p, base):
+    messages = [{"role": "user", "content": p["tool_prompt"]}]
+    choice, message, result = chat(module, p, base, messages,
+                                   {"tools": [WEATHER_TOOL], "tool_choice": "auto"})
+    calls = message.get("tool_calls") or []
+    if choice.get("finish_reason") != "tool_calls" or not calls:
+        module.fail_json(msg="tool call: finish_reason %s with %d tool call(s), expected "
+                         "tool_calls (vLLM needs --enable-auto-tool-choice --tool-call-parser "
+                         "minimax_m2); content: %s" % (choice.get("finish_reason"), len(calls),
+                                                       json.dumps((message.get("content") or "")[:200])))
+    function = calls[0].get("function") or {}
+    if function.get("name") != "get_weather":
+        module.fail_json(msg="tool call names %r, expected get_weather" % function.get("name"))
+    try:
+        arguments = json.loads(function.get("arguments") or "")
+    except ValueError:
+        module.fail_json(msg="tool call arguments are not JSON: %r" % function.get("arguments"))
+    if not isinstance(arguments, dict) or "location" not in arguments:
+        module.fail_json(msg="tool call arguments %s lack the required location" % json.dumps(arguments))
+    result.update(function=function["name"], arguments=arguments)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            check=dict(type="str", required=True, choices=["health", "models", "chat", "tool_call"]),
+            api_key=dict(type="str", default="", no_log=True),
+            check_auth=dict(type="bool", default=True),
+            model=dict(type="str", default="MiniMax-M2.5-REAP-172B-NVFP4"),
+            max_model_len=dict(type="int", default=0),
+            prompt=dict(type="str", default="Hello! What can you do?"),
+            tool_prompt=dict(type="str", default="What is the weather like in Paris right now?"),
+            max_tokens=dict(type="int", default=512),
+            sampling=dict(type="dict", default=dict(temperature=1.0, top_p=0.95, top_k=40, min_p=0.01)),
+            timeout_s=dict(type="float", default=300),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    base = p["url"].rstrip("/")
+    if p["check"] == "health":
+        url = base + "/health"
+        status, body, ms = http(url, api_key=p["api_key"], timeout=p["timeout_s"])
+        expect_ok(module, "/health", status, body, url)
+        result = dict(latency_ms=round(ms, 1))
+    elif p["check"] == "models":
+        result = check_models(module, p, base)
+    elif p["check"] == "chat":
+        result = check_chat(module, p, base)
+    else:
+        result = check_tool_call(module, p, base)
+    module.exit_json(changed=False, check=p["check"], **result)
+
+
+if __name__ == "__main__":
+    main()

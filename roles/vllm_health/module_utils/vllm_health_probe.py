@@ -1,0 +1,259 @@
+# Apache-2.0
+"""What the vllm_health modules share: the unit's and the container's state, their logs,
+HTTP requests to the endpoint, and the known failure patterns with their hints."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+UNIT_PROPERTIES = [
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "NRestarts",
+    "MainPID",
+    "ExecMainStatus",
+    "Job",
+]
+
+
+def _int(text, default=0):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def unit_state(run, service):
+    """The unit's state as a dict, or None when no unit is watched (``service`` empty)."""
+    if not service:
+        return None
+    name = service if service.endswith(".service") else service + ".service"
+    argv = ["systemctl", "show", name] + [f"--property={p}" for p in UNIT_PROPERTIES]
+    _rc, out, _err = run(argv)
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {
+        "name": name,
+        "load": props.get("LoadState", ""),
+        "active": props.get("ActiveState", ""),
+        "sub": props.get("SubState", ""),
+        "result": props.get("Result", ""),
+        "restarts": _int(props.get("NRestarts")),
+        "main_pid": _int(props.get("MainPID")),
+        "exit_status": _int(props.get("ExecMainStatus")),
+        "job_pending": props.get("Job", "").strip() not in ("", "0"),
+    }
+
+
+def unit_death(unit, baseline_restarts):
+    """Why the unit counts as dead (a sentence), or None while it may still come up."""
+    if unit is None:
+        return None
+    if unit["load"] == "not-found":
+        return "is not installed (no such unit)"
+    if unit["restarts"] > baseline_restarts:
+        count = unit["restarts"] - baseline_restarts
+        return f"died and systemd restarted it ({count} restart(s) since the wait began)"
+    if unit["job_pending"]:
+        return None  # a start or restart is queued: the unit is changing state, not dead
+    outcome = f"result {unit['result']}, exit status {unit['exit_status']}"
+    if unit["sub"] == "auto-restart":
+        return f"died (systemd restarts it after RestartSec; {outcome})"
+    if unit["active"] == "failed":
+        return f"failed ({outcome})"
+    if unit["active"] in ("inactive", "deactivating"):
+        return f"is not running ({unit['active']}, {unit['sub']})"
+    starting = unit["active"] == "activating" and unit["sub"] in ("start", "start-post")
+    if starting and not unit["main_pid"]:
+        return f"lost its main process (exit status {unit['exit_status']})"
+    return None
+
+
+def describe_unit(unit):
+    if unit is None:
+        return "no unit watched"
+    text = f"{unit['name']} {unit['active']} ({unit['sub']})"
+    if unit["result"] not in ("", "success"):
+        text += f", result {unit['result']}, exit status {unit['exit_status']}"
+    if unit["restarts"]:
+        text += f", {unit['restarts']} automatic restart(s)"
+    return text
+
+
+def container_state(run, docker, name):
+    """The container's state as a dict, or None when no container is watched."""
+    if not name:
+        return None
+    rc, out, _err = run([docker, "inspect", "--format", "{{json .State}}", name])
+    if rc != 0:
+        return {"name": name, "exists": False}
+    try:
+        state = json.loads(out)
+    except ValueError:
+        return {"name": name, "exists": False}
+    health = state.get("Health") or {}
+    return {
+        "name": name,
+        "exists": True,
+        "status": state.get("Status", ""),
+        "running": bool(state.get("Running")),
+        "health": health.get("Status", ""),
+        "started_at": state.get("StartedAt", ""),
+        "exit_code": state.get("ExitCode", 0),
+        "oom_killed": bool(state.get("OOMKilled")),
+    }
+
+
+def describe_container(container):
+    if container is None:
+        return "no container watched"
+    if not container["exists"]:
+        return (
+            f"container {container['name']} absent (the unit runs it with --rm: its output is "
+            "in the journal)"
+        )
+    text = f"container {container['name']} {container['status']}"
+    if container["health"]:
+        text += f" (health: {container['health']})"
+    if not container["running"]:
+        text += f", exit code {container['exit_code']}"
+    if container["oom_killed"]:
+        text += ", killed by the kernel's OOM killer"
+    return text
+
+
+def journal(run, service, lines, output="short-iso"):
+    if not service:
+        return []
+    name = service if service.endswith(".service") else service + ".service"
+    argv = ["journalctl", "--unit", name, "--lines", str(lines), "--no-pager", "--quiet"]
+    _rc, out, _err = run([*argv, "--output", output])
+    return out.splitlines()[-lines:]
+
+
+def container_log(run, docker, name, lines):
+    if not name:
+        return []
+    script = 'exec "$0" logs --tail "$1" "$2" 2>&1'  # both streams, in order
+    rc, out, _err = run(["/bin/sh", "-c", script, docker, str(lines), name])
+    return out.splitlines()[-lines:] if rc == 0 else []
+
+
+def http(url, method="GET", payload=None, api_key="", timeout=10.0):
+    """(status, parsed JSON body or text, milliseconds); status 0 when nothing answered."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if api_key:
+        request.add_header("Authorization", "Bearer " + api_key)
+    host = urllib.parse.urlsplit(url).hostname or ""
+    local = host in ("127.0.0.1", "localhost", "::1")
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+    started = time.monotonic()
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (OSError, ValueError) as exc:  # refused, reset, timed out, bad URL
+        return 0, str(exc), (time.monotonic() - started) * 1000.0
+    elapsed = (time.monotonic() - started) * 1000.0
+    text = body.decode("utf-8", "replace")
+    try:
+        return status, json.loads(text) if text.strip() else "", elapsed
+    except ValueError:
+        return status, text, elapsed
+
+
+# Known failure patterns: (key, regex over the journal and container log, hint template).
+# The hint's {fields} come from the settings the role passes (the vllm_service variables).
+PATTERNS = [
+    (
+        "image_not_found",
+        r"No such image|Unable to find image|pull access denied|manifest unknown|"
+        r"repository does not exist",
+        "image not found: the unit runs {image} with --pull=never and the host does not hold it. "
+        "Re-run the vllm_service role (it pulls the image, vllm_image / vllm_image_digest) or "
+        "`docker pull` it on the host.",
+    ),
+    (
+        "port_in_use",
+        r"address already in use|port is already allocated",
+        "port in use: vllm_port={port} is already taken on the host{port_owner}. Stop what holds "
+        "it or choose another vllm_port.",
+    ),
+    (
+        "gpu_runtime",
+        r"could not select device driver|nvidia-container-cli|Failed to initialize NVML|"
+        r"unknown or invalid runtime name: nvidia",
+        "Docker could not give the container the GPU: check the NVIDIA container toolkit "
+        "(nvidia_container_toolkit role; `docker info` must list the nvidia runtime).",
+    ),
+    (
+        "model_files",
+        r"Invalid repository ID or local directory|No such file or directory: '[^']*"
+        r"(\.safetensors|config\.json|\.json)'|safetensors shards missing|"
+        r"Cannot find any model weights|invalid safetensors index",
+        "model files missing: vLLM did not find the model under {model_mount} (vllm_model_dir="
+        "{model_dir}). Re-run the hf_model role (it fetches only what is missing) and check "
+        "that the directory holds config.json and every shard of model.safetensors.index.json.",
+    ),
+    (
+        "out_of_memory",
+        r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|"
+        r"Not enough memory|status=137|oom-kill",
+        "out of memory at start-up: lower vllm_gpu_memory_util (now {gpu_memory_util}; 0.93 is "
+        "the card's safe maximum, 0.95 fails) or vllm_max_model_len (now {max_model_len}), and "
+        "consider vllm_drop_caches: true (on unified memory the page cache counts against the "
+        "GPU).",
+    ),
+    (
+        "start_limit",
+        r"Start request repeated too quickly|start-limit-hit",
+        "systemd stopped restarting the unit after repeated failures: fix the cause above, then "
+        "re-run the vllm_service role (it clears the failed state) or `systemctl reset-failed`.",
+    ),
+    (
+        "start_timeout",
+        r"start-post operation timed out|start operation timed out|Result: timeout|result timeout",
+        "the model did not answer within vllm_start_timeout_s ({start_timeout_s} s): systemd "
+        "killed it. Look for a stalled load above (unified memory under pressure wedges loads).",
+    ),
+    (
+        "engine_died",
+        r"EngineDeadError|EngineCore encountered a fatal error|Engine core initialization failed",
+        "the vLLM engine died: the lines above it name the cause. After a crash systemd restarts "
+        "the unit (Restart=on-failure).",
+    ),
+]
+
+CONSEQUENCES = ("engine_died", "start_limit")
+
+
+def find_hints(lines, settings):
+    """Hints for the known patterns found in ``lines``, the latest-occurring first."""
+    found = []
+    for key, regex, template in PATTERNS:
+        pattern = re.compile(regex, re.IGNORECASE)
+        positions = [i for i, line in enumerate(lines) if pattern.search(line)]
+        if positions:
+            found.append((positions[-1], key, template))
+    found.sort(key=lambda item: -item[0])
+    values = dict((k, "?" if v in (None, "") else v) for k, v in settings.items())
+    hints = []
+    for _position, key, template in found:
+        try:
+            text = template.format(**values)
+        except (KeyError, IndexError):
+            text = re.sub(r"\{[a-z_]+\}", "?", template)
+        hints.append({"pattern": key, "hint": text})
+    # Consequences (an engine death, systemd giving up) come after the cause they follow.
+    causes = [h for h in hints if h["pattern"] not in CONSEQUENCES]
+    return causes + [h for h in hints if h["pattern"] in CONSEQUENCES]

@@ -1,0 +1,171 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Apache-2.0
+"""Make the serving image present (pulled explicitly, optionally by digest) and record it."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vllm_service_image
+short_description: Pull the vLLM image when missing and record the current and previous image
+description:
+  - Looks the image up locally (by tag, or by tag and digest when O(digest) is set) and pulls it
+    only when it is missing, retrying a failed pull.
+  - Keeps a small JSON record of the image the unit runs and of the one it ran before, so the
+    previous image can be named for a rollback. Images are never removed.
+options:
+  image:
+    description: Image reference without digest, e.g. C(avarok/dgx-vllm-nvfp4-kernel:v23).
+    type: str
+    required: true
+  digest:
+    description: Manifest digest (C(sha256:...)) the image must have; empty for the tag alone.
+    type: str
+    default: ""
+  record:
+    description: Path of the JSON record of the current and previous image.
+    type: path
+    required: true
+  docker_bin:
+    description: Docker client.
+    type: path
+    default: /usr/bin/docker
+  pull_retries:
+    description: Attempts of a failing pull.
+    type: int
+    default: 3
+  pull_retry_delay:
+    description: Seconds between two attempts.
+    type: int
+    default: 10
+"""
+
+RETURN = r"""
+ref:
+  description: The reference the unit runs (image, or image@digest).
+  type: str
+  returned: always
+id:
+  description: Local image id of O(ref) (empty in check mode before a pull).
+  type: str
+  returned: always
+pulled:
+  description: Whether the image was (or, in check mode, would be) pulled.
+  type: bool
+  returned: always
+previous:
+  description: The image the unit ran before (ref, id, present), or null.
+  type: dict
+  returned: always
+"""
+
+import json
+import os
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def inspect_id(module, docker, ref):
+    """Local image id of ``ref``, or "" when the engine holds no such image."""
+    rc, out, _err = module.run_command([docker, "image", "inspect", "--format", "{{.Id}}", ref])
+    return out.strip() if rc == 0 else ""
+
+
+def read_record(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_record(path, data):
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".image-record-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def pull(module, docker, ref, retries, delay):
+    """Pull ``ref``; fails the module with docker's message after ``retries`` attempts."""
+    errors = []
+    for attempt in range(1, retries + 1):
+        rc, _out, err = module.run_command([docker, "pull", ref])
+        if rc == 0:
+            return attempt
+        errors.append(err.strip().splitlines()[-1] if err.strip() else "rc=%d" % rc)
+        if attempt < retries:
+            time.sleep(delay)
+    module.fail_json(
+        msg="docker pull %s failed %d times; last error: %s (check vllm_image, "
+        "vllm_image_digest and the host's registry access)" % (ref, retries, errors[-1]),
+        errors=errors,
+    )
+    return retries
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            image=dict(type="str", required=True),
+            digest=dict(type="str", default=""),
+            record=dict(type="path", required=True),
+            docker_bin=dict(type="path", default="/usr/bin/docker"),
+            pull_retries=dict(type="int", default=3),
+            pull_retry_delay=dict(type="int", default=10),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    docker = params["docker_bin"]
+    ref = "%s@%s" % (params["image"], params["digest"]) if params["digest"] else params["image"]
+
+    image_id = inspect_id(module, docker, ref)
+    pulled = not image_id
+    attempts = 0
+    if pulled and not module.check_mode:
+        attempts = pull(module, docker, ref, max(1, params["pull_retries"]), params["pull_retry_delay"])
+        image_id = inspect_id(module, docker, ref)
+        if not image_id:
+            module.fail_json(msg="docker pull %s succeeded but the image is not listed" % ref)
+
+    before = read_record(params["record"])
+    current = before.get("current") if isinstance(before.get("current"), dict) else None
+    previous = before.get("previous") if isinstance(before.get("previous"), dict) else None
+    if current and image_id and current.get("id") != image_id:
+        previous = {"ref": current.get("ref", ""), "id": current.get("id", "")}
+    after = {"current": {"ref": ref, "id": image_id}, "previous": previous}
+    record_changed = bool(image_id) and after != before
+    if record_changed and not module.check_mode:
+        write_record(params["record"], after)
+
+    previous_out = None
+    if previous:
+        previous_out = dict(previous, present=bool(previous.get("id")) and bool(
+            inspect_id(module, docker, previous["id"])))
+    module.exit_json(
+        changed=pulled or record_changed,
+        ref=ref,
+        id=image_id,
+        pulled=pulled,
+        pull_attempts=attempts,
+        previous=previous_out,
+        record=params["record"],
+        diff=dict(
+            before=json.dumps(before, indent=2, sort_keys=True) + "\n",
+            after=json.dumps(after, indent=2, sort_keys=True) + "\n",
+            before_header=params["record"],
+            after_header=params["record"],
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

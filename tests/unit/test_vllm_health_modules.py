@@ -1,0 +1,372 @@
+"""The vllm_health and vllm_service modules, run in-process against the vLLM stand-in.
+
+The failure-pattern hints are checked against what the stand-in really prints when it fails
+(and against Docker's own messages, as Docker 20.10 prints them); the wait and API modules
+against stand-in servers started here on 127.0.0.1. The systemd side (unit death, journal) is
+covered by the molecule scenario ``service``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from ansible.module_utils.testing import patch_module_args  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[2]
+HEALTH = ROOT / "roles" / "vllm_health"
+SERVICE = ROOT / "roles" / "vllm_service"
+SERVER = ROOT / "tests" / "standins" / "vllm_standin" / "server.py"
+CARD_ARGS = [
+    "--trust-remote-code", "--kv-cache-dtype", "fp8", "--attention-backend", "flashinfer",
+    "--enable-auto-tool-choice", "--tool-call-parser", "minimax_m2",
+    "--reasoning-parser", "minimax_m2_append_think",
+]  # fmt: skip
+SERVED = "MiniMax-M2.5-REAP-172B-NVFP4"
+SETTINGS = {
+    "gpu_memory_util": 0.95,
+    "max_model_len": 65536,
+    "port": 8000,
+    "image": "avarok/dgx-vllm-nvfp4-kernel:v23",
+    "model_dir": "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4",
+    "model_mount": "/models/MiniMax-M2.5-REAP-172B-NVFP4",
+    "start_timeout_s": 900,
+    "port_owner": "",
+}
+
+
+def load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = load(
+    "ansible.module_utils.vllm_health_probe", HEALTH / "module_utils" / "vllm_health_probe.py"
+)
+wait_module = load("vllm_health_wait", HEALTH / "library" / "vllm_health_wait.py")
+api_module = load("vllm_health_api", HEALTH / "library" / "vllm_health_api.py")
+files_module = load("vllm_model_files", SERVICE / "library" / "vllm_model_files.py")
+
+
+def run_module(
+    module: ModuleType, args: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
+    """(exit status, result) of one module run."""
+    capsys.readouterr()
+    with patch_module_args(args), pytest.raises(SystemExit) as exited:
+        module.main()
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return int(exited.value.code or 0), result
+
+
+def make_model_dir(root: Path, shards: int = 2, drop: int | None = None) -> Path:
+    """config.json, an index naming ``shards`` shards, and the shards (but ``drop``)."""
+    model = root / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["MiniMaxM2ForCausalLM"]}))
+    names = [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    index = {"weight_map": {f"layer.{i}.weight": name for i, name in enumerate(names)}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    for i, name in enumerate(names, start=1):
+        if i != drop:
+            (model / name).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+Launch = Callable[..., tuple[subprocess.Popen[str], int]]
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Start stand-in servers (killed at the end); returns (process, port)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(
+        model: Path, *args: str, port: int | None = None, load_s: float = 0.2, **env: str
+    ) -> tuple[subprocess.Popen[str], int]:
+        port = port or free_port()
+        full_env = {
+            **os.environ,
+            "VLLM_STANDIN_LOAD_SECONDS": str(load_s),
+            "VLLM_STANDIN_DECODE_TPS": "5000",
+            "VLLM_STANDIN_PREFILL_TPS": "100000",
+            "VLLM_STANDIN_STATE_DIR": str(tmp_path),
+            "VLLM_STANDIN_CONTROL_FILE": str(tmp_path / "no-control.json"),
+            **env,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, str(SERVER), "serve", str(model), "--host", "127.0.0.1",
+             "--port", str(port), "--max-model-len", "65536", *args],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        started.append(proc)
+        return proc, port
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def wait_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe.http(f"http://127.0.0.1:{port}/health", timeout=1)[0] == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the stand-in did not become ready")
+
+
+def failure_output(proc: subprocess.Popen[str]) -> list[str]:
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    return out.splitlines()
+
+
+def patterns(lines: list[str], **settings: Any) -> list[str]:
+    return [h["pattern"] for h in probe.find_hints(lines, {**SETTINGS, **settings})]
+
+
+# --------------------------------------------------------------------------- hints
+
+
+def test_out_of_memory_hint_names_the_setting_and_its_value(tmp_path: Path, launch: Launch) -> None:
+    proc, _ = launch(make_model_dir(tmp_path), "--gpu-memory-utilization", "0.95")
+    lines = failure_output(proc)
+    hints = probe.find_hints(lines, SETTINGS)
+    assert hints[0]["pattern"] == "out_of_memory"
+    assert "lower vllm_gpu_memory_util (now 0.95;" in hints[0]["hint"]
+    assert [h["pattern"] for h in hints][-1] == "engine_died"  # the consequence comes last
+
+
+def test_missing_config_and_missing_shard_give_the_model_files_hint(
+    tmp_path: Path, launch: Launch
+) -> None:
+    (tmp_path / "empty").mkdir()
+    empty, _ = launch(tmp_path / "empty")
+    assert patterns(failure_output(empty)) == ["model_files"]
+    partial, _ = launch(make_model_dir(tmp_path, shards=3, drop=2))
+    lines = failure_output(partial)
+    assert patterns(lines) == ["model_files"]
+    hint = probe.find_hints(lines, SETTINGS)[0]["hint"]
+    assert f"vllm_model_dir={SETTINGS['model_dir']}" in hint
+
+
+def test_port_in_use_hint(tmp_path: Path, launch: Launch) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        proc, _ = launch(make_model_dir(tmp_path), port=holder.getsockname()[1])
+        lines = failure_output(proc)
+    assert patterns(lines, port_owner=" (held by users:((x)))") == ["port_in_use"]
+    hint = probe.find_hints(lines, {**SETTINGS, "port_owner": " (held by users:((x)))"})[0]
+    assert "vllm_port=8000 is already taken on the host (held by users:((x)))" in hint["hint"]
+
+
+@pytest.mark.parametrize(
+    ("line", "pattern"),
+    [
+        ("docker: Error response from daemon: No such image: avarok/dgx-vllm-nvfp4-kernel:v99.",
+         "image_not_found"),
+        ("docker: Error response from daemon: driver failed programming external connectivity on "
+         "endpoint minimax (0f3c): Bind for 0.0.0.0:8000 failed: port is already allocated.",
+         "port_in_use"),
+        ("docker: Error response from daemon: could not select device driver \"\" with "
+         "capabilities: [[gpu]].", "gpu_runtime"),
+        ("vllm.service: Main process exited, code=exited, status=137/n/a", "out_of_memory"),
+        ("vllm.service: Failed with result 'start-limit-hit'.", "start_limit"),
+        ("vllm.service: start-post operation timed out. Terminating.", "start_timeout"),
+    ],
+)  # fmt: skip
+def test_docker_and_systemd_messages_are_recognised(line: str, pattern: str) -> None:
+    assert patterns(["some earlier line", line]) == [pattern]
+
+
+def test_latest_cause_comes_first_and_unknown_logs_give_no_hint() -> None:
+    lines = ["torch.OutOfMemoryError: CUDA out of memory.", "No such image: x:y"]
+    assert patterns(lines) == ["image_not_found", "out_of_memory"]
+    assert patterns(["INFO all is well"]) == []
+
+
+# --------------------------------------------------------------------------- unit death
+
+
+def unit(**fields: Any) -> dict[str, Any]:
+    base = {
+        "name": "vllm.service", "load": "loaded", "active": "activating", "sub": "start-post",
+        "result": "success", "restarts": 0, "main_pid": 42, "exit_status": 0,
+        "job_pending": True,
+    }  # fmt: skip
+    return {**base, **fields}
+
+
+@pytest.mark.parametrize(
+    ("fields", "dead"),
+    [
+        ({}, False),  # loading
+        ({"active": "active", "sub": "running", "job_pending": False}, False),
+        ({"active": "deactivating", "sub": "stop-sigterm"}, False),  # a restart job runs
+        ({"sub": "auto-restart", "main_pid": 0, "job_pending": False, "result": "exit-code"}, True),
+        ({"restarts": 1}, True),  # restarted since the wait began, whatever it does now
+        ({"main_pid": 0, "job_pending": False}, True),
+        ({"active": "failed", "sub": "failed", "job_pending": False}, True),
+        ({"active": "inactive", "sub": "dead", "job_pending": False}, True),
+        ({"load": "not-found", "active": "inactive"}, True),
+    ],
+)
+def test_unit_death(fields: dict[str, Any], dead: bool) -> None:
+    assert (probe.unit_death(unit(**fields), 0) is not None) is dead
+    assert probe.unit_death(None, 0) is None
+
+
+def test_only_the_units_current_server_counts_as_ready() -> None:
+    assert wait_module.current_instance(None)
+    assert wait_module.current_instance(unit())  # loading; its own server answers
+    assert wait_module.current_instance(unit(active="active", sub="running", job_pending=False))
+    assert not wait_module.current_instance(unit(active="active", sub="running"))  # restart queued
+    assert not wait_module.current_instance(unit(active="deactivating", sub="stop"))
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def test_model_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a").mkdir()
+    complete = make_model_dir(tmp_path / "a")
+    rc, result = run_module(files_module, {"path": str(complete)}, capsys)
+    assert (rc, result["ok"], result["shards"], result["problems"]) == (0, True, 2, [])
+    (tmp_path / "b").mkdir()
+    partial = make_model_dir(tmp_path / "b", shards=4, drop=3)
+    (partial / "model-00001-of-00004.safetensors").write_bytes(b"")
+    _, result = run_module(files_module, {"path": str(partial)}, capsys)
+    assert not result["ok"]
+    assert result["missing"] == [
+        "model-00001-of-00004.safetensors",
+        "model-00003-of-00004.safetensors",
+    ]
+    assert result["problems"] == [
+        "2 of 4 shards named by the index are missing or empty "
+        "(model-00001-of-00004.safetensors, model-00003-of-00004.safetensors)"
+    ]
+    _, result = run_module(files_module, {"path": str(tmp_path / "nowhere")}, capsys)
+    assert result["problems"] == ["the directory does not exist"]
+
+
+# --------------------------------------------------------------------------- wait
+
+
+def test_wait_reports_progress_then_readiness(
+    tmp_path: Path, launch: Launch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, port = launch(make_model_dir(tmp_path), load_s=1.5)
+    args: dict[str, Any] = {"url": f"http://127.0.0.1:{port}", "budget_s": 60, "slice_s": 0.3,
+                            "interval_s": 0.2}  # fmt: skip
+    rc, result = run_module(wait_module, args, capsys)
+    assert (rc, result["state"]) == (0, "waiting")
+    assert result["progress"].startswith("loading: 0 s of 60 s")
+    states = []
+    while result["state"] == "waiting":
+        args.update(since=result["since"])
+        rc, result = run_module(wait_module, args, capsys)
+        states.append(result["state"])
+    assert states[-1] == "ready"
+    assert result["ready_after_s"] >= 1.0
+    assert result["ready_at"] >= result["since"] + result["ready_after_s"]
+
+
+def test_wait_gives_up_at_the_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    args = {"url": f"http://127.0.0.1:{free_port()}", "budget_s": 0.6, "interval_s": 0.2}
+    rc, result = run_module(wait_module, args, capsys)
+    assert (rc, result["state"]) == (1, "timeout")
+    assert "did not answer within the 0 s budget (vllm_health_timeout_s)" in result["msg"]
+
+
+def test_wait_fails_at_once_on_a_dead_engine(
+    tmp_path: Path, launch: Launch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "control.json").write_text(json.dumps({"fault": "unhealthy"}))
+    _, port = launch(
+        make_model_dir(tmp_path), VLLM_STANDIN_CONTROL_FILE=str(tmp_path / "control.json")
+    )
+    args = {"url": f"http://127.0.0.1:{port}", "budget_s": 600, "interval_s": 0.2}
+    rc, result = run_module(wait_module, args, capsys)
+    assert (rc, result["state"]) == (1, "dead")
+    assert "answers 503 (the engine is dead)" in result["msg"]
+
+
+# --------------------------------------------------------------------------- API checks
+
+
+@pytest.fixture
+def card_server(tmp_path: Path, launch: Launch) -> int:
+    """The card's configuration with the served name and an API key."""
+    _, port = launch(make_model_dir(tmp_path), *CARD_ARGS, "--served-model-name", SERVED,
+                     VLLM_API_KEY="k3y")  # fmt: skip
+    wait_ready(port)
+    return port
+
+
+def api(port: int, check: str, **args: Any) -> dict[str, Any]:
+    return {"url": f"http://127.0.0.1:{port}", "check": check, "model": SERVED,
+            "api_key": "k3y", **args}  # fmt: skip
+
+
+def test_api_checks_pass_on_the_cards_configuration(
+    card_server: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, models = run_module(api_module, api(card_server, "models", max_model_len=65536), capsys)
+    assert (rc, models["served"], models["unauthenticated_status"]) == (0, [SERVED], 401)
+    rc, chat = run_module(api_module, api(card_server, "chat"), capsys)
+    assert rc == 0 and chat["answer"] and chat["completion_tokens"] > 0
+    rc, tool = run_module(api_module, api(card_server, "tool_call"), capsys)
+    assert (rc, tool["function"], tool["arguments"]) == (0, "get_weather", {"location": "Paris"})
+
+
+def test_api_checks_name_what_is_wrong(
+    card_server: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, result = run_module(api_module, api(card_server, "models", model="other"), capsys)
+    assert rc == 1
+    assert f"/v1/models serves ['{SERVED}'], not other (vllm_health_model" in result["msg"]
+    rc, result = run_module(api_module, api(card_server, "models", max_model_len=4096), capsys)
+    assert "reports max_model_len 65536" in result["msg"]
+    rc, result = run_module(api_module, api(card_server, "chat", api_key="wrong"), capsys)
+    assert rc == 1 and "answered 401" in result["msg"] and "vllm_health_api_key" in result["msg"]
+
+
+def test_api_checks_catch_a_server_without_the_cards_flags(
+    tmp_path: Path, launch: Launch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, port = launch(make_model_dir(tmp_path), "--served-model-name", SERVED)
+    wait_ready(port)
+    rc, result = run_module(api_module, api(port, "models"), capsys)
+    assert rc == 1 and "the key is not enforced" in result["msg"]
+    rc, result = run_module(api_module, api(port, "chat", api_key=""), capsys)
+    assert rc == 1 and "is not <think>...</think> followed by an answer" in result["msg"]
+    rc, result = run_module(api_module, api(port, "tool_call", api_key=""), capsys)
+    assert rc == 1 and "--enable-auto-tool-choice" in result["msg"]
