@@ -151,15 +151,28 @@ class Knobs:
     state_dir: Path
 
 
-def load_knobs(env: Mapping[str, str]) -> Knobs:
+MODEL_CONTROL_FILE = ".vllm-standin.json"
+
+
+def load_knobs(env: Mapping[str, str], model_dir: str | None = None) -> Knobs:
+    """Knobs from the environment, then the control file, then ``MODEL/.vllm-standin.json``.
+
+    The last one lets the lab configure one simulated host (its model dir) without touching the
+    deployment's container settings.
+    """
     values: dict[str, Any] = {
         "fault": env.get("VLLM_STANDIN_FAULT", "none"),
         "load_seconds": env.get("VLLM_STANDIN_LOAD_SECONDS", "5"),
         "prefill_tps": env.get("VLLM_STANDIN_PREFILL_TPS", "920"),
         "decode_tps": env.get("VLLM_STANDIN_DECODE_TPS", "28"),
+        "oom_above": env.get("VLLM_STANDIN_OOM_ABOVE", "0.93"),
     }
-    control = Path(env.get("VLLM_STANDIN_CONTROL_FILE", "/models-control/standin.json"))
-    if control.is_file():
+    controls = [Path(env.get("VLLM_STANDIN_CONTROL_FILE", "/models-control/standin.json"))]
+    if model_dir:
+        controls.append(Path(model_dir) / MODEL_CONTROL_FILE)
+    for control in controls:
+        if not control.is_file():
+            continue
         try:
             overrides = json.loads(control.read_text())
             values.update({k: v for k, v in overrides.items() if k in values})
@@ -178,7 +191,7 @@ def load_knobs(env: Mapping[str, str]) -> Knobs:
             load_seconds=float(values["load_seconds"]),
             prefill_tps=float(values["prefill_tps"]),
             decode_tps=float(values["decode_tps"]),
-            oom_above=float(env.get("VLLM_STANDIN_OOM_ABOVE", "0.93")),
+            oom_above=float(values["oom_above"]),
             state_dir=Path(env.get("VLLM_STANDIN_STATE_DIR", "/tmp")),
         )
     except ValueError as exc:
@@ -607,6 +620,8 @@ class StandinServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Small streamed writes must leave at once, as with uvicorn (TCP_NODELAY).
+    disable_nagle_algorithm = True
 
     @property
     def engine(self) -> Engine:
@@ -1095,7 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
         args.api_key = [os.environ["VLLM_API_KEY"]]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    knobs = load_knobs(os.environ)
+    knobs = load_knobs(os.environ, args.model_tag)
     log("INFO", "api_server.py:1351", f"vLLM API server version {VERSION}")
     defaults = vars(build_parser().parse_args(["serve", args.model_tag]))
     changed = {k: v for k, v in vars(args).items() if v != defaults[k] or k == "model_tag"}
