@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,8 @@ DEBOOTSTRAP_ARGS = [
 SIM_DIR = Path(__file__).parent / "spark-sim"
 NVIDIA_SMI = REPO_ROOT / "tests" / "standins" / "nvidia_smi_standin" / "nvidia-smi"
 VLLM_STANDIN_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin"
+# Wheels unpacked into the stand-in vLLM image (pure or abi3 wheels for the image's python3).
+VLLM_STANDIN_WHEELS = ["tokenizers==0.23.3"]
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 
@@ -131,13 +134,19 @@ def build_spark_sim(cfg: LabConfig, base: str) -> str:
 
 def build_vllm_standin(cfg: LabConfig, base: str) -> str:
     """The stand-in for the vLLM image, built from tests/standins/vllm_standin."""
-    ref = f"{cfg.vllm_standin_tag}:{recipe_hash([base, VLLM_STANDIN_DIR])}"
+    ref = f"{cfg.vllm_standin_tag}:{recipe_hash([base, VLLM_STANDIN_DIR, *VLLM_STANDIN_WHEELS])}"
     if image_exists(ref):
         return ref
     log(f"building {ref} (stand-in for the vLLM image)")
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp)
         shutil.copytree(VLLM_STANDIN_DIR, ctx, dirs_exist_ok=True, ignore=_ignore_pycache)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+             "-d", str(ctx / "wheels"), *VLLM_STANDIN_WHEELS],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         _build(ref, ctx, base)
     return ref
 

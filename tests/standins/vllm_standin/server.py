@@ -166,6 +166,7 @@ def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
         "prefill_tps": env.get("VLLM_STANDIN_PREFILL_TPS", "920"),
         "decode_tps": env.get("VLLM_STANDIN_DECODE_TPS", "28"),
         "state_dir": env.get("VLLM_STANDIN_STATE_DIR", "/tmp"),
+        "oom_above": env.get("VLLM_STANDIN_OOM_ABOVE", "0.93"),
     }
     controls = [Path(env.get("VLLM_STANDIN_CONTROL_FILE", "/models-control/standin.json"))]
     if model:
@@ -191,7 +192,7 @@ def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
             load_seconds=float(values["load_seconds"]),
             prefill_tps=float(values["prefill_tps"]),
             decode_tps=float(values["decode_tps"]),
-            oom_above=float(env.get("VLLM_STANDIN_OOM_ABOVE", "0.93")),
+            oom_above=float(values["oom_above"]),
             state_dir=Path(str(values["state_dir"])),
         )
     except ValueError as exc:
@@ -620,6 +621,8 @@ class StandinServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Small streamed writes must leave at once, as with uvicorn (TCP_NODELAY).
+    disable_nagle_algorithm = True
 
     @property
     def engine(self) -> Engine:

@@ -1,0 +1,176 @@
+"""Fleet operations on three simulated hosts: status, benchmark, rolling restart, uninstall.
+
+The playbooks run as a user runs them (``ansible-playbook``) against this scenario's inventory.
+Each host's stand-in server is set in molecule.yml: fleet-2 runs out of memory above 0.91 of GPU
+memory, fleet-3 decodes at 50 tokens/s where the others decode at 150.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
+IMAGE = "avarok/dgx-vllm-nvfp4-kernel"
+MODEL_DIR = "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
+REGISTRY = "127.0.0.1:35000"
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / name), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=PROJECT,
+    )
+
+
+def on(host: str, *cmd: str) -> str:
+    return subprocess.run(
+        ["docker", "exec", host, *cmd], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def container(host: str) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(on(host, "docker", "inspect", "minimax"))[0]
+    return info
+
+
+def address(host: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", '{{(index .NetworkSettings.Networks "sparklab").IPAddress}}',
+         host],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def metric(host: str, name: str) -> float:
+    url = f"http://{address(host)}:8000/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "{"))
+
+
+def test_status_reports_the_stand_ins_figures(tmp_path: Path) -> None:
+    out = tmp_path / "status.json"
+    run = playbook("status.yml", "-e", f"fleet_status_output_file={out}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    status = json.loads(out.read_text())
+    assert sorted(status) == HOSTS
+    for host in HOSTS:
+        s = status[host]
+        manifest = json.loads(on(host, "cat", f"{MODEL_DIR}/.sparkfleet-manifest.json"))
+        assert s["unit"]["active"] == "active"
+        assert s["container"]["image"] == f"{IMAGE}:v23"
+        assert s["container"]["digests"][0].startswith(f"{IMAGE}@sha256:")
+        assert s["container"]["uptime_s"] >= 0
+        assert s["model"]["commit"] == manifest["commit"]
+        assert s["metrics"]["prompt_tokens"] == metric(host, "vllm:prompt_tokens_total")
+        assert s["metrics"]["generation_tokens"] == metric(host, "vllm:generation_tokens_total")
+        assert s["metrics"]["requests_running"] == 0
+        assert s["metrics"]["ttft_mean_s"] is not None
+        assert f"{host}: active/running" in run.stdout
+
+
+def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path: Path) -> None:
+    reference = {
+        "decode_tps": 150,
+        "prefill_512_tps": 3000,
+        "prefill_4096_tps": 3000,
+        "ttft_512_ms": 1000,
+        "long_context_decode_tps": 150,
+    }
+    extra = {
+        "llm_benchmark_reference": reference,
+        "llm_benchmark_tolerance": 0.10,
+        "llm_benchmark_runs": 2,
+        # the stand-in has no compute to hide: subtracting a measured latency only adds noise
+        "llm_benchmark_latency_mode": "none",
+        "llm_benchmark_decode_tokens": 48,
+        "llm_benchmark_long_context_tokens": 2048,
+        "llm_benchmark_results_dir": str(tmp_path),
+    }
+    run = playbook("benchmark.yml", "-e", json.dumps(extra))
+    assert run.returncode == 0, run.stdout[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    fleet = json.loads((run_dir / "fleet.json").read_text())
+    assert fleet["short_hosts"] == ["fleet-3"]
+    configured = {"fleet-1": 150, "fleet-2": 150, "fleet-3": 50}
+    for report in fleet["hosts"]:
+        summary = report["summary"]
+        decode = configured[report["host"]]
+        assert abs(summary["decode_tps"] / decode - 1) <= 0.10, report
+        assert abs(summary["long_context_decode_tps"] / decode - 1) <= 0.10, report
+        assert abs(summary["prefill_4096_tps"] / 3000 - 1) <= 0.10, report
+        assert abs(summary["prefill_512_tps"] / 3000 - 1) <= 0.10, report
+    short = {f["metric"] for f in fleet["hosts"][2]["findings"] if f["ok"] is False}
+    assert short == {"decode_tps", "long_context_decode_tps"}
+    assert (run_dir / "fleet.png").stat().st_size > 10_000
+    assert "fleet-3" in (run_dir / "fleet.md").read_text()
+
+
+def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
+    for tag in ("v23", "v24"):  # v24: a new release (the same stand-in under a new tag)
+        subprocess.run(
+            ["docker", "tag", f"{REGISTRY}/{IMAGE}:v23", f"{REGISTRY}/{IMAGE}:{tag}"], check=True
+        )
+        subprocess.run(["docker", "push", "-q", f"{REGISTRY}/{IMAGE}:{tag}"], check=True)
+    before = {h: container(h) for h in HOSTS}
+    run = playbook(
+        "rolling_restart.yml",
+        "-e", f"vllm_image={IMAGE}:v24",
+        "-e", "vllm_gpu_memory_util=0.92",
+        "-e", "vllm_health_timeout_s=60",
+    )  # fmt: skip
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "fleet-2 failed after the change" in run.stdout
+    assert "rolled back to avarok/dgx-vllm-nvfp4-kernel:v23" in run.stdout
+    after = {h: container(h) for h in HOSTS}
+    # fleet-1: upgraded, restarted, healthy
+    assert after["fleet-1"]["Config"]["Image"] == f"{IMAGE}:v24"
+    assert after["fleet-1"]["Id"] != before["fleet-1"]["Id"]
+    assert "GPU_MEMORY_UTIL=0.92" in after["fleet-1"]["Config"]["Env"]
+    # fleet-2: back on its previous image and configuration, serving
+    assert after["fleet-2"]["Config"]["Image"] == f"{IMAGE}:v23"
+    assert after["fleet-2"]["Image"] == before["fleet-2"]["Image"]
+    assert "GPU_MEMORY_UTIL=0.9" in after["fleet-2"]["Config"]["Env"]
+    assert on("fleet-2", "systemctl", "is-active", "vllm").strip() == "active"
+    assert on("fleet-2", "curl", "-fsS", "-o", "/dev/null", "-w", "%{http_code}",
+              "http://127.0.0.1:8000/health") == "200"  # fmt: skip
+    # fleet-3: untouched
+    assert after["fleet-3"]["Id"] == before["fleet-3"]["Id"]
+    assert after["fleet-3"]["State"]["StartedAt"] == before["fleet-3"]["State"]["StartedAt"]
+
+
+def test_uninstall_keeps_the_model_and_site_converges_again() -> None:
+    run = playbook("uninstall.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    for host in HOSTS:
+        assert on(host, "sh", "-c", "test -e /etc/systemd/system/vllm.service; echo $?") == "1\n"
+        assert on(host, "docker", "ps", "-aq", "--filter", "name=minimax") == ""
+        assert on(host, "test", "-f", f"{MODEL_DIR}/.sparkfleet-manifest.json") == ""
+    again = playbook("uninstall.yml")
+    assert again.returncode == 0
+    recap = [ln for ln in again.stdout.splitlines() if ln.startswith("fleet-")]
+    assert len(recap) == 3 and all("changed=0" in ln for ln in recap), recap
+    run = playbook("site.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    for host in HOSTS:
+        assert on(host, "systemctl", "is-active", "vllm").strip() == "active"
+        assert container(host)["Config"]["Image"] == f"{IMAGE}:v23"
