@@ -246,3 +246,10 @@ def test_a_failing_callback_stops_the_run_and_is_raised() -> None:
     with pytest.raises(RuntimeError, match="callback bug"):
         Fleet(local_inventory(), extravars={"local_play_sleep": 30}).run(PLAY, on_event=broken)
     assert time.monotonic() - started < 25
+
+
+def test_a_limit_that_matches_nothing_is_bad_input() -> None:
+    result = Fleet(local_inventory()).run(PLAY, limit="nothing-by-this-name")
+    assert result.hosts == {} and result.no_hosts_matched
+    assert result.errors and "no hosts to target" in result.errors[0]
+    assert result.exit_code == ExitCode.USAGE
