@@ -245,12 +245,14 @@ class RunResult:
     def summary(self) -> str:
         """One line: the outcome and the host counts."""
         counts = {
-            "ok": sum(1 for h in self.hosts.values() if h.succeeded),
+            "stopped" if self.canceled else "ok": sum(
+                1 for h in self.hosts.values() if h.succeeded
+            ),
             "failed": len(self.failed_hosts),
             "unreachable": len(self.unreachable_hosts),
         }
         state = "stopped" if self.canceled else self.status
-        parts = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k == "ok")
+        parts = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("ok", "stopped"))
         return f"{self.operation} ({self.playbook}): {state} in {self.elapsed_s:.1f} s; {parts}"
 
     def to_dict(self) -> dict[str, Any]:
