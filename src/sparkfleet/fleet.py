@@ -309,6 +309,8 @@ class Fleet:
         self.verbosity = verbosity
         if forks is not None and forks < 1:
             raise FleetError(f"forks={forks}: must be at least 1")
+        if vault_password_file is not None and not Path(vault_password_file).is_file():
+            raise FleetError(f"vault password file {vault_password_file} does not exist")
 
     # -- operations -------------------------------------------------------------------------
 
