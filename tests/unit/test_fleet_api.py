@@ -283,3 +283,15 @@ def test_vault_password_file(tmp_path: Path) -> None:
     assert any("vault" in e.lower() for e in without.errors), without.errors
     with pytest.raises(FleetError, match="does not exist"):
         Fleet(inventory, vault_password_file=tmp_path / "missing")
+
+
+def test_a_strategy_chosen_in_ansible_cfg_is_kept(tmp_path: Path) -> None:
+    for name in ("roles", "playbooks"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nforks = 5\n")
+    ours = Fleet(["a"], project_dir=tmp_path)._environment(tmp_path)
+    assert ours["ANSIBLE_STRATEGY"] == "sparkfleet_linear"
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nstrategy = free\n")
+    theirs = Fleet(["a"], project_dir=tmp_path)._environment(tmp_path)
+    assert "ANSIBLE_STRATEGY" not in theirs and "SPARKFLEET_STOP_FILE" not in theirs
+    assert "ANSIBLE_STRATEGY" not in Fleet(["a"], graceful_stop=False)._environment(tmp_path)
