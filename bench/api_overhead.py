@@ -65,7 +65,8 @@ def run_wrapper(inventory: Path) -> tuple[float, float]:
 
 
 def run_plain(inventory: Path) -> tuple[float, float]:
-    """Wall and controller CPU seconds of one plain ansible-playbook run (output discarded)."""
+    """Wall and controller CPU seconds of one plain ansible-playbook run (output kept in a pipe,
+    as the wrapper keeps its events)."""
     env = {**os.environ, **Project.find().ansible_env()}
     playbook = str(Path(sys.executable).parent / "ansible-playbook")
     cpu, started = _cpu(), time.perf_counter()
@@ -73,14 +74,14 @@ def run_plain(inventory: Path) -> tuple[float, float]:
         [playbook, "-i", str(inventory), str(PLAY)],
         env=env,
         cwd=PLAY.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         check=False,
     )
     elapsed, used = time.perf_counter() - started, _cpu() - cpu
     if proc.returncode != 0:
-        raise SystemExit(f"ansible-playbook failed ({proc.returncode}): {proc.stderr}")
+        raise SystemExit(f"ansible-playbook failed ({proc.returncode}): {proc.stdout[-3000:]}")
     return elapsed, used
 
 

@@ -31,7 +31,7 @@ Exit codes:
   0    every host ok
   1    a host failed (its task and message are printed), or the run did not finish
   2    a host was unreachable (takes precedence over 1)
-  3    bad usage or input (options, inventory, missing playbook, no host matched)
+  3    bad usage or input, nothing ran (options, inventory, playbook, no host matched)
   130  stopped by Ctrl-C / SIGTERM before the end"""
 
 

@@ -365,5 +365,7 @@ def print_summary(console: Console, result: RunResult) -> None:
             for line in host.message.splitlines() or [""]:
                 console.print(Text(f"  {'':<{width}}  {'':<11} {line}", style="red"))
         else:
-            head.append(f" {host_detail(host)}")
+            notes = [f"at {host.last_task}"] if state == "stopped" and host.last_task else []
+            notes += [host_detail(host)] if host_detail(host) else []
+            head.append(" " + "; ".join(notes))
             console.print(head)

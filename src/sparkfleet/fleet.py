@@ -268,7 +268,8 @@ class Fleet:
         cancel_grace_s: after a graceful stop request, kill the run if it has not ended after this
             many seconds (None: wait for the task in flight, however long).
         graceful_stop: use the ``sparkfleet_linear`` strategy so a stop lets tasks finish; when
-            False (or ANSIBLE_STRATEGY is set in the environment), a stop kills the run at once.
+            False (or a strategy is chosen by ANSIBLE_STRATEGY or ansible.cfg), a stop kills
+            the run at once.
         progress_parsers: extra functions that read download progress from raw events.
         envvars: extra environment variables for ansible-playbook.
         verbosity: ansible-playbook's ``-v`` count (0-4).
@@ -309,6 +310,8 @@ class Fleet:
         self.verbosity = verbosity
         if forks is not None and forks < 1:
             raise FleetError(f"forks={forks}: must be at least 1")
+        if vault_password_file is not None and not Path(vault_password_file).is_file():
+            raise FleetError(f"vault password file {vault_password_file} does not exist")
 
     # -- operations -------------------------------------------------------------------------
 
@@ -645,7 +648,8 @@ class Fleet:
         bindir = Path(sys.executable).parent
         if (bindir / "ansible-playbook").exists():
             env["PATH"] = os.pathsep.join([str(bindir), os.environ.get("PATH", os.defpath)])
-        if self.graceful_stop and "ANSIBLE_STRATEGY" not in os.environ:
+        chosen = "ANSIBLE_STRATEGY" in os.environ or self.project.configured_strategy()
+        if self.graceful_stop and not chosen:
             plugins = [str(STRATEGY_DIR)]
             if os.environ.get("ANSIBLE_STRATEGY_PLUGINS"):
                 plugins.append(os.environ["ANSIBLE_STRATEGY_PLUGINS"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,15 @@ class Project:
                 f"{present or 'none'}"
             )
         return candidate
+
+    def configured_strategy(self) -> str | None:
+        """The ``strategy`` ansible.cfg sets in ``[defaults]``, if any."""
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            parser.read(self.config, encoding="utf-8")
+        except configparser.Error:
+            return None
+        return parser.get("defaults", "strategy", fallback=None) or None
 
     def ansible_env(self) -> dict[str, str]:
         """Environment that makes ansible-playbook use this project's ansible.cfg and roles,

@@ -51,7 +51,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 2
     """At least one host could not be reached (takes precedence over failed hosts)."""
     USAGE = 3
-    """Bad usage or input: unknown option, missing inventory or playbook, no host matched..."""
+    """Bad usage or input, nothing ran: options, inventory, playbook errors, no host matched."""
     INTERRUPTED = 130
     """The run was stopped (Ctrl-C, SIGTERM or a cancel request) before it finished."""
 
@@ -232,8 +232,8 @@ class RunResult:
             return ExitCode.FAILED
         if self.canceled:
             return ExitCode.INTERRUPTED
-        if self.no_hosts_matched or (self.rc in (4, 5) and not self.hosts):
-            return ExitCode.USAGE
+        if self.no_hosts_matched or (not self.hosts and (self.errors or self.rc in (4, 5))):
+            return ExitCode.USAGE  # nothing ran: Ansible refused the input
         if self.rc != 0 or self.status != "successful":
             return ExitCode.FAILED
         return ExitCode.OK
@@ -245,12 +245,14 @@ class RunResult:
     def summary(self) -> str:
         """One line: the outcome and the host counts."""
         counts = {
-            "ok": sum(1 for h in self.hosts.values() if h.succeeded),
+            "stopped" if self.canceled else "ok": sum(
+                1 for h in self.hosts.values() if h.succeeded
+            ),
             "failed": len(self.failed_hosts),
             "unreachable": len(self.unreachable_hosts),
         }
         state = "stopped" if self.canceled else self.status
-        parts = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k == "ok")
+        parts = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("ok", "stopped"))
         return f"{self.operation} ({self.playbook}): {state} in {self.elapsed_s:.1f} s; {parts}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,7 +369,10 @@ class RunCollector:
         elif name in ("error", "verbose"):
             text = strip_ansi(str(raw.get("stdout") or "")).strip()
             if text.startswith(("[ERROR]", "ERROR!")):
-                self.errors.append(text.removeprefix("[ERROR]:").removeprefix("ERROR!").strip())
+                error = text.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
+                self.errors.append(error)
+                if "leaves us with no hosts to target" in error:
+                    self.no_hosts_matched = True
 
     def result(
         self,

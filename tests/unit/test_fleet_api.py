@@ -6,6 +6,7 @@ Runs that need Ansible use ``data/local_play.yml`` on two inventory hosts reache
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from sparkfleet import (
     CancelToken,
     ExitCode,
     Fleet,
+    FleetError,
     FleetEvent,
     HostTaskResult,
     HostTaskStarted,
@@ -246,3 +248,50 @@ def test_a_failing_callback_stops_the_run_and_is_raised() -> None:
     with pytest.raises(RuntimeError, match="callback bug"):
         Fleet(local_inventory(), extravars={"local_play_sleep": 30}).run(PLAY, on_event=broken)
     assert time.monotonic() - started < 25
+
+
+def test_a_limit_that_matches_nothing_is_bad_input() -> None:
+    result = Fleet(local_inventory()).run(PLAY, limit="nothing-by-this-name")
+    assert result.hosts == {} and result.no_hosts_matched
+    assert result.errors and "no hosts to target" in result.errors[0]
+    assert result.exit_code == ExitCode.USAGE
+
+
+def test_vault_password_file(tmp_path: Path) -> None:
+    """Vault-encrypted group vars reach the play with the password file, and not without."""
+    password = tmp_path / "vault-password"
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "hosts.json").write_text(json.dumps({"spark": {"hosts": local_inventory()}}))
+    vaulted = inventory / "group_vars" / "spark.yml"
+    vaulted.write_text("local_play_fail: true\n")
+    vault = Path(sys.executable).parent / "ansible-vault"
+    subprocess.run(
+        [vault, "encrypt", "--vault-password-file", password, vaulted],
+        check=True,
+        capture_output=True,
+    )
+    assert vaulted.read_text().startswith("$ANSIBLE_VAULT;")
+    fleet = Fleet(inventory, vault_password_file=password)
+    result = fleet.run(PLAY, limit="two")
+    assert result.failed_hosts == ["two"]
+    assert result.hosts["two"].message == "asked to fail on two"
+    without = Fleet(inventory).run(PLAY, limit="two")
+    assert without.exit_code == ExitCode.USAGE and without.hosts == {}
+    assert any("vault" in e.lower() for e in without.errors), without.errors
+    with pytest.raises(FleetError, match="does not exist"):
+        Fleet(inventory, vault_password_file=tmp_path / "missing")
+
+
+def test_a_strategy_chosen_in_ansible_cfg_is_kept(tmp_path: Path) -> None:
+    for name in ("roles", "playbooks"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nforks = 5\n")
+    ours = Fleet(["a"], project_dir=tmp_path)._environment(tmp_path)
+    assert ours["ANSIBLE_STRATEGY"] == "sparkfleet_linear"
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nstrategy = free\n")
+    theirs = Fleet(["a"], project_dir=tmp_path)._environment(tmp_path)
+    assert "ANSIBLE_STRATEGY" not in theirs and "SPARKFLEET_STOP_FILE" not in theirs
+    assert "ANSIBLE_STRATEGY" not in Fleet(["a"], graceful_stop=False)._environment(tmp_path)

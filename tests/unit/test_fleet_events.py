@@ -184,7 +184,7 @@ def test_board_and_summary_of_a_stopped_deploy() -> None:
     print_summary(console, result)
     final = console.export_text()
     assert final.count("stopped") >= 2  # the host's state in the table and in the summary
-    assert "test (playbooks/site.yml): stopped in 1.0 s; 1 ok" in final
+    assert "test (playbooks/site.yml): stopped in 1.0 s; 1 stopped" in final
 
 
 def test_plain_lines_of_the_mixed_preflight(capsys: pytest.CaptureFixture[str]) -> None:
