@@ -23,7 +23,6 @@ PROJECT = SCENARIO.parents[1]
 LAB = Path(os.environ.get("SPARKLAB_DIR", "/var/lib/sparklab"))
 LAB_FPR = (LAB / "www" / "nvidia" / "fingerprint").read_text().strip()
 BAD_KEY_DIR = LAB / "www" / "tk-badkey"
-GOOD_KEY_URL = "http://172.29.78.1:38081/nvidia/gpgkey"
 VERSION = "1.19.0-1"
 PACKAGES = [
     "nvidia-container-toolkit",
