@@ -23,7 +23,6 @@ PROJECT = SCENARIO.parents[1]
 LAB = Path(os.environ.get("SPARKLAB_DIR", "/var/lib/sparklab"))
 LAB_FPR = (LAB / "www" / "nvidia" / "fingerprint").read_text().strip()
 BAD_KEY_DIR = LAB / "www" / "tk-badkey"
-GOOD_KEY_URL = "http://172.29.78.1:38081/nvidia/gpgkey"
 VERSION = "1.19.0-1"
 PACKAGES = [
     "nvidia-container-toolkit",
@@ -95,6 +94,7 @@ def playbook(hosts: list[str], check: bool = False, tags: str = "", **extra: Any
             "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
             "ANSIBLE_ROLES_PATH": str(PROJECT / "roles"),
             "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_PIPELINING": "True",
         }
     )
     cmd = ["ansible-playbook", "-i", str(inventory), str(SCENARIO / "converge.yml")]
@@ -169,8 +169,10 @@ def test_docker_restarted_only_when_needed_and_never_on_the_second_run(host: str
     assert len(runs) >= 2, runs
     first, second = runs[0], runs[1]
     if host == "tk-installed":
-        # toolkit and runtime already there: only the registry mirror was added, by a reload
+        # toolkit and runtime already there: the registry mirror was added by a reload, the CDI
+        # units enabled without a systemd daemon-reload
         assert (first.starts, first.stops, first.reloads) == (0, 0, 1), first
+        assert first.daemon_reloads == 0
         assert first.pid_begin == first.pid_end
     else:
         # the toolkit was installed: dockerd must restart to offer --gpus
@@ -243,7 +245,8 @@ def test_gpus_all_and_cdi(host: str) -> None:
 # A: check mode on every host (pf-fail with spark_preflight_fail=false, so that the toolkit role
 #    also runs there, on a host that has none of it).
 # B: a real run on tk-badkey, pf-fail, tk-bare, on tk-installed while it serves (a container
-#    publishing port 8000) and on tk-source after it gained a clashing copy of the role's source.
+#    publishing port 8000) and on tk-source after it gained a clashing copy of the role's source;
+#    with a CDI minimum above the installed toolkit's version.
 
 ALL = [*CONVERGED, "tk-badkey", "pf-fail"]
 RUN_B = ["tk-badkey", "pf-fail", "tk-bare", "tk-installed", "tk-source"]
@@ -298,7 +301,8 @@ def run_b(run_a: Driven) -> Driven:
     serving = sh("tk-installed", started).stdout
     before = {h: snapshot(h) for h in RUN_B}
     try:
-        run = playbook(RUN_B)
+        # a toolkit older than the CDI minimum: no CDI tasks (the version is compared)
+        run = playbook(RUN_B, nvidia_container_toolkit_cdi_min_version="1.100.0")
         after = {h: snapshot(h) for h in RUN_B}
         assert serving.startswith("true ")
         assert sh("tk-installed", started).stdout == serving  # never restarted
@@ -408,11 +412,14 @@ def test_serving_host_keeps_serving(run_b: Driven) -> None:
     assert_no_docker_activity("tk-installed")
 
 
-def test_third_run_on_a_bare_host_is_still_a_no_op(run_b: Driven) -> None:
+def test_third_run_on_a_bare_host_is_still_a_no_op(run_a: Driven, run_b: Driven) -> None:
     run = run_b.run
     assert (run.stats["tk-bare"]["changed"], run.stats["tk-bare"]["failures"]) == (0, 0)
     assert run_b.after["tk-bare"] == run_b.before["tk-bare"]
     assert_no_docker_activity("tk-bare")
+    cdi = "Read whether the CDI refresh units are enabled"
+    assert run.results("tk-bare", cdi)[0].get("skipped") is True  # 1.19.0 < 1.100.0
+    assert run_a.run.results("tk-bare", cdi)[0]["stdout"] == "enabled\nenabled"  # 1.19.0 >= 1.18.0
     report = run.report("tk-bare")
     assert report["ok"] is True and report["problems"] == []
     assert report["port"] == {"number": 8000, "state": "free", "owner": ""}
@@ -435,7 +442,7 @@ def test_a_clashing_source_of_its_own_is_removed(run_b: Driven) -> None:
     run = run_b.run
     assert run.stats["tk-source"]["failures"] == 0
     assert run.results("tk-source", "Remove the role's own source")[0]["changed"]
-    assert run.results("tk-source", "Refresh the apt cache")[0]["changed"]
+    assert not run.results("tk-source", "Refresh the apt cache")[0].get("skipped")
     assert sh("tk-source", f"test -e {OWN_SOURCE}", check=False).returncode != 0
     assert "Conflicting" not in sh("tk-source", "apt-get update 2>&1").stdout
     assert_no_docker_activity("tk-source")
