@@ -81,6 +81,7 @@ fetched: {description: Paths fetched by this run., returned: success, type: list
 refetched: {description: Paths fetched a second time after a size or hash mismatch., returned: success, type: list}
 removed: {description: Files of the previous manifest that the new commit no longer has., returned: success, type: list}
 missing: {description: Paths missing or differing before the fetch., returned: always, type: list}
+up_to_date: {description: True when files and manifest already matched (nothing to do)., returned: success, type: bool}
 files_total: {description: Number of files in the repository., returned: success, type: int}
 bytes_total: {description: Total size of the repository's files., returned: success, type: int}
 bytes_to_fetch: {description: Bytes still to fetch when the run started (partial files count as fetched)., returned: success, type: int}
@@ -977,7 +978,8 @@ def run(module, params, token, local_dir, progress, result):
 
     up_to_date = (current.get("commit") == commit and current.get("repo_id") == params["repo_id"]
                   and same_files(current.get("files"), files))
-    if not missing and not stale and up_to_date:
+    result["up_to_date"] = not missing and not stale and up_to_date
+    if result["up_to_date"]:
         progress.stop("done")
         return
     result["changed"] = True

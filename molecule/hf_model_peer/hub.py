@@ -1,0 +1,92 @@
+"""Start, stop or query the hf_model_peer scenario's stand-in Hub (tests/standins/hf_hub_standin).
+
+python hub.py start STATE_DIR HOST PORT   build the fixture repo once, start the server
+python hub.py stop STATE_DIR              stop it
+python hub.py stats STATE_DIR             print its stats (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.standins.hf_hub_standin.runner import SERVER_PY, build_fixture  # noqa: E402
+
+REPO_ID = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
+SHARD_SIZE = 2_000_000
+
+
+def url(state: Path) -> str:
+    return (state / "hub.url").read_text().strip()
+
+
+def start(state: Path, host: str, port: int) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    stop(state)
+    build_fixture(state / "repo", SHARD_SIZE)
+    port_file = state / "hub.port"
+    port_file.unlink(missing_ok=True)
+    with open(state / "hub.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, str(SERVER_PY), "--repo", f"{REPO_ID}={state / 'repo'}"),
+                *("--host", host, "--port", str(port), "--port-file", str(port_file)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"stand-in Hub did not start: {(state / 'hub.log').read_text()}")
+        time.sleep(0.05)
+    (state / "hub.pid").write_text(f"{proc.pid}\n")
+    (state / "hub.url").write_text(f"http://{host}:{port}\n")
+    print(json.dumps({"url": url(state), "pid": proc.pid}))
+
+
+def stop(state: Path) -> None:
+    pid_file = state / "hub.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink()
+
+
+def stats(state: Path) -> None:
+    with urllib.request.urlopen(f"{url(state)}/_standin/stats", timeout=10) as response:
+        print(response.read().decode())
+
+
+def main() -> None:
+    command, state = sys.argv[1], Path(sys.argv[2])
+    if command == "start":
+        start(state, sys.argv[3], int(sys.argv[4]))
+    elif command == "stop":
+        stop(state)
+    elif command == "stats":
+        stats(state)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

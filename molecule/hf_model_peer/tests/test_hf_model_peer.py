@@ -1,0 +1,82 @@
+"""Verify hf_model_source=peer: every host has the fixture's files, the Hub served them once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+STATE = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+HUB_PY = Path(__file__).resolve().parents[1] / "hub.py"
+MODEL_DIR = "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
+SEED = "hf-peer-1"
+HASH_FILES = r"""
+import hashlib, json, os, sys
+root = sys.argv[1]
+out = {}
+for path in json.load(open(os.path.join(root, ".sparkfleet-manifest.json")))["files"]:
+    data = open(os.path.join(root, path), "rb").read()
+    out[path] = [len(data), hashlib.sha256(data).hexdigest(),
+                 hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()]
+print(json.dumps(out))
+"""
+
+
+def fixture() -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads((STATE / "hub" / "repo" / "repo.json").read_text())
+    return meta
+
+
+def hub_stats() -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(HUB_PY), "stats", str(STATE / "hub")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    stats: dict[str, Any] = json.loads(out)
+    return stats
+
+
+def test_files_match_the_fixture_and_the_manifest(host: Any) -> None:
+    meta = fixture()
+    manifest = json.loads(host.file(f"{MODEL_DIR}/.sparkfleet-manifest.json").content_string)
+    assert manifest["repo_id"] == "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
+    assert manifest["commit"] == meta["sha"]
+    assert set(manifest["files"]) == {f["path"] for f in meta["files"]}
+    on_host = json.loads(host.check_output(f"python3 -c '{HASH_FILES}' {MODEL_DIR}"))
+    for entry in meta["files"]:
+        size, sha256, git_oid = on_host[entry["path"]]
+        recorded = manifest["files"][entry["path"]]
+        assert size == entry["size"] == recorded["size"], entry["path"]
+        assert sha256 == entry["sha256"], entry["path"]
+        assert git_oid == entry["git_oid"], entry["path"]
+        assert recorded["sha256"] == (entry["sha256"] if entry["lfs"] else None)
+        assert recorded["git_oid"] == (None if entry["lfs"] else entry["git_oid"])
+
+
+def test_the_hub_served_the_model_once_for_the_fleet(host: Any) -> None:
+    meta = fixture()
+    stats = hub_stats()
+    assert stats["files"] == {f["path"]: f["size"] for f in meta["files"]}
+    assert stats["bytes_served"] == meta["total_size"]
+
+
+def test_only_the_seed_talks_to_the_hub(host: Any) -> None:
+    name = host.backend.get_hostname()
+    venv = host.file("/opt/sparkfleet/hf-venv/bin/python")
+    assert venv.exists == (name == SEED)
+    progress = json.loads((STATE / "progress" / f"{name}.json").read_text())
+    assert progress["phase"] == "done" and progress["host"] == name
+    assert progress["source"] == ("hub" if name == SEED else "peer")
+    assert progress["bytes_done"] == progress["bytes_total"] == fixture()["total_size"]
+
+
+def test_the_seeds_rsync_daemon_is_gone(host: Any) -> None:
+    assert not host.service("sparkfleet-hf_model-rsyncd").is_running
+    assert not host.file("/run/sparkfleet-hf_model-rsyncd.conf").exists
+    assert ":8730 " not in host.check_output("ss -ltn")
+    assert not host.file("/etc/sparkfleet/hf_model.token").exists
