@@ -160,8 +160,8 @@ def wait_for(what: str, predicate: Any, timeout: float = 120, every: float = 0.5
 
 
 def restore_service() -> None:
-    """No fault injected, the unit cleared and restarted; returns once it serves again."""
-    sh(f"rm -f {CONTROL}")
+    """No fault injected (a quick load), the unit cleared and restarted; returns once it serves."""
+    inject({"load_seconds": 1})
     sh("systemctl reset-failed vllm.service; systemctl restart vllm.service", timeout=300)
     assert unit_props("ActiveState")["ActiveState"] == "active"
 
