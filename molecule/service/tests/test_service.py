@@ -445,3 +445,21 @@ def test_model_dir_emptied_under_the_service_is_diagnosed() -> None:
     finally:
         sh(f"test -d {aside} && rm -rf {MODEL_DIR} && mv {aside} {MODEL_DIR}", check=False)
         restore_service()
+
+
+def test_port_clash_is_diagnosed() -> None:
+    try:
+        sh("systemctl stop vllm.service")
+        sh("systemd-run --unit sparklab-squatter python3 -m http.server 8000")
+        wait_for("the squatter to listen", lambda: curl("http://localhost:8000/")[0] == 200, 30)
+        sh("systemctl start --no-block vllm.service")
+        run = converge("--tags", "health")
+        assert run.rc == 2, run.output[-3000:]
+        hints = run.result["diagnosis"]["hints"]
+        assert hints[0]["pattern"] == "port_in_use"
+        assert "vllm_port=8000 is already taken on the host (held by" in hints[0]["hint"]
+        assert '"python3"' in hints[0]["hint"]
+        assert "address already in use" in run.output
+    finally:
+        sh("systemctl stop sparklab-squatter", check=False)
+        restore_service()
