@@ -10,6 +10,7 @@ after start, out of memory at start-up, a model directory emptied under a deploy
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -131,8 +132,16 @@ class Run:
         return [t["task"]["name"] for p in self.json_output()["plays"] for t in p["tasks"]]
 
 
+@functools.cache
+def image_digest() -> str:
+    """The digest converge pinned the image to, from the image record."""
+    ref: str = json.loads(sh("cat /etc/vllm/vllm.image.json"))["current"]["ref"]
+    return ref.rsplit("@", 1)[1]
+
+
 def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run:
     """Run converge.yml (as molecule does) with extra arguments."""
+    digest = image_digest()
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
@@ -140,7 +149,8 @@ def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run
             env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
         proc = subprocess.run(
             ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO / "converge.yml"),
-             "-e", f"sparklab_result_file={result_file}", *args],
+             "-e", f"sparklab_result_file={result_file}",
+             "-e", f"sparklab_image_digest={digest}", *args],
             capture_output=True,
             text=True,
             env=env,
