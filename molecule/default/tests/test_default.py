@@ -37,17 +37,37 @@ def test_unit_enabled_and_active(host: Any) -> None:
     svc = host.service("vllm")
     assert svc.is_enabled
     assert svc.is_running
-    unit = host.file("/etc/systemd/system/vllm.service")
-    assert unit.contains("Ansible managed")
-    assert unit.contains("--gpus all --ipc=host")
-    assert unit.contains("--pull=never")
-    assert unit.contains("127.0.0.1:8000/health")
+    text = host.file("/etc/systemd/system/vllm.service").content_string
+    assert text.startswith("#\n# Ansible managed")
+    exec_start = " ".join(text.split("ExecStart=", 1)[1].split("\n#", 1)[0].split())
+    exec_start = exec_start.replace(" \\ ", " ")
+    assert exec_start.startswith(
+        "/usr/bin/docker run --rm --name minimax --pull=never --gpus all --ipc=host "
+        f"-v {MODEL_DIR}:/models/MiniMax-M2.5-REAP-172B-NVFP4:ro -p 8000:8000 "
+        "--env-file /etc/vllm/vllm.env "
+    )
+    assert exec_start.endswith(" avarok/dgx-vllm-nvfp4-kernel:v23")
+    assert "127.0.0.1:8000/health" in exec_start
+    for line in ["Restart=on-failure", "TimeoutStartSec=900", "SuccessExitStatus=143"]:
+        assert f"\n{line}\n" in text
+    assert host.run("systemd-analyze verify /etc/systemd/system/vllm.service").rc == 0
 
 
 def test_env_file_is_private(host: Any) -> None:
     env_file = host.file("/etc/vllm/vllm.env")
     assert env_file.mode == 0o600
     assert env_file.user == "root"
+    entries = [line for line in env_file.content_string.splitlines() if not line.startswith("#")]
+    assert dict(e.split("=", 1) for e in entries) == CARD_ENV  # no API key configured
+
+
+def test_image_is_recorded(host: Any) -> None:
+    record = json.loads(host.file("/etc/vllm/vllm.image.json").content_string)
+    running = host.check_output("docker inspect -f '{{.Image}}' minimax")
+    assert record == {
+        "current": {"ref": "avarok/dgx-vllm-nvfp4-kernel:v23", "id": running},
+        "previous": None,
+    }
 
 
 def test_container_runs_with_exactly_the_card_environment(host: Any) -> None:
@@ -61,6 +81,7 @@ def test_container_runs_with_exactly_the_card_environment(host: Any) -> None:
     assert added == CARD_ENV
     assert info["Config"]["Image"] == "avarok/dgx-vllm-nvfp4-kernel:v23"
     assert info["HostConfig"]["IpcMode"] == "host"
+    assert "127.0.0.1:8000/health" in info["Config"]["Healthcheck"]["Test"][1]
     assert [r["Capabilities"] for r in info["HostConfig"]["DeviceRequests"]] == [[["gpu"]]]
 
 

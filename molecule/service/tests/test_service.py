@@ -10,6 +10,7 @@ after start, out of memory at start-up, a model directory emptied under a deploy
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -131,8 +132,16 @@ class Run:
         return [t["task"]["name"] for p in self.json_output()["plays"] for t in p["tasks"]]
 
 
+@functools.cache
+def image_digest() -> str:
+    """The digest converge pinned the image to, from the image record."""
+    ref: str = json.loads(sh("cat /etc/vllm/vllm.image.json"))["current"]["ref"]
+    return ref.rsplit("@", 1)[1]
+
+
 def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run:
     """Run converge.yml (as molecule does) with extra arguments."""
+    digest = image_digest()
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
@@ -140,7 +149,8 @@ def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run
             env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
         proc = subprocess.run(
             ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO / "converge.yml"),
-             "-e", f"sparklab_result_file={result_file}", *args],
+             "-e", f"sparklab_result_file={result_file}",
+             "-e", f"sparklab_image_digest={digest}", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -160,8 +170,8 @@ def wait_for(what: str, predicate: Any, timeout: float = 120, every: float = 0.5
 
 
 def restore_service() -> None:
-    """No fault injected, the unit cleared and restarted; returns once it serves again."""
-    sh(f"rm -f {CONTROL}")
+    """No fault injected (a quick load), the unit cleared and restarted; returns once it serves."""
+    inject({"load_seconds": 1})
     sh("systemctl reset-failed vllm.service; systemctl restart vllm.service", timeout=300)
     assert unit_props("ActiveState")["ActiveState"] == "active"
 
@@ -444,4 +454,22 @@ def test_model_dir_emptied_under_the_service_is_diagnosed() -> None:
         assert "Invalid repository ID or local directory specified" in run.output
     finally:
         sh(f"test -d {aside} && rm -rf {MODEL_DIR} && mv {aside} {MODEL_DIR}", check=False)
+        restore_service()
+
+
+def test_port_clash_is_diagnosed() -> None:
+    try:
+        sh("systemctl stop vllm.service")
+        sh("systemd-run --unit sparklab-squatter python3 -m http.server 8000")
+        wait_for("the squatter to listen", lambda: curl("http://localhost:8000/")[0] == 200, 30)
+        sh("systemctl start --no-block vllm.service")
+        run = converge("--tags", "health")
+        assert run.rc == 2, run.output[-3000:]
+        hints = run.result["diagnosis"]["hints"]
+        assert hints[0]["pattern"] == "port_in_use"
+        assert "vllm_port=8000 is already taken on the host (held by" in hints[0]["hint"]
+        assert '"python3"' in hints[0]["hint"]
+        assert "address already in use" in run.output
+    finally:
+        sh("systemctl stop sparklab-squatter", check=False)
         restore_service()

@@ -125,6 +125,9 @@ def main():
     report = [p["failure"].strip() or "The vLLM service is not healthy.", ""]
     if hints:
         report += ["Hint: " + hints[0]["hint"]] + ["Also: " + h["hint"] for h in hints[1:]]
+    elif unit is None and container is None:
+        report += ["Hint: no unit or container watched here (vllm_health_service and "
+                   "vllm_health_container are empty): read the endpoint's own logs."]
     else:
         report += ["Hint: no known failure pattern in the logs; read the lines below."]
     report += ["", "Unit: " + describe_unit(unit), "Container: " + describe_container(container)]
