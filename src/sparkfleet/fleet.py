@@ -89,7 +89,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("status", "status.yml", description="report each host's state"),
     )
 }  # fmt: skip
-"""Operations by name. ``restart(rolling=False)`` passes ``rolling_restart_serial: "100%"``."""
+"""Operations by name. ``restart(rolling=False)`` passes ``vllm_rolling_batch: "100%"``."""
 
 
 class CancelToken:
@@ -436,12 +436,12 @@ class Fleet:
         handle_signals: bool = False,
     ) -> RunResult:
         """Restart the service (``rolling_restart.yml``): one host at a time, each healthy again
-        before the next, or with ``rolling=False`` all at once (``rolling_restart_serial: 100%``).
+        before the next, or with ``rolling=False`` all at once (``vllm_rolling_batch: 100%``).
         """
         args = dict(locals())
         args.pop("rolling")
         if not rolling:
-            args["extravars"] = {"rolling_restart_serial": "100%", **(extravars or {})}
+            args["extravars"] = {"vllm_rolling_batch": "100%", **(extravars or {})}
         return self._op("restart", args)
 
     def uninstall(

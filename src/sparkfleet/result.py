@@ -10,7 +10,7 @@ accessor               fact                              set by
 ``preflight_report``   ``spark_preflight_report``        ``spark_preflight``
 ``model_manifest``     ``hf_model_manifest``             ``hf_model``
 ``health``             ``vllm_health_result``            ``vllm_health``
-``benchmark``          ``vllm_benchmark_result``         ``benchmark.yml``
+``benchmark``          ``llm_benchmark_result``         ``benchmark.yml``
 =====================  ================================  =========================
 """
 
@@ -38,7 +38,7 @@ from sparkfleet.events import (
 PREFLIGHT_FACT = "spark_preflight_report"
 MANIFEST_FACT = "hf_model_manifest"
 HEALTH_FACT = "vllm_health_result"
-BENCHMARK_FACT = "vllm_benchmark_result"
+BENCHMARK_FACT = "llm_benchmark_result"
 
 
 class ExitCode(IntEnum):

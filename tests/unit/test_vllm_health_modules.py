@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args  # type: ignore[import-untyped]
+from ansible.module_utils.testing import patch_module_args
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ROOT / "roles" / "vllm_health"
