@@ -185,27 +185,31 @@ def bench_noop(workdir: Path, big_gb: float, small_gb: float, runs: int) -> dict
     hub = StandinHub({REPO: big_repo, "standin/small": small_repo}, workdir).start()
     out: dict[str, float] = {"big_gb": big_meta["total_size"] / 1e9}
     out["small_gb"] = small_meta["total_size"] / 1e9
+    cases = {
+        "big": (big_repo, big_meta, fetch_args(hub, workdir / "noop-big")),
+        "small": (small_repo, small_meta, fetch_args(hub, workdir / "noop-small")),
+    }
+    cases["small"][2]["repo_id"] = "standin/small"
     try:
-        for label, repo, meta, repo_id in (
-            ("big", big_repo, big_meta, REPO),
-            ("small", small_repo, small_meta, "standin/small"),
-        ):
-            target = workdir / f"noop-{label}"
-            hub_args = fetch_args(hub, target, repo_id=repo_id)
-            complete_dir(repo, meta, hub_args, workdir)
-            for verify in ("size", "sha256"):
-                samples = []
-                for _ in range(runs if verify == "size" else 1):
+        for repo, meta, args in cases.values():
+            complete_dir(repo, meta, args, workdir)
+        os.sync()  # no writeback of the fixtures during the measurement
+        for verify, count in (("size", runs), ("sha256", 1)):
+            samples: dict[str, list[float]] = {"big": [], "small": []}
+            for _ in range(count):
+                for label, (_, _, args) in cases.items():  # interleaved: same conditions
                     hub.clean()
-                    args = dict(hub_args, verify=verify)
-                    samples.append(timed(lambda a=args: run_module(a, workdir)))
+                    run_args = dict(args, verify=verify)
+                    samples[label].append(timed(lambda a=run_args: run_module(a, workdir)))
                     if hub.stats()["bytes_served"] != 0:
                         raise SystemExit("a no-op run downloaded bytes")
-                out[f"{label}_{verify}_s"] = statistics.median(samples)
+            for label, values in samples.items():
+                out[f"{label}_{verify}_s"] = statistics.median(values)
                 log(f"no-op {label} verify={verify}: {out[f'{label}_{verify}_s']:.3f} s")
-            shutil.rmtree(target, ignore_errors=True)
     finally:
         hub.stop()
+        for _, _, args in cases.values():
+            shutil.rmtree(args["local_dir"], ignore_errors=True)
     out["ratio"] = out["big_size_s"] / out["small_size_s"]
     return out
 
@@ -336,6 +340,7 @@ def main() -> int:
     parser.add_argument("--size-gb", type=float, default=4.0, help="repo for throughput/resume")
     parser.add_argument("--noop-size-gb", type=float, default=10.0)
     parser.add_argument("--noop-small-gb", type=float, default=0.01)
+    parser.add_argument("--noop-runs", type=int, default=15, help="no-op runs per model (median)")
     parser.add_argument("--peer-size-gb", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds (median)")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/sparkfleet-bench"))
@@ -350,7 +355,9 @@ def main() -> int:
         if "throughput" in wanted:
             results["throughput"] = bench_throughput(scratch, args.size_gb, args.rounds)
         if "noop" in wanted:
-            results["noop"] = bench_noop(scratch, args.noop_size_gb, args.noop_small_gb, 5)
+            results["noop"] = bench_noop(
+                scratch, args.noop_size_gb, args.noop_small_gb, args.noop_runs
+            )
         if "resume" in wanted:
             results["resume"] = bench_resume(scratch, args.size_gb)
         if "peer" in wanted:

@@ -346,6 +346,25 @@ def test_sigkilled_run_is_continued_by_the_next(fx: Fixture, tmp_path: Path) -> 
     assert stats["bytes_served"] <= 1.05 * total, json.dumps([killed_at, result["refetched"], log])
 
 
+def test_a_second_run_waits_for_the_first_and_fetches_nothing(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(rate_limit_bps=4_000_000)
+    target = tmp_path / "model"
+    first = subprocess.Popen(
+        [sys.executable, str(MODULE), str(args_file(module_args(fx, target), tmp_path))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    while fx.hub.stats()["bytes_served"] == 0:
+        assert first.poll() is None
+        time.sleep(0.05)
+    second = run_module(module_args(fx, target), tmp_path)
+    assert first.poll() is not None  # the second run ended after the first
+    assert parse_result(first.communicate()[0])["changed"]
+    assert second["changed"] is False and second["fetched"] == []
+    assert served(fx) == fx.sizes()  # each file once, for both runs
+    assert_complete(fx, target)
+
+
 def test_disk_too_small_fails_before_downloading(fx: Fixture, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import time
+from typing import Any
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
@@ -33,15 +34,15 @@ ASYNC_KEYS = (
 )
 
 
-def human_bytes(n):
+def human_bytes(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n:.0f} B"
 
 
-def human_seconds(s):
-    s = round(s)
+def human_seconds(seconds: float) -> str:
+    s = round(seconds)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     if s >= 60:
@@ -49,7 +50,7 @@ def human_seconds(s):
     return f"{s}s"
 
 
-def progress_line(progress):
+def progress_line(progress: dict[str, Any]) -> str:
     total = progress.get("bytes_total") or 0
     done = progress.get("bytes_done") or 0
     pct = 100.0 * done / total if total else 0.0
@@ -72,7 +73,7 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("jid", "progress_file", "progress_dir", "interval", "timeout"))
 
-    def run(self, tmp=None, task_vars=None):
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         del tmp
         task_vars = task_vars or {}
@@ -90,7 +91,8 @@ class ActionModule(ActionBase):
         )
 
         deadline = time.monotonic() + timeout + 60
-        status = {}
+        status: dict[str, Any] = {}
+        progress: dict[str, Any] | None = None
         last = None
         try:
             while True:
@@ -139,7 +141,7 @@ class ActionModule(ActionBase):
             display.vv(f"hf_model [{host}]: {progress_line(progress)}")
         return result
 
-    def _progress(self, path, task_vars):
+    def _progress(self, path: str, task_vars: dict[str, Any]) -> dict[str, Any] | None:
         if not path:
             return None
         found = self._execute_module(
@@ -154,7 +156,7 @@ class ActionModule(ActionBase):
         return progress if isinstance(progress, dict) else None
 
     @staticmethod
-    def _mirror(directory, host, progress):
+    def _mirror(directory: str, host: str, progress: dict[str, Any]) -> None:
         if not directory:
             return
         try:

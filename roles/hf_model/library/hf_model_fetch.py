@@ -935,11 +935,12 @@ def run(module, params, token, local_dir, progress, result):
     })
     os.environ.pop("HF_TOKEN", None)
     os.environ.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
-    progress.start()
-    lock = None
+    lock = DirLock(local_dir)
     if not module.check_mode:
-        lock = DirLock(local_dir)
+        # A fetch left running by an earlier play (e.g. after a lost connection) keeps the lock
+        # and its progress file; this one waits for it, then usually finds nothing to do.
         lock.acquire(progress)
+    progress.start()
     current = read_manifest(local_dir)
 
     progress.update(phase="listing")
