@@ -54,6 +54,7 @@ from sparkfleet.events import (
     parse_event,
 )
 from sparkfleet.inventory import InventorySource, normalize, write_inline
+from sparkfleet.progress import ProgressPoller
 from sparkfleet.project import Project
 from sparkfleet.result import RunCollector, RunResult
 
@@ -555,6 +556,10 @@ class Fleet:
                 token.kill()
 
         private = Path(tempfile.mkdtemp(prefix=f"sparkfleet-{op_name}-"))
+        # hf_model mirrors each host's download progress here; polled while the run goes on
+        (private / "progress").mkdir()
+        merged_vars.setdefault("hf_model_progress_dir", str(private / "progress"))
+        poller = ProgressPoller(Path(str(merged_vars["hf_model_progress_dir"])).expanduser(), emit)
         log: IO[str] | None = None
         try:
             inventory: str = (
@@ -595,6 +600,10 @@ class Fleet:
                     emit(event)
                 return keep
 
+            def on_tick() -> bool:
+                poller.poll()
+                return bool(control())
+
             def on_status(data: Mapping[str, Any], runner_config: Any = None) -> None:
                 emit(RunStatusChanged(status=str(data.get("status", ""))))
 
@@ -618,10 +627,11 @@ class Fleet:
                     ident=ident,
                     artifact_dir=str(self.artifacts_dir) if keep else None,
                     event_handler=on_raw,
-                    cancel_callback=control,
+                    cancel_callback=on_tick,
                     status_handler=on_status,
                 )
             elapsed = time.monotonic() - started
+            poller.poll(force=True)
         finally:
             if log is not None:
                 log.close()

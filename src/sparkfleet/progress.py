@@ -1,0 +1,69 @@
+"""Download progress from the hf_model role's progress files, while a run goes on.
+
+While the role waits for a fetch, the controller mirrors each host's progress file to
+``hf_model_progress_dir/<inventory_hostname>.json`` (schema ``sparkfleet/hf_model-progress/1``:
+``bytes_done``, ``bytes_total``, ``rate_bps``, ...). A :class:`ProgressPoller` watches such a
+directory and turns every new version of a file into a :class:`DownloadProgress` event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sparkfleet.events import DownloadProgress
+
+FETCH_TASK = "Fetch the model"
+
+
+class ProgressPoller:
+    """Emits a DownloadProgress for each progress file that changed since the last poll."""
+
+    def __init__(
+        self, directory: Path, emit: Callable[[DownloadProgress], None], interval_s: float = 1.0
+    ) -> None:
+        self.directory = directory
+        self.emit = emit
+        self.interval_s = interval_s
+        self._seen: dict[Path, int] = {}
+        self._last = 0.0
+
+    def poll(self, force: bool = False) -> int:
+        """Read the changed files (at most once per interval unless forced); events emitted."""
+        now = time.monotonic()
+        if not force and now - self._last < self.interval_s:
+            return 0
+        self._last = now
+        emitted = 0
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                stamp = path.stat().st_mtime_ns
+                if self._seen.get(path) == stamp:
+                    continue
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced, or half written: the next poll reads it
+            self._seen[path] = stamp
+            event = self._event(path, doc)
+            if event is not None:
+                self.emit(event)
+                emitted += 1
+        return emitted
+
+    @staticmethod
+    def _event(path: Path, doc: object) -> DownloadProgress | None:
+        if not isinstance(doc, dict) or "bytes_done" not in doc:
+            return None
+        try:
+            rate = doc.get("rate_bps")
+            return DownloadProgress(
+                host=str(doc.get("host") or path.stem),
+                bytes_done=int(doc["bytes_done"]),
+                bytes_total=int(doc.get("bytes_total") or 0),
+                rate_bps=float(rate) if rate is not None else None,
+                task=FETCH_TASK,
+            )
+        except (TypeError, ValueError):
+            return None

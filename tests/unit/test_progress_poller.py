@@ -1,0 +1,49 @@
+"""Download progress read from the hf_model role's mirrored progress files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sparkfleet.events import DownloadProgress
+from sparkfleet.progress import ProgressPoller
+
+
+def _write(path: Path, doc: dict[str, object], mtime_ns: int) -> None:
+    path.write_text(json.dumps(doc))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_each_new_version_of_a_file_becomes_one_event(tmp_path: Path) -> None:
+    events: list[DownloadProgress] = []
+    poller = ProgressPoller(tmp_path, events.append, interval_s=0)
+    doc = {"schema": "sparkfleet/hf_model-progress/1", "host": "spark-01", "bytes_done": 10,
+           "bytes_total": 100, "rate_bps": 5.0, "phase": "fetching"}  # fmt: skip
+    _write(tmp_path / "spark-01.json", doc, 1_000_000_000)
+    assert poller.poll() == 1
+    assert poller.poll() == 0  # unchanged file: nothing new
+    _write(tmp_path / "spark-01.json", {**doc, "bytes_done": 60}, 2_000_000_000)
+    _write(tmp_path / "spark-02.json", {"bytes_done": 1, "bytes_total": 0}, 2_000_000_000)
+    (tmp_path / "spark-03.json").write_text("{half written")
+    assert poller.poll() == 2
+    assert [(e.host, e.bytes_done, e.fraction) for e in events] == [
+        ("spark-01", 10, 0.1),
+        ("spark-01", 60, 0.6),
+        ("spark-02", 1, None),
+    ]
+    assert events[0].rate_bps == 5.0 and events[0].task == "Fetch the model"
+
+
+def test_polls_are_spaced_unless_forced(tmp_path: Path) -> None:
+    events: list[DownloadProgress] = []
+    poller = ProgressPoller(tmp_path, events.append, interval_s=3600)
+    _write(tmp_path / "h.json", {"bytes_done": 1, "bytes_total": 2}, 1_000_000_000)
+    assert poller.poll() == 1
+    _write(tmp_path / "h.json", {"bytes_done": 2, "bytes_total": 2}, 2_000_000_000)
+    assert poller.poll() == 0
+    assert poller.poll(force=True) == 1
+
+
+def test_a_missing_directory_is_no_error(tmp_path: Path) -> None:
+    assert ProgressPoller(tmp_path / "absent", lambda e: None).poll(force=True) == 0
