@@ -93,8 +93,8 @@ def test_status_reports_the_stand_ins_figures(tmp_path: Path) -> None:
 def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path: Path) -> None:
     reference = {
         "decode_tps": 150,
-        "prefill_512_tps": 3000,
-        "prefill_4096_tps": 3000,
+        "prefill_512_tps": 1000,
+        "prefill_4096_tps": 1000,
         "ttft_512_ms": 1000,
         "long_context_decode_tps": 150,
     }
@@ -112,15 +112,15 @@ def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path
     assert run.returncode == 0, run.stdout[-3000:]
     (run_dir,) = tmp_path.iterdir()
     fleet = json.loads((run_dir / "fleet.json").read_text())
-    assert fleet["short_hosts"] == ["fleet-3"]
+    assert fleet["short_hosts"] == ["fleet-3"], (run_dir / "fleet.md").read_text()
     configured = {"fleet-1": 150, "fleet-2": 150, "fleet-3": 50}
     for report in fleet["hosts"]:
         summary = report["summary"]
         decode = configured[report["host"]]
         assert abs(summary["decode_tps"] / decode - 1) <= 0.10, report
         assert abs(summary["long_context_decode_tps"] / decode - 1) <= 0.10, report
-        assert abs(summary["prefill_4096_tps"] / 3000 - 1) <= 0.10, report
-        assert abs(summary["prefill_512_tps"] / 3000 - 1) <= 0.10, report
+        assert abs(summary["prefill_4096_tps"] / 1000 - 1) <= 0.10, report
+        assert abs(summary["prefill_512_tps"] / 1000 - 1) <= 0.10, report
     short = {f["metric"] for f in fleet["hosts"][2]["findings"] if f["ok"] is False}
     assert short == {"decode_tps", "long_context_decode_tps"}
     assert (run_dir / "fleet.png").stat().st_size > 10_000
