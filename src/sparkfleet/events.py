@@ -243,7 +243,7 @@ def failure_message(res: Mapping[str, Any]) -> str:
     return text
 
 
-def _progress(data: Mapping[str, Any], prog: Any) -> DownloadProgress | None:
+def progress_from_mapping(data: Mapping[str, Any], prog: Any) -> DownloadProgress | None:
     """A DownloadProgress from a ``{bytes_done, bytes_total, rate_bps}`` mapping, if valid."""
     if not isinstance(prog, Mapping) or "bytes_done" not in prog:
         return None
@@ -281,7 +281,7 @@ def progress_from_sparkfleet_key(raw: RawEvent) -> DownloadProgress | None:
     prog = res.get("sparkfleet_progress")
     if prog is None and isinstance(res.get("ansible_facts"), Mapping):
         prog = res["ansible_facts"].get("sparkfleet_progress")
-    return _progress(data, prog)
+    return progress_from_mapping(data, prog)
 
 
 def progress_from_slurped_file(raw: RawEvent) -> DownloadProgress | None:
@@ -312,7 +312,7 @@ def progress_from_slurped_file(raw: RawEvent) -> DownloadProgress | None:
         return None
     if isinstance(doc, Mapping) and "sparkfleet_progress" in doc:
         doc = doc["sparkfleet_progress"]
-    return _progress(data, doc)
+    return progress_from_mapping(data, doc)
 
 
 DEFAULT_PROGRESS_PARSERS: tuple[ProgressParser, ...] = (

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sparkfleet.events import DownloadProgress
+from sparkfleet.events import DownloadProgress, progress_from_mapping
 
 FETCH_TASK = "Fetch the model"
 
@@ -54,16 +54,5 @@ class ProgressPoller:
 
     @staticmethod
     def _event(path: Path, doc: object) -> DownloadProgress | None:
-        if not isinstance(doc, dict) or "bytes_done" not in doc:
-            return None
-        try:
-            rate = doc.get("rate_bps")
-            return DownloadProgress(
-                host=str(doc.get("host") or path.stem),
-                bytes_done=int(doc["bytes_done"]),
-                bytes_total=int(doc.get("bytes_total") or 0),
-                rate_bps=float(rate) if rate is not None else None,
-                task=FETCH_TASK,
-            )
-        except (TypeError, ValueError):
-            return None
+        host = doc.get("host") if isinstance(doc, dict) else None
+        return progress_from_mapping({"host": host or path.stem, "task": FETCH_TASK}, doc)
