@@ -28,12 +28,14 @@ class ProgressPoller:
         self.emit = emit
         self.interval_s = interval_s
         self._seen: dict[Path, int] = {}
-        self._last = 0.0
+        self._last: float | None = None  # monotonic time of the last poll; None: never polled
 
     def poll(self, force: bool = False) -> int:
         """Read the changed files (at most once per interval unless forced); events emitted."""
         now = time.monotonic()
-        if not force and now - self._last < self.interval_s:
+        # time.monotonic() counts from an arbitrary point (boot, on Linux): only differences
+        # between two of its readings mean something, so "never polled" cannot be a number
+        if not force and self._last is not None and now - self._last < self.interval_s:
             return 0
         self._last = now
         emitted = 0

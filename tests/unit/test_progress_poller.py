@@ -5,9 +5,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from sparkfleet import progress
 from sparkfleet.events import DownloadProgress
 from sparkfleet.progress import ProgressPoller
+
+
+class FakeClock:
+    """A stand-in for time.monotonic() that only moves when told to."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _write(path: Path, doc: dict[str, object], mtime_ns: int) -> None:
@@ -47,3 +61,22 @@ def test_polls_are_spaced_unless_forced(tmp_path: Path) -> None:
 
 def test_a_missing_directory_is_no_error(tmp_path: Path) -> None:
     assert ProgressPoller(tmp_path / "absent", lambda e: None).poll(force=True) == 0
+
+
+@pytest.mark.parametrize("since_boot", [0.0, 5.0, 3599.0])
+def test_the_first_poll_reads_on_a_freshly_booted_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since_boot: float
+) -> None:
+    """time.monotonic() counts from boot: minutes after it, the first poll still reads."""
+    clock = FakeClock(since_boot)
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=clock))
+    events: list[DownloadProgress] = []
+    poller = ProgressPoller(tmp_path, events.append, interval_s=3600)
+    _write(tmp_path / "h.json", {"bytes_done": 1, "bytes_total": 2}, 1_000_000_000)
+    assert poller.poll() == 1
+    _write(tmp_path / "h.json", {"bytes_done": 2, "bytes_total": 2}, 2_000_000_000)
+    clock.now += 3599.0
+    assert poller.poll() == 0  # less than an interval since the first poll
+    clock.now += 1.0
+    assert poller.poll() == 1  # a whole interval since the first poll
+    assert [e.bytes_done for e in events] == [1, 2]
