@@ -648,12 +648,25 @@ def test_status_fault_by_glob(hub: Hub) -> None:
 def test_rate_limit_and_delay(hub: Hub) -> None:
     path = "model-00002-of-00020.safetensors"
     size = hub.file_meta(path)["size"]
-    hub.control("POST", "faults", {"rate_limit_bps": size * 2})  # about half a second
+    rate = size * 2  # bytes per second: about half a second for the file
+    piece = rate // 20  # the stand-in paces a body in pieces of a twentieth of the rate
+    hub.control("POST", "faults", {"rate_limit_bps": rate})
+    arrivals: list[tuple[float, int]] = []  # (seconds since the request, bytes received by then)
+    body = b""
     started = time.monotonic()
-    status, _, body = _urlopen(_resolve_url(hub, path))
-    elapsed = time.monotonic() - started
-    assert status == 200 and len(body) == size
-    assert 0.4 <= elapsed < 3, elapsed
+    with urllib.request.urlopen(_resolve_url(hub, path), timeout=10) as response:
+        status = response.status
+        while data := response.read1(65536):
+            body += data
+            arrivals.append((time.monotonic() - started, len(body)))
+    assert status == 200 and body == (hub.root / "files" / path).read_bytes()
+    # Paced all along, not held back and then sent at once: by any moment no more than one
+    # piece beyond what the rate allows had arrived, so the body took at least (size - piece)
+    # / rate. (Lower bounds only: a busy machine makes a download slower, never faster.)
+    assert all(got <= rate * elapsed + piece for elapsed, got in arrivals), arrivals
+    assert arrivals[-1][0] >= (size - piece) / rate
+    [download] = hub.control("GET", "stats")["downloads"]
+    assert (download["status"], download["sent"], download["dropped"]) == (200, size, False)
     hub.control("DELETE", "faults")
     hub.control("POST", "faults", {"delay_s": 0.3})
     started = time.monotonic()
