@@ -332,7 +332,8 @@ def test_sigkilled_run_is_continued_by_the_next(fx: Fixture, tmp_path: Path) -> 
         assert time.monotonic() < deadline
         time.sleep(0.1)
     killed_at = fx.hub.stats()["bytes_served"]
-    assert total * 0.4 < killed_at < total * 0.9
+    # killed mid-way: at least the half waited for was served, not all of it (files were cut)
+    assert total // 2 <= killed_at < total
     fx.hub.control("DELETE", "faults")
 
     result = run_module(module_args(fx, target), tmp_path)
@@ -358,8 +359,10 @@ def test_a_second_run_waits_for_the_first_and_fetches_nothing(fx: Fixture, tmp_p
         assert first.poll() is None
         time.sleep(0.05)
     second = run_module(module_args(fx, target), tmp_path)
-    assert first.poll() is not None  # the second run ended after the first
     assert parse_result(first.communicate()[0])["changed"]
+    # the directory's lock was taken last by the second run (it writes its pid there)
+    lock = target / ".cache" / "sparkfleet" / "lock"
+    assert int(lock.read_text()) not in (0, first.pid)
     assert second["changed"] is False and second["fetched"] == []
     assert served(fx) == fx.sizes()  # each file once, for both runs
     assert_complete(fx, target)
