@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sparkfleet.benchmark import compare, host_report, summarize
+
+pytestmark = pytest.mark.nolab
 
 DATA = Path(__file__).parent / "data"
 # Recorded from llama-benchy 0.4.0 against the stand-in server set to 2000 prefill / 100 decode.

@@ -38,6 +38,8 @@ from sparkfleet.cli import main, parse_extravars
 from sparkfleet.fleet import _Control
 from sparkfleet.inventory import normalize
 
+pytestmark = pytest.mark.nolab
+
 DATA = Path(__file__).resolve().parent / "data"
 PLAY = DATA / "local_play.yml"
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}

@@ -37,6 +37,8 @@ from sparkfleet.events import (
 )
 from sparkfleet.result import ExitCode, RunCollector, RunResult
 
+pytestmark = pytest.mark.nolab
+
 DATA = Path(__file__).resolve().parent / "data"
 HOST, BAD, GONE = "api-rec-1", "api-rec-bad", "api-rec-gone"
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.nolab
+
 STANDIN_DIR = Path(__file__).resolve().parents[1] / "standins" / "hf_hub_standin"
 FIXTURE_PY = STANDIN_DIR / "fixture.py"
 SERVER_PY = STANDIN_DIR / "server.py"

@@ -26,6 +26,8 @@ import pytest
 
 from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 
+pytestmark = pytest.mark.nolab
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "roles" / "hf_model" / "library" / "hf_model_fetch.py"
 REPO = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.nolab
+
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
 BUILD_REPO = STANDINS / "nvidia_apt_standin" / "build_repo.py"
 NVIDIA_SMI = STANDINS / "nvidia_smi_standin" / "nvidia-smi"

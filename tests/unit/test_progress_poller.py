@@ -13,6 +13,8 @@ from sparkfleet import progress
 from sparkfleet.events import DownloadProgress
 from sparkfleet.progress import ProgressPoller
 
+pytestmark = pytest.mark.nolab
+
 
 class FakeClock:
     """A stand-in for time.monotonic() that only moves when told to."""

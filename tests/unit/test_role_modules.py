@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.nolab
+
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
+pytestmark = pytest.mark.nolab
+
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ROOT / "roles" / "vllm_health"
 SERVICE = ROOT / "roles" / "vllm_service"

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import requests
 
+pytestmark = pytest.mark.nolab
+
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "vllm_standin"
 ENTRYPOINT = STANDIN / "entrypoint.sh"
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
