@@ -293,7 +293,7 @@ def test_shards_are_valid_safetensors_matching_the_index(hub: Hub) -> None:
 
 
 def test_shards_load_with_safe_open(hub: Hub) -> None:
-    pytest.importorskip("numpy")
+    # numpy (framework="np") is in the test extras, as safetensors and tokenizers are
     from safetensors import safe_open
 
     files = hub.root / "files"
@@ -341,8 +341,8 @@ def test_snapshot_download_is_byte_identical_and_counted(hub: Hub, tmp_path: Pat
 
 
 def test_hf_cli_download_and_cache_verify(hub: Hub, tmp_path: Path) -> None:
-    if not HF_CLI.exists():
-        pytest.skip(f"no hf CLI next to {sys.executable}")
+    # huggingface_hub, a dependency of the project, installs the hf CLI
+    assert HF_CLI.exists(), f"no hf CLI next to {sys.executable}: reinstall with 'make setup'"
     env = _hf_env(hub, tmp_path)
     target = tmp_path / "cli"
     run = subprocess.run(
@@ -357,8 +357,7 @@ def test_hf_cli_download_and_cache_verify(hub: Hub, tmp_path: Path) -> None:
     help_text = subprocess.run(
         [str(HF_CLI), "cache", "--help"], env=env, capture_output=True, text=True, timeout=60
     ).stdout
-    if "verify" not in help_text:
-        pytest.skip("this hf CLI has no 'cache verify'")
+    assert "verify" in help_text, f"this hf CLI has no 'cache verify':\n{help_text}"
     verify = [str(HF_CLI), "cache", "verify", REPO, "--local-dir", str(target)]
     verify += ["--fail-on-missing-files"]
     ok = subprocess.run(verify, env=env, capture_output=True, text=True, timeout=120)

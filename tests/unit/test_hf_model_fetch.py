@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import deliberate_skip
 from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 
 pytestmark = pytest.mark.nolab
@@ -100,10 +101,13 @@ def parse_result(stdout: str) -> dict[str, Any]:
     return result
 
 
-def run_module(args: dict[str, Any], where: Path, timeout: float = 120) -> dict[str, Any]:
-    """Run the module once as Ansible would; its JSON result (plus the raw stdout)."""
+def run_module(
+    args: dict[str, Any], where: Path, timeout: float = 120, prefix: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run the module once as Ansible would (after ``prefix``); its JSON result (plus the raw
+    stdout)."""
     proc = subprocess.run(
-        [sys.executable, str(MODULE), str(args_file(args, where))],
+        [*prefix, sys.executable, str(MODULE), str(args_file(args, where))],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -370,16 +374,31 @@ def test_a_second_run_waits_for_the_first_and_fetches_nothing(fx: Fixture, tmp_p
     assert_complete(fx, target)
 
 
+def in_a_small_tmpfs(mount: Path) -> list[str]:
+    """A command prefix: the rest runs in a user and mount namespace of its own (no root
+    needed where unprivileged user namespaces are allowed), with an 8 MB tmpfs on ``mount``."""
+    script = 'mount -t tmpfs -o size=8m tmpfs "$0" && exec "$@"'
+    unshare = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+    probe = subprocess.run(
+        [*unshare, "sh", "-c", script, str(mount), "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        deliberate_skip("no-mount-privilege", probe.stderr.strip()[:300])
+    return [*unshare, "sh", "-c", script, str(mount)]
+
+
 def test_disk_too_small_fails_before_downloading(fx: Fixture, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
-        result = run_module(module_args(fx, mount / "model", disk_margin_gb=0.001), tmp_path)
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    args = module_args(fx, mount / "model", disk_margin_gb=0.001)
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+        try:
+            result = run_module(args, tmp_path)
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
+    else:
+        result = run_module(args, tmp_path, prefix=in_a_small_tmpfs(mount))
     assert result["failed"]
     needed = (fx.total() + 1_000_000) / 1e9
     assert f"{needed:.2f} GB needed" in result["msg"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.nolab
 
@@ -37,10 +38,24 @@ PACKAGES = (
     "libnvidia-container1",
 )
 REPO_TOOLS = ("dpkg", "dpkg-deb", "gpg", "gpgv", "apt-ftparchive", "apt-get", "apt-cache")
-needs_repo_tools = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in REPO_TOOLS),
-    reason=f"needs {', '.join(REPO_TOOLS)}",
-)
+# Debian's own (apt, dpkg) and the lab's host tools (tests/lab/engine.py HOST_TOOLS installs
+# apt-utils, gnupg and gpgv at 'make lab-prepare'): missing ones are a failure, not a skip.
+REPO_TOOL_PACKAGES = "apt apt-utils dpkg gnupg gpgv"
+
+
+@pytest.fixture(scope="session")
+def repo_tools() -> None:
+    missing = [tool for tool in REPO_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: the apt repository stand-in is built and read with "
+            f"Debian's tools ('make lab-prepare' installs them; or apt-get install "
+            f"{REPO_TOOL_PACKAGES})",
+            pytrace=False,
+        )
+
+
+needs_repo_tools = pytest.mark.usefixtures("repo_tools")
 
 
 def run(
@@ -449,7 +464,6 @@ def test_ctk_runtime_configure_new_and_broken_files(extracted: Path, tmp_path: P
 
 @needs_repo_tools
 def test_ctk_cdi_generate_and_list(extracted: Path, tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")
     ctk = extracted / "usr/bin/nvidia-ctk"
     env = {"NVIDIA_HOOK_STANDIN_SOURCE": str(NVIDIA_SMI), **smi_config(tmp_path)}
     spec_dir = tmp_path / "run/cdi"

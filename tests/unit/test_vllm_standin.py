@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import requests
+import tokenizers
 
 pytestmark = pytest.mark.nolab
 
@@ -207,7 +208,6 @@ def key_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
 @pytest.fixture(scope="module")
 def tokenizer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
     """A tokenizer.json (whitespace words), measurable rates, key from VLLM_API_KEY."""
-    tokenizers = pytest.importorskip("tokenizers")
     root = tmp_path_factory.mktemp("tok")
     model = make_model_dir(root)
     tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
