@@ -1,13 +1,31 @@
 # sparkfleet: provisioning for NVIDIA DGX Spark fleets, and its lab.
 #   make lab        build the lab, start HOSTS simulated Sparks, run site.yml, show a chat completion
-#   make test       lint, unit tests and molecule scenarios (what CI runs)
+#   make test       lint, unit tests and molecule scenarios (what CI runs), each stage timed
+#   make quick      lint and the unit tests that need no lab (no Docker, no root)
 #   make lab-down   remove the lab's hosts, network and services
 VENV ?= .venv
 HOSTS ?= 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PY := $(VENV)/bin/python
+# Molecule scenarios (every molecule/*/molecule.yml), run one by one, each timed; a failing one
+# does not stop the others, but fails the target. Alphabetical, as 'molecule test --all' ran
+# them: default fleet_ops hf_model_peer hostprep service (default, the whole site.yml, first).
+SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# -rfEs: a summary line for each failure, error and skip (with its reason); the slowest tests
+PYTEST_FLAGS ?= -rfEs --durations=10
 
-.PHONY: setup lab lab-prepare lab-down test lint unit molecule
+.PHONY: setup lab lab-prepare lab-down test quick lint unit unit-nolab molecule
+# The stages share the lab (and the terminal): one at a time, even under -j.
+.NOTPARALLEL:
+
+# $(call timed,LABEL,COMMANDS): run COMMANDS, then print "[time] LABEL: N s" (with FAILED and the
+# exit status when they fail) and exit with their status. Join several commands with '&&', not
+# ';': 'set -e' does not apply inside a subshell whose status is tested, as it is here. LABEL and
+# COMMANDS must not contain commas.
+timed = start=$$(date +%s); \
+	( set -x; $(2) ) && status=0 || status=$$?; \
+	echo "[time] $(1): $$(( $$(date +%s) - start )) s$$(test $$status -eq 0 || echo " FAILED (exit $$status)")"; \
+	exit $$status
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -25,19 +43,31 @@ lab-down: setup
 	$(PY) -m tests.lab down
 
 lint: setup
-	yamllint -s .
-	ansible-lint
-	ruff check .
-	ruff format --check .
-	mypy
+	@$(call timed,lint,yamllint -s . && ansible-lint && ruff check . && ruff format --check . && mypy)
 
 lab-prepare: setup
-	$(PY) -m tests.lab prepare
+	@$(call timed,lab prepare,$(PY) -m tests.lab prepare)
 
 unit: lab-prepare
-	pytest -q tests/unit
+	@$(call timed,unit,pytest -q $(PYTEST_FLAGS) tests/unit)
+
+unit-nolab: setup
+	@$(call timed,unit (no lab),pytest -q $(PYTEST_FLAGS) -m nolab tests/unit)
 
 molecule: lab-prepare
-	molecule test --all
+	@failed=""; \
+	for scenario in $(SCENARIOS); do \
+		( $(call timed,molecule $$scenario,molecule test -s $$scenario) ) || failed="$$failed $$scenario"; \
+	done; \
+	test -z "$$failed" || { echo "molecule scenarios that failed:$$failed"; exit 1; }
 
-test: lint unit molecule
+molecule-%: lab-prepare
+	@$(call timed,molecule $*,molecule test -s $*)
+
+# The stages run in one sub-make, in order, so that the total covers them all and is printed
+# whether they pass or not; the sub-make's status is the target's.
+test:
+	@$(call timed,total,$(MAKE) --no-print-directory lint unit molecule)
+
+quick:
+	@$(call timed,total,$(MAKE) --no-print-directory lint unit-nolab)
