@@ -7,6 +7,8 @@ VENV ?= .venv
 HOSTS ?= 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PY := $(VENV)/bin/python
+# The lab's state (tests/lab/config.py); its vault password unlocks the hosts' sudo password.
+LAB_VAULT_PASSWORD_FILE = $(or $(SPARKLAB_DIR),/var/lib/sparklab)/ssh/vault-password
 # Molecule scenarios (every molecule/*/molecule.yml), run one by one, each timed; a failing one
 # does not stop the others, but fails the target. Alphabetical, as 'molecule test --all' ran
 # them: default fleet_ops hf_model_peer hostprep service (default, the whole site.yml, first).
@@ -36,7 +38,7 @@ setup: $(VENV)/.installed
 
 lab: setup
 	$(PY) -m tests.lab up --hosts $(HOSTS)
-	ansible-playbook playbooks/site.yml -i inventory/lab
+	ansible-playbook playbooks/site.yml -i inventory/lab --vault-password-file $(LAB_VAULT_PASSWORD_FILE)
 	$(PY) -m tests.lab demo
 
 lab-down: setup

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
-from tests.lab import engine, hosts, images, services
-from tests.lab.config import LabConfig, log
+from tests.lab import access, engine, hosts, images, services
+from tests.lab.config import REPO_ROOT, LabConfig, log
 
 
 def prepare(cfg: LabConfig) -> dict[str, str]:
@@ -23,13 +25,34 @@ def prepare(cfg: LabConfig) -> dict[str, str]:
     engine.ensure_engine(cfg)
     refs = images.build_all(cfg)
     services.ensure_network(cfg)
-    services.start_services(cfg)
+    services.start_services(cfg, images.python_target(refs["base"]))
     services.push_vllm_image(cfg, refs["vllm_standin"])
     return refs
 
 
+def show_access(cfg: LabConfig) -> None:
+    """How Ansible reaches the hosts: its connection and user, and who ``become`` makes it."""
+    ansible = Path(sys.executable).parent / "ansible"
+    res = subprocess.run(
+        [str(ansible) if ansible.is_file() else "ansible", "spark", "-i",
+         str(REPO_ROOT / "inventory" / "lab"), "--vault-password-file",
+         str(cfg.ssh_dir / access.VAULT_PASSWORD_FILE), "--become", "-o",
+         "-m", "ansible.builtin.shell", "-a",
+         'echo "ansible_connection={{ ansible_connection }} ansible_user={{ ansible_user }}:'
+         ' $(id -un) through sudo from $SUDO_USER"'],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    print(res.stdout.strip() or res.stderr.strip())
+    if res.returncode != 0:
+        raise SystemExit(f"ansible could not reach the lab's hosts (exit {res.returncode})")
+
+
 def demo(cfg: LabConfig, port: int = 8000) -> None:
-    """Ask each host's deployed endpoint for one chat completion (the card's example)."""
+    """Show how the hosts are reached, then ask each host's endpoint for one chat completion."""
+    show_access(cfg)
     for name in hosts.host_names(cfg):
         addr = hosts.host_address(cfg, name)
         base = f"http://{addr}:{port}/v1"

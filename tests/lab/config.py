@@ -33,10 +33,19 @@ class LabConfig:
     shard_size: int = int(os.environ.get("SPARKLAB_SHARD_SIZE", str(256 * 1024)))
     host_prefix: str = "spark-sim"
     host_label: str = "sparklab.host"
-    base_image: str = "sparklab/debian12"
+    base_image: str = "sparklab/debian13"
     sim_image: str = "sparklab/spark-sim"
     vllm_standin_tag: str = "sparklab/vllm-standin"
     toolkit_version: str = "1.19.0-1"
+    # Who the controller logs in as (see tests/lab/access.py): an admin whose sudo asks for a
+    # password, as on Ubuntu's first user, and an automation account with passwordless sudo.
+    sudo_password_user: str = "sparkadmin"
+    sudo_nopasswd_user: str = "ansible"
+
+    @property
+    def ssh_dir(self) -> Path:
+        """The lab's SSH key pair and the ansible-vault files of the become password."""
+        return self.state_dir / "ssh"
 
     @property
     def registry_push(self) -> str:

@@ -40,6 +40,9 @@ HOST_TOOLS = {
     "dpkg-deb": "dpkg",
     "gpg": "gnupg",
     "gpgv": "gpgv",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "openssl": "openssl",
 }
 
 RUNTIME_NAME = "sparklab-runc"

@@ -32,12 +32,13 @@ def host_names(cfg: LabConfig) -> list[str]:
 
 
 def wait_booted(name: str, timeout: float = 120.0) -> None:
-    """Wait until systemd finished booting and the host's dockerd answers."""
+    """Wait until systemd finished booting, and sshd and the host's dockerd answer."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         res = subprocess.run(
             ["docker", "exec", name, "sh", "-c",
-             "systemctl is-system-running --wait >/dev/null 2>&1; docker info >/dev/null 2>&1"],
+             "systemctl is-system-running --wait >/dev/null 2>&1;"
+             " systemctl is-active -q ssh.service && docker info >/dev/null 2>&1"],
             capture_output=True,
             check=False,
             timeout=timeout,

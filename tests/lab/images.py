@@ -1,7 +1,10 @@
 """Images of the lab, each built once and reused until its recipe changes.
 
-- ``sparklab/debian12``: Debian 12 from debootstrap (Debian mirror only), systemd as PID 1, python3.
-- ``sparklab/spark-sim``: the simulated DGX Spark host (see ``spark-sim/Dockerfile``).
+- ``sparklab/debian13``: Debian 13 (trixie) from debootstrap (Debian mirror only), systemd as PID 1,
+  python3, sshd and sudo. Debian 13 is the nearest to DGX OS 7 (Ubuntu 24.04) that these machines
+  can install: systemd 257 (Ubuntu 255), apt 3 (2.7), deb822 sources, Python 3.13 (3.12).
+- ``sparklab/spark-sim``: the simulated DGX Spark host (see ``spark-sim/Dockerfile``), with the
+  lab's SSH key and users (``tests/lab/access.py``).
 - ``sparklab/vllm-standin``: the stand-in for ``avarok/dgx-vllm-nvfp4-kernel:v23``
   (``tests/standins/vllm_standin``); the lab pushes it to its registry under the production name.
 
@@ -20,13 +23,14 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from tests.lab import access
 from tests.lab.config import REPO_ROOT, LabConfig, log
 
 DEBIAN_MIRROR = os.environ.get("SPARKLAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBOOTSTRAP_ARGS = [
     "--variant=minbase",
-    "--include=systemd,systemd-sysv,python3,dbus,ca-certificates",
-    "bookworm",
+    "--include=systemd,systemd-sysv,python3,dbus,ca-certificates,openssh-server,sudo",
+    "trixie",
 ]
 SIM_DIR = Path(__file__).parent / "spark-sim"
 NVIDIA_SMI = REPO_ROOT / "tests" / "standins" / "nvidia_smi_standin" / "nvidia-smi"
@@ -70,7 +74,7 @@ def _tag_latest(ref: str) -> None:
 
 
 def build_base(cfg: LabConfig) -> str:
-    """Debian 12 rootfs from debootstrap, imported as an image that boots systemd."""
+    """Debian 13 rootfs from debootstrap, imported as an image that boots systemd."""
     ref = f"{cfg.base_image}:{recipe_hash([*DEBOOTSTRAP_ARGS, DEBIAN_MIRROR])}"
     if image_exists(ref):
         return ref
@@ -103,9 +107,10 @@ def build_base(cfg: LabConfig) -> str:
     return ref
 
 
-def _build(ref: str, context: Path, base: str) -> None:
+def _build(ref: str, context: Path, base: str, *build_args: str) -> None:
+    args = [arg for value in (f"BASE_IMAGE={base}", *build_args) for arg in ("--build-arg", value)]
     subprocess.run(
-        ["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", ref, str(context)],
+        ["docker", "build", "-q", *args, "-t", ref, str(context)],
         check=True,
         env=_docker_env(),
         stdout=subprocess.DEVNULL,
@@ -116,7 +121,12 @@ def _build(ref: str, context: Path, base: str) -> None:
 def build_spark_sim(cfg: LabConfig, base: str) -> str:
     """The simulated DGX Spark host image."""
     certs = sorted(EXTRA_CA_DIR.glob("*.crt")) if EXTRA_CA_DIR.is_dir() else []
-    ref = f"{cfg.sim_image}:{recipe_hash([base, SIM_DIR, NVIDIA_SMI, *certs])}"
+    users = [
+        f"SUDO_PASSWORD_USER={cfg.sudo_password_user}",
+        f"SUDO_NOPASSWD_USER={cfg.sudo_nopasswd_user}",
+    ]
+    keys = [access.public_key(cfg), access.password_hash(cfg)]
+    ref = f"{cfg.sim_image}:{recipe_hash([base, SIM_DIR, NVIDIA_SMI, *certs, *users, *keys])}"
     if image_exists(ref):
         return ref
     log(f"building {ref} (Docker and the stand-in nvidia-smi on {base})")
@@ -128,7 +138,10 @@ def build_spark_sim(cfg: LabConfig, base: str) -> str:
             shutil.copy(cert, ctx / "ca-certificates" / cert.name)
         shutil.copy(NVIDIA_SMI, ctx / "nvidia-smi")
         (ctx / "nvidia-smi-standin.json").write_text('{"driver_version": "580.95.05"}\n')
-        _build(ref, ctx, base)
+        (ctx / "lab-access").mkdir()
+        (ctx / "lab-access" / "authorized_keys").write_text(keys[0] + "\n")
+        (ctx / "lab-access" / "password.sha512").write_text(keys[1] + "\n")
+        _build(ref, ctx, base, *users)
     return ref
 
 
@@ -155,8 +168,21 @@ def _ignore_pycache(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__"]
 
 
+def python_target(image: str) -> tuple[str, str]:
+    """(``X.Y``, machine) of the image's ``python3``: what host-side wheels must be built for."""
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "python3", image, "-c",
+         "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.machine())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()  # fmt: skip
+    return out[0], out[1]
+
+
 def build_all(cfg: LabConfig) -> dict[str, str]:
     """Build (or reuse) every lab image; returns their references."""
+    access.ensure_access(cfg)
     base = build_base(cfg)
     return {
         "base": base,

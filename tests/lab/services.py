@@ -89,17 +89,36 @@ def build_apt_repo(cfg: LabConfig) -> Path:
     return out
 
 
-def build_wheelhouse(cfg: LabConfig) -> Path:
-    """Wheels of the packages roles pip-install on hosts, for an index-free install."""
+def wheel_target_args(python: str, machine: str, glibc_minor: int = 41) -> list[str]:
+    """``pip download`` options that select wheels for another interpreter and machine.
+
+    ``python`` is ``X.Y``, ``machine`` what ``platform.machine()`` prints there (``x86_64``,
+    ``aarch64``); wheels tagged manylinux up to glibc 2.``glibc_minor`` (Debian 13 has 2.41,
+    Ubuntu 24.04 2.39), abi3 and pure wheels included (pip's ``--platform``/``--abi`` options).
+    """
+    nodot = python.replace(".", "")
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(17, glibc_minor + 1)]
+    platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
+    return [
+        "--python-version", python, "--implementation", "cp",
+        "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none",
+        *[arg for p in platforms for arg in ("--platform", p)],
+    ]  # fmt: skip
+
+
+def build_wheelhouse(cfg: LabConfig, python: str, machine: str) -> Path:
+    """Wheels of the packages roles pip-install on hosts (for the hosts' Python and machine,
+    not the controller's), for an index-free install."""
     out = cfg.state_dir / "www" / "wheels"
-    key = recipe_hash(WHEELHOUSE_PACKAGES)
+    target = wheel_target_args(python, machine)
+    key = recipe_hash([*WHEELHOUSE_PACKAGES, *target])
     stamp = cfg.state_dir / "www" / "wheels.stamp"
     if not _stamp_ok(stamp, key):
-        log(f"downloading wheels: {' '.join(WHEELHOUSE_PACKAGES)}")
+        log(f"downloading wheels for Python {python} on {machine}: {' '.join(WHEELHOUSE_PACKAGES)}")
         subprocess.run(["rm", "-rf", str(out)], check=True)
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "-d", str(out),
-             "--only-binary=:all:", *WHEELHOUSE_PACKAGES],
+             "--only-binary=:all:", *target, *WHEELHOUSE_PACKAGES],
             check=True,
         )  # fmt: skip
         stamp.write_text(key)
@@ -151,11 +170,14 @@ def _start(cfg: LabConfig, name: str, argv: list[str], host: str, port: int) -> 
     log(f"{name} listening on {host}:{port} (log {logfile})")
 
 
-def start_services(cfg: LabConfig) -> None:
-    """Build what the services serve and start the ones not running."""
-    www = cfg.state_dir / "www"
+def start_services(cfg: LabConfig, host_python: tuple[str, str]) -> None:
+    """Build what the services serve and start the ones not running.
+
+    ``host_python`` is the hosts' (``X.Y``, machine), for the wheelhouse.
+    """
     build_apt_repo(cfg)
-    build_wheelhouse(cfg)
+    www = cfg.state_dir / "www"
+    build_wheelhouse(cfg, *host_python)
     repo = build_hub_fixture(cfg)
     _start(
         cfg,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 CARD_ENV = {
@@ -23,6 +26,9 @@ CARD_ENV = {
 }
 MODEL_DIR = "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
 SERVED = "MiniMax-M2.5-REAP-172B-NVFP4"
+LAB_USER = "ansible"  # the user molecule/shared/inventory logs in as (passwordless sudo)
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 
 
 def _json(host: Any, cmd: str) -> Any:
@@ -130,3 +136,46 @@ def test_endpoint_answers_the_cards_curl_example(host: Any) -> None:
     content = answer["choices"][0]["message"]["content"]
     assert content.startswith("<think>")
     assert content.split("</think>", 1)[1].strip()
+
+
+def test_reached_over_ssh_as_a_non_root_sudo_user(host: Any) -> None:
+    # testinfra logs in as the play did (this scenario's inventory) and runs commands with sudo
+    assert host.check_output("id -un") == "root"
+    assert host.check_output("printenv SUDO_USER") == LAB_USER
+    assert host.user(LAB_USER).uid != 0
+    # the runs logged in over SSH with the lab's key, as that user (one multiplexed connection)
+    log = host.check_output("journalctl --no-pager -o cat -u ssh.service")
+    assert f"Accepted publickey for {LAB_USER} from " in log
+
+
+def test_files_the_roles_write_are_root_owned(host: Any) -> None:
+    for path in [
+        "/etc/systemd/system/vllm.service",
+        "/etc/vllm/vllm.env",
+        "/etc/docker/daemon.json",
+        f"{MODEL_DIR}/.sparkfleet-manifest.json",
+        f"{MODEL_DIR}/config.json",
+    ]:
+        f = host.file(path)
+        assert (f.user, f.group) == ("root", "root"), path
+
+
+def test_without_become_the_run_stops_before_any_change(host: Any) -> None:
+    unit = host.file("/etc/systemd/system/vllm.service")
+    before = (unit.mtime, host.check_output("systemctl show -p ActiveEnterTimestamp vllm"))
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / "site.yml"),
+         "-e", "ansible_become=false"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
+    )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out[-3000:]
+    assert f"Tasks run as '{LAB_USER}' on spark-sim-molecule, not root" in out
+    assert "the roles need become" in out
+    recap = out.rsplit("PLAY RECAP", 1)[1]
+    assert "changed=0" in recap and "failed=1" in recap
+    after = (unit.mtime, host.check_output("systemctl show -p ActiveEnterTimestamp vllm"))
+    assert after == before

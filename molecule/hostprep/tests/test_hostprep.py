@@ -1,7 +1,9 @@
 """Verify host preparation on the scenario's simulated DGX Sparks (see ../molecule.yml).
 
-Hosts are reached with `docker exec`; the failing and check-mode runs are ansible-playbook runs of
-../converge.yml (json callback) against the scenario's inventory. Every converge run leaves
+The plays reach the hosts over SSH as a sudo user (../../shared/inventory); these checks read the
+hosts with `docker exec` (quicker, and independent of what the plays did). The failing and
+check-mode runs are ansible-playbook runs of ../converge.yml (json callback) against the
+scenario's inventory. Every converge run leaves
 begin/end markers in the host's journal, so the Docker restarts, reloads and systemd
 daemon-reloads of each run are counted from the journal.
 """
@@ -252,7 +254,7 @@ ALL = [*CONVERGED, "tk-badkey", "pf-fail"]
 RUN_B = ["tk-badkey", "pf-fail", "tk-bare", "tk-installed", "tk-source"]
 PREFLIGHT_PROBLEMS = [
     "architecture is x86_64, expected spark_preflight_expected_arch=aarch64",
-    "OS is debian 12 (Debian GNU/Linux 12 (bookworm)), expected one of "
+    "OS is debian 13 (Debian GNU/Linux 13 (trixie)), expected one of "
     "spark_preflight_os_releases=ubuntu 24.04",
     "driver 535.104.05 is older than spark_preflight_min_driver_version=580.0",
     "Docker engine not running: docker.service is inactive (dead, masked)",
@@ -426,12 +428,12 @@ def test_third_run_on_a_bare_host_is_still_a_no_op(run_a: Driven, run_b: Driven)
     assert (report["arch"], report["os"]["id"], report["os"]["version_id"]) == (
         "x86_64",
         "debian",
-        "12",
+        "13",
     )
     assert (report["gpu"]["name"], report["gpu"]["driver_version"]) == ("NVIDIA GB10", "580.95.05")
     assert report["gpu"]["memory_total"] == "[N/A]"
     assert report["docker"]["running"] is True
-    assert report["docker"]["server_version"].startswith("20.10")
+    assert report["docker"]["server_version"].startswith("26.1")
     disk = report["disk"]
     assert (disk["model_dir"], disk["basis"]) == (MODEL_DIR, "model_size")
     assert (disk["needed_bytes"], disk["required_bytes"]) == (100_000_000, 1_100_000_000)

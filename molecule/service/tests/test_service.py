@@ -82,6 +82,15 @@ def unit_props(*names: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+def timespan_s(text: str) -> float:
+    """Seconds in a systemd time span as ``systemctl show`` prints it (``1min 27.311s``)."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+    total = 0.0
+    for value, unit in re.findall(r"([0-9.]+)(us|ms|min|s|h)", text):
+        total += float(value) * units[unit]
+    return total
+
+
 def snapshot() -> dict[str, str]:
     """What a refused run must leave alone: files, the container, systemd's last reload."""
     return {
@@ -412,6 +421,10 @@ def test_crash_after_start_is_restarted_and_health_goes_green_again() -> None:
         assert "EngineDeadError" in journal
         assert "Scheduled restart job" in journal
         sh(f"test -f {state_dir}/vllm-standin-crashed")
+        # the back-off grows (RestartSteps, systemd >= 254): the next delay exceeds the first
+        delays = unit_props("RestartUSec", "RestartUSecNext", "RestartSteps")
+        assert delays["RestartSteps"] == "5"
+        assert timespan_s(delays["RestartUSecNext"]) > timespan_s(delays["RestartUSec"]), delays
     finally:
         sh(f"rm -rf {state_dir}", check=False)
         restore_service()
