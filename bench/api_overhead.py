@@ -28,7 +28,7 @@ import yaml  # noqa: E402
 
 from sparkfleet import Fleet  # noqa: E402
 from sparkfleet.project import Project  # noqa: E402
-from tests.lab import hosts  # noqa: E402
+from tests.lab import access, hosts  # noqa: E402
 from tests.lab.config import LabConfig  # noqa: E402
 
 PLAY = Path(__file__).resolve().parent / "api_noop.yml"
@@ -37,9 +37,12 @@ GOAL = 1.15
 
 
 def write_inventory(names: list[str], directory: Path) -> Path:
-    """An inventory file: group ``spark``, the lab's group vars, the hosts over the Docker API."""
+    """An inventory file: group ``spark``, the lab's group vars, the hosts over SSH (sudo)."""
     group_vars = yaml.safe_load((REPO / "inventory/lab/group_vars/spark.yml").read_text())
-    members = {n: {"ansible_connection": "community.docker.docker_api"} for n in names}
+    members = {
+        n: access.ansible_host_vars(CFG, hosts.host_address(CFG, n), sudo_password=False)
+        for n in names
+    }
     path = directory / "hosts.yml"
     path.write_text(yaml.safe_dump({"spark": {"vars": group_vars, "hosts": members}}))
     return path

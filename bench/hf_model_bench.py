@@ -33,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.lab import access
+from tests.lab import hosts as lab_hosts
+from tests.lab.config import LabConfig
 from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +44,7 @@ HF_CLI = Path(sys.executable).parent / "hf"
 REPO = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
 SHARDS = 20
 GATEWAY = "172.29.78.1"
+LAB = LabConfig()
 PEER_HUB_PORT = 39390
 PEER_HOSTS = ["hf-bench-1", "hf-bench-2", "hf-bench-3"]
 MB = 1e6
@@ -315,12 +319,17 @@ def bench_peer(workdir: Path, size_gb: float) -> dict[str, float]:
     total = int(meta["total_size"])
     hub = StandinHub({REPO: repo}, workdir, host=GATEWAY, port=PEER_HUB_PORT).start()
     inventory = workdir / "inventory.yml"
-    hosts = {name: {"ansible_connection": "community.docker.docker"} for name in PEER_HOSTS}
-    inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
     out: dict[str, float] = {"model_gb": total / 1e9}
     try:
         for source in ("hub", "peer"):
             start_hosts()
+            # reached as a fleet is: SSH as the lab's passwordless-sudo user
+            hosts = {
+                name: access.ansible_host_vars(LAB, lab_hosts.host_address(LAB, name),
+                                               sudo_password=False)
+                for name in PEER_HOSTS
+            }  # fmt: skip
+            inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
             hub.clean()
             out[f"{source}_s"] = converge(inventory, source, hub, workdir)
             out[f"{source}_ratio"] = hub.stats()["bytes_served"] / total

@@ -97,6 +97,8 @@ def lab_problem() -> str | None:
         return f"no Docker engine answers ('docker info': {info.stderr.strip()[:400]})"
     if not cfg.state_dir.is_dir():
         return f"the lab's state directory {cfg.state_dir} does not exist"
+    if not (cfg.ssh_dir / "id_ed25519").is_file():
+        return f"the lab's SSH key {cfg.ssh_dir / 'id_ed25519'} does not exist"
     if _docker("network", "inspect", cfg.network).returncode != 0:
         return f"the lab's Docker network {cfg.network} does not exist"
     if _docker("image", "inspect", f"{cfg.sim_image}:latest").returncode != 0:

@@ -1,11 +1,12 @@
 """The fleet API and CLI against the lab: one simulated DGX Spark, deployed through the API.
 
 The host is a spark-sim container of our own, ``api-sim-1``, labelled ``sparklab.api`` so the
-lab's inventory (label ``sparklab.host``) never sees it; it is reached with the Docker API
-connection and gets the lab's group variables through an inline inventory. A second inventory
-name for the same container (``api-sim-bad``) carries a variable the host does not meet (the
-model the health check expects, the driver preflight requires), so it fails; a third
-(``api-sim-gone``) names no container, so it is unreachable.
+lab's inventory (label ``sparklab.host``) never sees it; it is reached as ``make lab`` reaches its
+hosts (SSH as ``sparkadmin``, whose sudo asks for the password kept in ansible-vault: the API is
+given the vault password file) and gets the lab's group variables through an inline inventory. A
+second inventory name for the same host (``api-sim-bad``) carries a variable the host does not
+meet (the model the health check expects, the driver preflight requires), so it fails; a third
+(``api-sim-gone``) is an address on the lab network that no host has, so it is unreachable.
 
 The module deploys once: a first ``deploy()`` is stopped gracefully while the toolkit role runs,
 then a second one converges from there (which shows the stop left the host consistent).
@@ -39,14 +40,15 @@ from sparkfleet import (
     TaskStarted,
     TaskStatus,
 )
-from tests.lab import hosts
+from tests.lab import access, hosts
 from tests.lab.config import REPO_ROOT, LabConfig
 
 pytestmark = pytest.mark.lab
 
 CFG = LabConfig(host_prefix="api-sim", host_label="sparklab.api")
 HOST = "api-sim-1"
-DOCKER_API = {"ansible_connection": "community.docker.docker_api"}
+VAULT = access.vault_password_file(CFG)
+NO_HOST_ADDRESS = "172.29.78.254"  # on the lab network (LabConfig.subnet), held by no container
 # The first deploy is asked to stop when the task after the one that changed Docker's
 # daemon.json starts: the Docker restart that change notified is then pending.
 NOTIFYING_TASK = "daemon.json"
@@ -59,7 +61,8 @@ IGNORED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", 
 def lab_inventory(**extra_hosts: dict[str, Any]) -> dict[str, Any]:
     """Inline inventory: group ``spark`` with the lab's group vars, HOST plus ``extra_hosts``."""
     group_vars = yaml.safe_load((REPO_ROOT / "inventory/lab/group_vars/spark.yml").read_text())
-    members = {HOST: dict(DOCKER_API), **{n: {**DOCKER_API, **v} for n, v in extra_hosts.items()}}
+    ssh = access.ansible_host_vars(CFG, hosts.host_address(CFG, HOST), sudo_password=True)
+    members = {HOST: dict(ssh), **{n: {**ssh, **v} for n, v in extra_hosts.items()}}
     return {"all": {"children": {"spark": {"vars": group_vars, "hosts": members}}}}
 
 
@@ -105,7 +108,7 @@ def api_host() -> Iterator[str]:
 def deployed(api_host: str) -> Deployed:
     """Deploy stopped gracefully during the toolkit role, then deployed to the end."""
     files_before = project_files()
-    fleet = Fleet(lab_inventory())
+    fleet = Fleet(lab_inventory(), vault_password_file=VAULT)
     token = CancelToken()
     stopped_events: list[FleetEvent] = []
 
@@ -187,8 +190,8 @@ def test_runs_write_nothing_into_the_project(deployed: Deployed) -> None:
 
 def test_health_through_the_api_with_a_failing_host(deployed: Deployed) -> None:
     """health() on the deployed host, and on a second name for it that expects another model."""
-    other = {"ansible_host": HOST, "vllm_health_model": "another-model"}
-    res = Fleet(lab_inventory(**{"api-sim-bad": other})).health()
+    other = {"vllm_health_model": "another-model"}
+    res = Fleet(lab_inventory(**{"api-sim-bad": other}), vault_password_file=VAULT).health()
     assert res.exit_code == ExitCode.FAILED and res.failed_hosts == ["api-sim-bad"]
     host = res.hosts[HOST]
     assert host.succeeded and host.changed == 0
@@ -208,14 +211,16 @@ def test_health_through_the_api_with_a_failing_host(deployed: Deployed) -> None:
 
 def test_unreachable_host_cli_exit_2(api_host: str, tmp_path: Path) -> None:
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(yaml.safe_dump(lab_inventory(**{"api-sim-gone": {}})))
+    gone_host = {"ansible_host": NO_HOST_ADDRESS}
+    inventory.write_text(yaml.safe_dump(lab_inventory(**{"api-sim-gone": gone_host})))
     proc = subprocess.run(
-        [sys.executable, "-m", "sparkfleet.cli", "preflight", "-i", str(inventory), "--json"],
+        [sys.executable, "-m", "sparkfleet.cli", "preflight", "-i", str(inventory), "--json",
+         "--vault-password-file", str(VAULT)],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-    )
+    )  # fmt: skip
     assert proc.returncode == ExitCode.UNREACHABLE, proc.stderr
     out = json.loads(proc.stdout)
     assert out["exit_code"] == 2
@@ -223,16 +228,16 @@ def test_unreachable_host_cli_exit_2(api_host: str, tmp_path: Path) -> None:
     assert out["hosts"][HOST]["facts"]["spark_preflight_report"]["arch"] == "x86_64"
     gone = out["hosts"]["api-sim-gone"]
     assert gone["status"] == "unreachable" and gone["unreachable"] == 1
-    assert "api-sim-gone" in gone["message"]
+    assert NO_HOST_ADDRESS in gone["message"] and "ssh" in gone["message"]
 
 
 def test_failing_host_plain_lines(api_host: str, tmp_path: Path) -> None:
     inventory = tmp_path / "hosts.yml"
-    bad = {"ansible_host": HOST, "spark_preflight_min_driver_version": "999.0"}
+    bad = {"spark_preflight_min_driver_version": "999.0"}
     inventory.write_text(yaml.safe_dump(lab_inventory(**{"api-sim-bad": bad})))
     proc = subprocess.run(
         [sys.executable, "-m", "sparkfleet.cli", "preflight", "-i", str(inventory),
-         "-l", "api-sim-bad"],
+         "-l", "api-sim-bad", "--vault-password-file", str(VAULT)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -247,16 +252,24 @@ def test_failing_host_plain_lines(api_host: str, tmp_path: Path) -> None:
 
 
 def processes_with_env(marker: str) -> list[int]:
-    """Pids of the processes whose environment holds ``marker``."""
+    """Pids of the processes whose environment holds ``marker``.
+
+    SSH connection masters are left out: ``ssh -o ControlPersist`` (Ansible's default ssh_args)
+    detaches a master (``ssh: <control path> [mux]``) that outlives the run by design and exits
+    once idle for ControlPersist's time.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
+            if marker.encode() not in (entry / "environ").read_bytes():
+                continue
+            if (entry / "cmdline").read_bytes().rstrip(b"\0").endswith(b"[mux]"):
+                continue
         except OSError:
             continue
+        found.append(int(entry.name))
     return found
 
 
@@ -278,7 +291,7 @@ def test_kill_ends_the_run_and_its_workers(api_host: str) -> None:
             token.kill()
 
     key, value = marker.split("=")
-    fleet = Fleet(lab_inventory(), envvars={key: value})
+    fleet = Fleet(lab_inventory(), vault_password_file=VAULT, envvars={key: value})
     res = fleet.run("site.yml", tags=["preflight"], on_event=kill_while_busy, cancel=token)
     assert len(busy) >= 2, "ansible-playbook and a worker should have been running"
     assert res.canceled and res.status == "canceled" and res.rc == 254

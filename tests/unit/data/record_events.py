@@ -21,13 +21,13 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from sparkfleet import CancelToken, Fleet, FleetEvent, HostTaskStarted  # noqa: E402
-from tests.lab import hosts  # noqa: E402
+from tests.lab import access, hosts  # noqa: E402
 from tests.lab.config import LabConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parent
 CFG = LabConfig(host_prefix="api-rec", host_label="sparklab.apirec")
 HOST = "api-rec-1"
-DOCKER_API = {"ansible_connection": "community.docker.docker_api"}
+NO_HOST_ADDRESS = "172.29.78.254"  # on the lab network, held by no container
 KEEP_DATA = (
     "play", "play_pattern", "task", "task_action", "resolved_action", "role", "host", "duration",
     "ignore_errors", "is_conditional", "name", "changed", "dark", "failures", "ignored", "ok",
@@ -80,23 +80,31 @@ def record(name: str, fleet: Fleet, run: Any) -> None:
 def main() -> None:
     """Record preflight (ok, failed, unreachable), a stopped deploy, a deploy and health."""
     group_vars = yaml.safe_load((REPO / "inventory/lab/group_vars/spark.yml").read_text())
-    bad = {**DOCKER_API, "ansible_host": HOST, "spark_preflight_expected_arch": "aarch64"}
-    members = {HOST: DOCKER_API, "api-rec-bad": bad, "api-rec-gone": DOCKER_API}
-    mixed = {"all": {"children": {"spark": {"vars": group_vars, "hosts": members}}}}
-    one = {"all": {"children": {"spark": {"vars": group_vars, "hosts": {HOST: DOCKER_API}}}}}
     hosts.remove_hosts(CFG)
     hosts.start_hosts(CFG, 1, f"{CFG.sim_image}:latest")
+    # reached as make lab reaches its hosts: SSH as the user whose sudo password is vaulted
+    ssh = access.ansible_host_vars(CFG, hosts.host_address(CFG, HOST), sudo_password=True)
+    vault = access.vault_password_file(CFG)
+    bad = {**ssh, "spark_preflight_expected_arch": "aarch64"}
+    gone = {**ssh, "ansible_host": NO_HOST_ADDRESS}
+    members = {HOST: ssh, "api-rec-bad": bad, "api-rec-gone": gone}
+    mixed = {"all": {"children": {"spark": {"vars": group_vars, "hosts": members}}}}
+    one_inv = {"all": {"children": {"spark": {"vars": group_vars, "hosts": {HOST: ssh}}}}}
+
+    def one() -> Fleet:
+        return Fleet(one_inv, vault_password_file=vault)
+
     try:
-        record("preflight_mixed", Fleet(mixed), lambda f: f.preflight())
+        record("preflight_mixed", Fleet(mixed, vault_password_file=vault), lambda f: f.preflight())
         token = CancelToken()
 
         def stop(event: FleetEvent) -> None:
             if isinstance(event, HostTaskStarted) and event.task == "Generate the CDI spec":
                 token.stop()
 
-        record("deploy_stopped", Fleet(one), lambda f: f.deploy(on_event=stop, cancel=token))
-        record("deploy", Fleet(one), lambda f: f.deploy())
-        record("health", Fleet(one), lambda f: f.health())
+        record("deploy_stopped", one(), lambda f: f.deploy(on_event=stop, cancel=token))
+        record("deploy", one(), lambda f: f.deploy())
+        record("health", one(), lambda f: f.health())
     finally:
         hosts.remove_hosts(CFG)
 
