@@ -324,7 +324,8 @@ def host_detail(host: HostResult) -> str:
         disk: dict[str, Any] = report.get("disk") or {}
         docker: dict[str, Any] = report.get("docker") or {}
         parts.append(
-            f"{report.get('arch', '?')}, {report.get('os', '?')}, GPU {gpu.get('name') or 'none'} "
+            f"{report.get('arch', '?')}, {_os_text(report.get('os'))}, "
+            f"GPU {gpu.get('name') or 'none'} "
             f"(driver {gpu.get('driver_version') or '?'}), Docker "
             f"{docker.get('server_version') or 'not running'}, "
             f"{format_bytes(float(disk.get('free_bytes') or 0))} free on {disk.get('path', '?')}"
@@ -332,6 +333,15 @@ def host_detail(host: HostResult) -> str:
     if host.benchmark:
         parts.append("benchmark: " + ", ".join(f"{k}={v}" for k, v in host.benchmark.items()))
     return "; ".join(parts)
+
+
+def _os_text(found: object) -> str:
+    """The report's OS: ``pretty_name`` from its ``/etc/os-release`` mapping (older: text)."""
+    if isinstance(found, dict):
+        return str(
+            found.get("pretty_name") or f"{found.get('id', '?')} {found.get('version_id', '')}"
+        )
+    return str(found) if found else "?"
 
 
 def _manifest_bytes(manifest: dict[str, Any]) -> int:

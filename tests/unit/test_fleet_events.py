@@ -35,7 +35,7 @@ from sparkfleet.events import (
     parse_event,
     progress_from_sparkfleet_key,
 )
-from sparkfleet.result import ExitCode, RunCollector, RunResult
+from sparkfleet.result import ExitCode, HostResult, RunCollector, RunResult
 
 pytestmark = pytest.mark.nolab
 
@@ -289,3 +289,19 @@ def test_download_progress_from_a_slurped_progress_file() -> None:
     for broken in ({**res, "content": "not base64!"}, {**res, "source": "/x/progress.txt"}):
         bad = {**event, "event_data": {**data, "res": broken}}
         assert not any(isinstance(e, DownloadProgress) for e in parse_event(bad))
+
+
+def test_summary_line_names_the_os_of_a_report_that_maps_os_release() -> None:
+    """The preflight report holds /etc/os-release's fields; the line shows its pretty name."""
+    report = {
+        "arch": "aarch64",
+        "os": {"id": "ubuntu", "version_id": "24.04", "pretty_name": "Ubuntu 24.04.3 LTS"},
+        "gpu": {"name": "NVIDIA GB10", "driver_version": "580.95.05"},
+        "docker": {"server_version": "28.5.1"},
+        "disk": {"free_bytes": 3.2e12, "path": "/opt/huggingface/models/M"},
+    }
+    host = HostResult("spark-01", ok=5, facts={"spark_preflight_report": report})
+    assert host_detail(host) == (
+        "aarch64, Ubuntu 24.04.3 LTS, GPU NVIDIA GB10 (driver 580.95.05), Docker 28.5.1, "
+        "3.2 TB free on /opt/huggingface/models/M"
+    )
