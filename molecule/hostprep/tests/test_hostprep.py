@@ -342,8 +342,10 @@ def test_check_mode_on_a_bare_host_reports_what_a_run_would_do(run_a: Driven) ->
     would = run.results("pf-fail", "Report the packages a real run installs")[0]
     assert would["changed"] and VERSION in would["msg"]
     daemon = run.results("pf-fail", "Merge the nvidia runtime into Docker's daemon.json")[0]
-    assert daemon["changed"] and daemon["diff"]["before"] == ""
+    # the host's daemon.json as the image ships it (CDI on, as Docker >= 28.2 has it by default)
+    assert daemon["changed"] and json.loads(daemon["diff"]["before"]) == {"features": {"cdi": True}}
     assert json.loads(daemon["diff"]["after"]) == {
+        "features": {"cdi": True},
         "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}},
         "registry-mirrors": ["http://172.29.78.1:35000"],
     }
