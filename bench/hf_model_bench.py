@@ -39,7 +39,7 @@ from tests.lab.config import LabConfig
 from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = ROOT / "roles" / "hf_model" / "library" / "hf_model_fetch.py"
+MODULE = ROOT / "plugins" / "modules" / "hf_model_fetch.py"
 HF_CLI = Path(sys.executable).parent / "hf"
 REPO = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
 SHARDS = 20
@@ -303,7 +303,11 @@ def converge(inventory: Path, source: str, hub: StandinHub, workdir: Path) -> fl
             f"--no-index --trusted-host {GATEWAY} --find-links http://{GATEWAY}:38081/wheels/"
         ),
     }
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
+    env = dict(
+        os.environ,
+        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
+    )
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
     cmd += ["-e", json.dumps(extra), str(ROOT / "bench" / "hf_model_converge.yml")]
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Tests of the hf_model role's module (roles/hf_model/library/hf_model_fetch.py).
+"""Tests of the hf_model role's module (plugins/modules/hf_model_fetch.py).
 
 The module runs as Ansible runs it on a host: a child process of the project's Python (which has
 ansible-core and huggingface_hub, as the role's venv does) reading ``{"ANSIBLE_MODULE_ARGS": ...}``
@@ -30,7 +30,7 @@ from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 pytestmark = pytest.mark.nolab
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = ROOT / "roles" / "hf_model" / "library" / "hf_model_fetch.py"
+MODULE = ROOT / "plugins" / "modules" / "hf_model_fetch.py"
 REPO = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
 BIG_REPO = "standin/one-big-shard"
 BIG_SHARD = "model-00001-of-00001.safetensors"

@@ -1,15 +1,14 @@
-"""Unit tests of the custom modules of the spark_preflight and nvidia_container_toolkit roles
-(roles/*/library, roles/*/module_utils): the preflight report and its problems, OpenPGP
+"""Unit tests of the collection's modules used by the spark_preflight and nvidia_container_toolkit
+roles (plugins/modules, plugins/module_utils): the preflight report and its problems, OpenPGP
 fingerprints, apt source detection and planning, the daemon.json merge, dockerd's start time.
 
-The modules are loaded from their files; a role's ``module_utils/NAME.py`` is registered as
-``ansible.module_utils.NAME`` first, as Ansible ships it to a host. The GPU is the lab's stand-in
-nvidia-smi (tests/standins).
+The modules are imported by their collection names (``collections/`` is on pytest's path). The
+GPU is the lab's stand-in nvidia-smi (tests/standins).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -18,45 +17,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.nolab
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
+COLLECTION = "ansible_collections.sparkfleet.spark"
 
 
-def _exec(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def load(kind: str, name: str) -> Any:
+    """The collection's plugin ``plugins/KIND/NAME.py`` (``modules`` or ``module_utils``)."""
+    return importlib.import_module(f"{COLLECTION}.plugins.{kind}.{name}")
 
 
-def load(role: str, module: str) -> Any:
-    """The module ``roles/ROLE/library/MODULE.py``, with the role's module_utils importable."""
-    for util in sorted((ROLES / role / "module_utils").glob("*.py")):
-        name = f"ansible.module_utils.{util.stem}"
-        if name not in sys.modules:
-            _exec(name, util)
-    return _exec(f"sparkfleet_role_{role}_{module}", ROLES / role / "library" / f"{module}.py")
-
-
-def load_util(role: str, util: str) -> Any:
-    """The module ``roles/ROLE/module_utils/UTIL.py``."""
-    name = f"ansible.module_utils.{util}"
-    return sys.modules.get(name) or _exec(name, ROLES / role / "module_utils" / f"{util}.py")
-
-
-report = load("spark_preflight", "spark_host_report")
-pgp = load_util("nvidia_container_toolkit", "sparkfleet_openpgp")
-state = load("nvidia_container_toolkit", "nvidia_toolkit_host_state")
-daemon = load("nvidia_container_toolkit", "docker_daemon_json")
-dstate = load("nvidia_container_toolkit", "nvidia_toolkit_docker_state")
+report = load("modules", "spark_host_report")
+pgp = load("module_utils", "sparkfleet_openpgp")
+state = load("modules", "nvidia_toolkit_host_state")
+daemon = load("modules", "docker_daemon_json")
+dstate = load("modules", "nvidia_toolkit_docker_state")
 
 # --- spark_preflight: spark_host_report -------------------------------------------------------
 

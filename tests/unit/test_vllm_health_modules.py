@@ -8,7 +8,7 @@ covered by the molecule scenario ``service``.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -27,8 +27,6 @@ from ansible.module_utils.testing import patch_module_args
 pytestmark = pytest.mark.nolab
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH = ROOT / "roles" / "vllm_health"
-SERVICE = ROOT / "roles" / "vllm_service"
 SERVER = ROOT / "tests" / "standins" / "vllm_standin" / "server.py"
 CARD_ARGS = [
     "--trust-remote-code", "--kv-cache-dtype", "fp8", "--attention-backend", "flashinfer",
@@ -48,21 +46,15 @@ SETTINGS = {
 }
 
 
-def load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def load(kind: str, name: str) -> ModuleType:
+    """The collection's plugin ``plugins/KIND/NAME.py`` (``collections/`` is on pytest's path)."""
+    return importlib.import_module(f"ansible_collections.sparkfleet.spark.plugins.{kind}.{name}")
 
 
-probe = load(
-    "ansible.module_utils.vllm_health_probe", HEALTH / "module_utils" / "vllm_health_probe.py"
-)
-wait_module = load("vllm_health_wait", HEALTH / "library" / "vllm_health_wait.py")
-api_module = load("vllm_health_api", HEALTH / "library" / "vllm_health_api.py")
-files_module = load("vllm_model_files", SERVICE / "library" / "vllm_model_files.py")
+probe = load("module_utils", "vllm_health_probe")
+wait_module = load("modules", "vllm_health_wait")
+api_module = load("modules", "vllm_health_api")
+files_module = load("modules", "vllm_model_files")
 
 
 def run_module(

@@ -4,25 +4,28 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: docker_daemon_json
 short_description: Merge settings into Docker's daemon.json without rewriting the rest
+version_added: 0.1.0
 description:
-  - Edits the file in place: only the values that change are rewritten and new keys are appended
+  - "Edits the file in place: only the values that change are rewritten and new keys are appended
     after the last one, in the file's own indentation. Every other key keeps its position and its
     exact text (numbers, escapes, spacing), so an operator's file stays recognisable and
-    C(--diff) shows only what changed.
-  - I(runtimes) are added under C(runtimes) when no runtime of that name exists; an existing
+    C(--diff) shows only what changed."
+  - O(runtimes) are added under C(runtimes) when no runtime of that name exists; an existing
     runtime of the same name is kept as it is.
-  - I(merge) is merged recursively: objects key by key, lists are extended with the items they
-    lack (never replaced or reordered), other values are set.
+  - "O(merge) is merged recursively: objects key by key, lists are extended with the items they
+    lack (never replaced or reordered), other values are set."
   - A file that is not a JSON object, or has a key twice, is left alone and the module fails.
+  - Check mode computes the new file and reports it (with C(--diff), the change) without writing.
 options:
   path:
     description: The daemon.json file (created when missing).
     type: path
     required: true
   runtimes:
-    description: Runtimes to add when absent, C({name: {path: ..., args: [...]}}).
+    description: "Runtimes to add when absent, C({name: {path: ..., args: [...]}})."
     type: dict
     default: {}
   merge:
@@ -33,7 +36,36 @@ options:
     description: Keep a timestamped copy of the file before changing it.
     type: bool
     default: true
-author: sparkfleet
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Merge the nvidia runtime into Docker's daemon.json
+  sparkfleet.spark.docker_daemon_json:
+    path: /etc/docker/daemon.json
+    runtimes:
+      nvidia:
+        path: nvidia-container-runtime
+        args: []
+  register: daemon_json
+
+- name: Add a registry mirror and turn on live-restore, keeping every other key as it is
+  sparkfleet.spark.docker_daemon_json:
+    path: /etc/docker/daemon.json
+    merge:
+      registry-mirrors:
+        - http://mirror.example.internal:5000
+      live-restore: true
+    backup: false
+  register: daemon_json
+
+- name: Restart Docker when a key that dockerd does not reload changed
+  ansible.builtin.systemd_service:
+    name: docker.service
+    state: restarted
+  when: >-
+    daemon_json.changed_keys
+    | difference(['runtimes', 'registry-mirrors', 'live-restore']) | length > 0
 """
 
 RETURN = r"""
@@ -41,18 +73,24 @@ changed_keys:
   description: Top-level keys added or changed (Docker must apply these).
   returned: always
   type: list
+  elements: str
+  sample: [runtimes]
 config:
   description: The configuration after the merge.
   returned: always
   type: dict
+  sample: {"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
 kept_runtimes:
-  description: Runtimes in I(runtimes) that the file already had (left as they were).
+  description: Runtimes in O(runtimes) that the file already had (left as they were).
   returned: always
   type: list
+  elements: str
+  sample: []
 backup_file:
   description: The copy made before the change.
-  returned: when changed and backup is true and the file existed
+  returned: when changed, O(backup=true) and the file existed (not in check mode)
   type: str
+  sample: /etc/docker/daemon.json.12345.2025-01-01@12:00:00~
 """
 
 import json

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: nvidia_toolkit_apt_key
 short_description: Install an apt keyring file after checking the key's fingerprint
+version_added: 0.1.0
 description:
-  - When I(dest) already holds a key with I(fingerprint), nothing is downloaded or changed.
-  - Otherwise the key is downloaded from I(url) and its fingerprints computed (no gpg needed);
-    it is written to I(dest) only when one of them is I(fingerprint). A key that does not match
-    is never written; the module then returns C(matched=false) and the fingerprints found, and
+  - When O(dest) already holds a key with O(fingerprint), nothing is downloaded or changed.
+  - Otherwise the key is downloaded from O(url) and its fingerprints computed (no gpg needed);
+    it is written to O(dest) only when one of them is O(fingerprint). A key that does not match
+    is never written; the module then returns RV(matched=false) and the fingerprints found, and
     the caller decides (the role fails, naming both).
-  - I(dest) ending in C(.asc) keeps the armored key; any other name gets the binary keyring
+  - O(dest) ending in C(.asc) keeps the armored key; any other name gets the binary keyring
     (as C(gpg --dearmor) writes it).
   - Check mode downloads and checks the key but writes nothing. C(--diff) shows the fingerprints.
 options:
@@ -32,29 +34,56 @@ options:
     description: Download timeout in seconds.
     type: int
     default: 30
-author: sparkfleet
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Install NVIDIA's signing key (armored, as the .asc name asks)
+  sparkfleet.spark.nvidia_toolkit_apt_key:
+    url: https://nvidia.github.io/libnvidia-container/gpgkey
+    dest: /usr/share/keyrings/nvidia-container-toolkit-keyring.asc
+    fingerprint: C95B321B61E88C1809C4F759DDCAE044F796ECB0
+  register: nvidia_key
+
+- name: Fail when the published key is not the expected one (it was not installed)
+  ansible.builtin.assert:
+    that: nvidia_key.matched
+    fail_msg: >-
+      the key has fingerprint(s) {{ nvidia_key.fingerprints | join(', ') or 'none' }},
+      expected C95B321B61E88C1809C4F759DDCAE044F796ECB0
+
+- name: Install the same key as a binary keyring, as gpg --dearmor writes it
+  sparkfleet.spark.nvidia_toolkit_apt_key:
+    url: https://nvidia.github.io/libnvidia-container/gpgkey
+    dest: /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+    fingerprint: C95B 321B 61E8 8C18 09C4  F759 DDCA E044 F796 ECB0
+    timeout: 60
 """
 
 RETURN = r"""
 matched:
-  description: Whether the key (already in place or downloaded) has I(fingerprint).
+  description: Whether the key (already in place or downloaded) has O(fingerprint).
   returned: always
   type: bool
+  sample: true
 fingerprints:
-  description: Fingerprints of the key found at I(url) (or in I(dest) when it already matched).
+  description: Fingerprints of the key found at O(url) (or in O(dest) when it already matched).
   returned: always
   type: list
+  elements: str
+  sample: [C95B321B61E88C1809C4F759DDCAE044F796ECB0]
 downloaded:
   description: Whether the key was downloaded.
   returned: always
   type: bool
+  sample: false
 """
 
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sparkfleet_openpgp import OpenPGPError, dearmor, fingerprints, is_armored
+from ansible_collections.sparkfleet.spark.plugins.module_utils.sparkfleet_openpgp import OpenPGPError, dearmor, fingerprints, is_armored
 from ansible.module_utils.urls import fetch_url
 
 

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: nvidia_toolkit_host_state
 short_description: Find existing NVIDIA apt sources and an installed toolkit; plan the install
+version_added: 0.1.0
 description:
   - Read-only. Reads every apt source (C(sources.list) and C(sources.list.d/*.list) in one-line
     form, C(sources.list.d/*.sources) in deb822 form), keeps the active entries whose URI is
@@ -16,7 +18,7 @@ description:
     already has (apt refuses "Conflicting values set for option Signed-By").
 options:
   repo_url:
-    description: The repository URL the role would configure (C($(ARCH)) allowed).
+    description: The repository URL the role would configure (V($(ARCH\)) allowed).
     type: str
     required: true
   source_patterns:
@@ -45,15 +47,114 @@ options:
     description: apt's configuration directory.
     type: path
     default: /etc/apt
-author: sparkfleet
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Find NVIDIA apt sources and an installed toolkit
+  sparkfleet.spark.nvidia_toolkit_host_state:
+    repo_url: https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)
+    source_patterns:
+      - '^https?://nvidia\.github\.io/libnvidia-container/'
+      - '^https?://nvidia\.github\.io/nvidia-container-runtime/'
+    source_file: /etc/apt/sources.list.d/nvidia-container-toolkit.sources
+    packages:
+      - nvidia-container-toolkit
+      - nvidia-container-toolkit-base
+      - libnvidia-container-tools
+      - libnvidia-container1
+    version: 1.19.0-1
+    fingerprint: C95B321B61E88C1809C4F759DDCAE044F796ECB0
+  register: toolkit_state
+
+- name: Show the plan
+  ansible.builtin.debug:
+    msg: "{{ toolkit_state.plan.reason }} (install: {{ toolkit_state.plan.install }})"
+
+- name: Refuse to install from an adopted source that trusts another key
+  ansible.builtin.assert:
+    that: toolkit_state.plan.key_ok
+    fail_msg: >-
+      NVIDIA's repository is already configured in
+      {{ toolkit_state.sources | rejectattr('own') | map(attribute='file') | unique | join(', ') }}
+      but does not trust the expected key
+  when:
+    - toolkit_state.plan.source == 'adopt'
+    - toolkit_state.plan.install
 """
 
 RETURN = r"""
 sources:
-  description: Active entries for NVIDIA's repository (file, line, format, types, uris, suites,
-    signed_by, key_fingerprints, key_errors, own).
+  description: Active entries for NVIDIA's repository, in apt's order.
   returned: always
   type: list
+  elements: dict
+  contains:
+    file:
+      description: The sources file.
+      type: str
+      returned: always
+      sample: /etc/apt/sources.list.d/nvidia-container-toolkit.sources
+    line:
+      description: Line of the entry (of the stanza's first field in deb822).
+      type: int
+      returned: always
+    format:
+      description: C(one-line) or C(deb822).
+      type: str
+      returned: always
+    types:
+      description: C(deb) and/or C(deb-src).
+      type: list
+      elements: str
+      returned: always
+    uris:
+      description: Repository URIs.
+      type: list
+      elements: str
+      returned: always
+    suites:
+      description: Suites.
+      type: list
+      elements: str
+      returned: always
+    components:
+      description: Components.
+      type: list
+      elements: str
+      returned: always
+    signed_by:
+      description: Keyring files and fingerprints of C(signed-by).
+      type: list
+      elements: str
+      returned: always
+    signed_by_inline:
+      description: A key inlined in a deb822 C(Signed-By) field ("" when none).
+      type: str
+      returned: always
+    trusted:
+      description: Whether the entry sets C(trusted=yes).
+      type: bool
+      returned: always
+    key_fingerprints:
+      description: Fingerprints of the keys the entry trusts.
+      type: list
+      elements: str
+      returned: always
+    keyrings:
+      description: Keyring files read for them.
+      type: list
+      elements: str
+      returned: always
+    key_errors:
+      description: Keyrings or keys that could not be read.
+      type: list
+      elements: str
+      returned: always
+    own:
+      description: Whether the entry is in O(source_file).
+      type: bool
+      returned: always
 own_source_exists:
   description: Whether the role's source file exists.
   returned: always
@@ -62,18 +163,46 @@ packages:
   description: Installed version of each package ("" when not installed).
   returned: always
   type: dict
+  sample: {"nvidia-container-toolkit": "1.19.0-1", "libnvidia-container1": ""}
 installed_version:
   description: The version all packages share, "" when they are not all installed at one version.
   returned: always
   type: str
+  sample: 1.19.0-1
 pinned_installed:
   description: Whether every package is installed at the pinned version.
   returned: always
   type: bool
+arch:
+  description: The dpkg architecture V($(ARCH\)) expands to.
+  returned: always
+  type: str
+  sample: arm64
 plan:
-  description: source (own, adopt or none), remove_own_source, install, key_ok, reason.
+  description: What the role does about apt sources and packages.
   returned: always
   type: dict
+  contains:
+    source:
+      description: C(own) (write O(source_file)), C(adopt) (use the source the host has) or C(none).
+      type: str
+      returned: always
+    remove_own_source:
+      description: Whether O(source_file) must go because it would clash with an adopted source.
+      type: bool
+      returned: always
+    install:
+      description: Whether the packages must be installed (not all at the pinned version).
+      type: bool
+      returned: always
+    key_ok:
+      description: Whether an adopted source trusts O(fingerprint) (always true otherwise).
+      type: bool
+      returned: always
+    reason:
+      description: The plan in one sentence.
+      type: str
+      returned: always
 """
 
 import glob
@@ -82,7 +211,7 @@ import re
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sparkfleet_openpgp import OpenPGPError, fingerprints
+from ansible_collections.sparkfleet.spark.plugins.module_utils.sparkfleet_openpgp import OpenPGPError, fingerprints
 
 FPR_RE = re.compile(r"^[0-9A-Fa-f]{40}([0-9A-Fa-f]{24})?!?$")
 VALID_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: hf_model_fetch
 short_description: Fetch a model repository from the Hugging Face Hub (or a peer) into a directory
+version_added: 0.1.0
 description:
   - Resolves I(revision) to a commit, lists the repository's files with their sizes and hashes
     (sha256 for LFS files, git blob id for the others) and fetches only the files that are missing
@@ -26,7 +28,7 @@ description:
   - Must run with a Python interpreter that has huggingface_hub installed (source=hub).
 options:
   repo_id: {description: Repository id (owner/name)., type: str, required: true}
-  revision: {description: Branch, tag or commit., type: str, default: main}
+  revision: {description: "Branch, tag or commit.", type: str, default: main}
   local_dir: {description: Target directory., type: path, required: true}
   endpoint: {description: Hub endpoint or mirror., type: str, default: "https://huggingface.co"}
   token: {description: Access token (never logged); prefer I(token_file)., type: str, default: ""}
@@ -59,14 +61,14 @@ options:
     type: int
     default: 10
   stall_timeout_s: {description: Seconds without data before a transfer is retried., type: int, default: 60}
-  disk_margin_gb: {description: Free space kept beyond the bytes to fetch, in GB., type: float, default: 5}
+  disk_margin_gb: {description: "Free space kept beyond the bytes to fetch, in GB.", type: float, default: 5}
   progress_file: {description: JSON progress file (empty for none)., type: path}
-author: sparkfleet
+author: sparkfleet maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: Fetch the model
-  hf_model_fetch:
+  sparkfleet.spark.hf_model_fetch:
     repo_id: saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10
     local_dir: /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4
     token_file: /etc/sparkfleet/hf_model.token
@@ -77,10 +79,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 commit: {description: Commit the revision resolved to., returned: success, type: str}
-fetched: {description: Paths fetched by this run., returned: success, type: list}
-refetched: {description: Paths fetched a second time after a size or hash mismatch., returned: success, type: list}
-removed: {description: Files of the previous manifest that the new commit no longer has., returned: success, type: list}
-missing: {description: Paths missing or differing before the fetch., returned: always, type: list}
+fetched: {description: Paths fetched by this run., returned: success, type: list, elements: str}
+refetched: {description: Paths fetched a second time after a size or hash mismatch., returned: success, type: list, elements: str}
+removed: {description: Files of the previous manifest that the new commit no longer has., returned: success, type: list, elements: str}
+missing: {description: Paths missing or differing before the fetch., returned: always, type: list, elements: str}
 up_to_date: {description: True when files and manifest already matched (nothing to do)., returned: success, type: bool}
 files_total: {description: Number of files in the repository., returned: success, type: int}
 bytes_total: {description: Total size of the repository's files., returned: success, type: int}

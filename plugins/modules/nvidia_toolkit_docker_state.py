@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: nvidia_toolkit_docker_state
 short_description: Tell whether dockerd must restart to offer --gpus
+version_added: 0.1.0
 description:
   - Read-only. dockerd registers its GPU device driver (what C(docker run --gpus) needs) only at
     start, and only when C(nvidia-container-runtime-hook) is on its PATH then; a reload does not
@@ -20,7 +22,20 @@ options:
     description: The toolkit's OCI prestart hook, looked up on PATH.
     type: str
     default: nvidia-container-runtime-hook
-author: sparkfleet
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Find whether dockerd started before the toolkit's hook was installed
+  sparkfleet.spark.nvidia_toolkit_docker_state:
+    service: docker.service
+  register: docker_state
+
+- name: Restart Docker so that docker run --gpus works
+  ansible.builtin.systemd_service:
+    name: docker.service
+    state: restarted
+  when: docker_state.restart_needed
 """
 
 RETURN = r"""
@@ -28,22 +43,27 @@ restart_needed:
   description: Whether dockerd runs and started before the hook was installed.
   returned: always
   type: bool
+  sample: false
 hook_path:
   description: Where the hook is ("" when not installed).
   returned: always
   type: str
+  sample: /usr/bin/nvidia-container-runtime-hook
 hook_installed_at:
   description: Inode change time of the hook (epoch seconds), 0 when not installed.
   returned: always
   type: float
+  sample: 1735732800.25
 dockerd_pid:
   description: Main PID of the service, 0 when it is not running.
   returned: always
   type: int
+  sample: 1234
 dockerd_started_at:
   description: Start time of that process (epoch seconds), 0 when it is not running.
   returned: always
   type: float
+  sample: 1735732900.5
 """
 
 import os

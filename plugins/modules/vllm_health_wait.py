@@ -9,6 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: vllm_health_wait
 short_description: Wait for vLLM's /health, failing at once when its unit or container died
+version_added: 0.1.0
 description:
   - Probes O(url)/health every O(interval_s) seconds and returns as soon as it answers 200.
   - Between probes, reads the systemd unit (and the container, when no unit is watched); fails
@@ -58,6 +59,32 @@ options:
     description: Docker client.
     type: path
     default: /usr/bin/docker
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+# wait.yml: one slice of the wait, included again (with a progress line) while the state is
+# "waiting"; the first call passes since=0 and baseline_restarts=-1, later ones what it returned.
+- name: Wait for the endpoint to answer /health
+  sparkfleet.spark.vllm_health_wait:
+    url: http://127.0.0.1:8000
+    budget_s: 900
+    slice_s: 30
+    interval_s: 1
+    since: "{{ health_wait.since | default(0) }}"
+    baseline_restarts: "{{ health_wait.baseline_restarts | default(-1) }}"
+    service: vllm
+    container: minimax
+  register: health_wait
+
+- name: Show the progress of the model load
+  ansible.builtin.debug:
+    msg: "{{ health_wait.progress }}"
+  when: health_wait.state == 'waiting'
+
+- name: Keep waiting
+  ansible.builtin.include_tasks: wait.yml
+  when: health_wait.state == 'waiting'
 """
 
 RETURN = r"""
@@ -65,14 +92,59 @@ state:
   description: C(ready), C(waiting) (slice over, call again), C(dead) or C(timeout) (both failed).
   type: str
   returned: always
+  sample: ready
+since:
+  description: Epoch seconds (host clock) when the wait began; pass it to the next call.
+  type: float
+  returned: always
+  sample: 1735732800.5
+baseline_restarts:
+  description: The unit's NRestarts when the wait began; pass it to the next call.
+  type: int
+  returned: always
+  sample: 0
 elapsed_s:
   description: Seconds since O(since).
   type: float
+  returned: always
+  sample: 212.4
+budget_s:
+  description: O(budget_s).
+  type: float
+  returned: always
+  sample: 900.0
+url:
+  description: O(url).
+  type: str
+  returned: always
+  sample: http://127.0.0.1:8000
+unit:
+  description: >-
+    State of the unit (name, load, active, sub, result, restarts, main_pid, exit_status,
+    job_pending); null when O(service) is empty.
+  type: dict
+  returned: always
+container:
+  description: >-
+    State of the container (name, exists, and when it exists status, running, health,
+    started_at, exit_code, oom_killed); null when O(container) is empty.
+  type: dict
   returned: always
 ready_at:
   description: Epoch seconds (host clock) when /health first answered 200.
   type: float
   returned: when ready
+  sample: 1735733012.904
+ready_after_s:
+  description: Seconds from O(since) to that answer.
+  type: float
+  returned: when ready
+  sample: 212.3
+health_latency_ms:
+  description: Milliseconds that /health took to answer.
+  type: float
+  returned: when ready
+  sample: 1.7
 progress:
   description: One line - elapsed time, unit and container state, the last log line.
   type: str
@@ -82,7 +154,7 @@ progress:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_health_probe import (
+from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_health_probe import (
     container_state,
     describe_container,
     describe_unit,

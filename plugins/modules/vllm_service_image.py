@@ -9,11 +9,13 @@ DOCUMENTATION = r"""
 ---
 module: vllm_service_image
 short_description: Pull the vLLM image when missing and record the current and previous image
+version_added: 0.1.0
 description:
   - Looks the image up locally (by tag, or by tag and digest when O(digest) is set) and pulls it
     only when it is missing, retrying a failed pull.
   - Keeps a small JSON record of the image the unit runs and of the one it ran before, so the
     previous image can be named for a rollback. Images are never removed.
+  - In check mode nothing is pulled or written; RV(pulled) tells whether a pull would happen.
 options:
   image:
     description: Image reference without digest, e.g. C(avarok/dgx-vllm-nvfp4-kernel:v23).
@@ -39,6 +41,29 @@ options:
     description: Seconds between two attempts.
     type: int
     default: 10
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Pull the image when missing, and record it (the previous one stays for a rollback)
+  sparkfleet.spark.vllm_service_image:
+    image: avarok/dgx-vllm-nvfp4-kernel:v23
+    record: /etc/vllm/vllm.image.json
+  register: vllm_image
+
+- name: Pin the image by digest, with more patience for a slow registry
+  sparkfleet.spark.vllm_service_image:
+    image: avarok/dgx-vllm-nvfp4-kernel:v23
+    digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+    record: /etc/vllm/vllm.image.json
+    docker_bin: /usr/bin/docker
+    pull_retries: 5
+    pull_retry_delay: 30
+  register: vllm_image
+
+- name: Name the image to roll back to
+  ansible.builtin.debug:
+    msg: "running {{ vllm_image.ref }}; previous {{ vllm_image.previous.ref | default('none') }}"
 """
 
 RETURN = r"""
@@ -46,18 +71,44 @@ ref:
   description: The reference the unit runs (image, or image@digest).
   type: str
   returned: always
+  sample: avarok/dgx-vllm-nvfp4-kernel:v23
 id:
-  description: Local image id of O(ref) (empty in check mode before a pull).
+  description: Local image id of RV(ref) (empty in check mode before a pull).
   type: str
   returned: always
+  sample: sha256:4f2b9c0a0d1e...
 pulled:
   description: Whether the image was (or, in check mode, would be) pulled.
   type: bool
   returned: always
+  sample: false
+pull_attempts:
+  description: Attempts the pull took (0 when there was none).
+  type: int
+  returned: always
+  sample: 0
+record:
+  description: O(record).
+  type: str
+  returned: always
+  sample: /etc/vllm/vllm.image.json
 previous:
-  description: The image the unit ran before (ref, id, present), or null.
+  description: The image the unit ran before, or null.
   type: dict
   returned: always
+  contains:
+    ref:
+      description: Its reference.
+      type: str
+      returned: when there was a previous image
+    id:
+      description: Its image id.
+      type: str
+      returned: when there was a previous image
+    present:
+      description: Whether the engine still holds it.
+      type: bool
+      returned: when there was a previous image
 """
 
 import json

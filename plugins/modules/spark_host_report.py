@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: spark_host_report
 short_description: Report architecture, OS, GPU, driver, Docker, disk and port of a DGX Spark host
+version_added: 0.1.0
 description:
   - Reads the host's state without changing anything and lists every requirement not met, each
     with the numbers and the variable that sets the requirement. The role decides to fail.
-  - GPU name and driver version come from C(nvidia-smi --query-gpu). Memory figures are read but
-    never judged: on GB10 memory is unified and they read C([N/A]) or C(Not Supported).
+  - "GPU name and driver version come from C(nvidia-smi --query-gpu). Memory figures are read but
+    never judged: on GB10 memory is unified and they read C([N/A]) or C(Not Supported)."
   - Docker counts as running when C(docker.service) is active (the socket alone is not enough,
     and the module never starts Docker through it) and the engine answers C(docker version).
-  - Disk: what the model fetch still needs is the size of the files listed in the model dir's
+  - "Disk: what the model fetch still needs is the size of the files listed in the model dir's
     C(.sparkfleet-manifest.json) that are missing or of another size; without a manifest it is
-    I(model_size_bytes) less what the model dir already holds. When something must be fetched,
-    I(disk_margin_bytes) more must be free.
+    O(model_size_bytes) less what the model dir already holds. When something must be fetched,
+    O(disk_margin_bytes) more must be free."
 options:
   expected_arch:
     description: Architecture the host must have (C(uname -m)).
@@ -32,7 +34,7 @@ options:
     type: str
     required: true
   min_driver_version:
-    description: Lowest driver version accepted.
+    description: Lowest driver version accepted (dotted numbers, e.g. C(580.0)).
     type: str
     required: true
   model_dir:
@@ -55,14 +57,186 @@ options:
     description: Container that may own the port.
     type: str
     required: true
-author: sparkfleet
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Gather the host report
+  sparkfleet.spark.spark_host_report:
+    expected_arch: aarch64
+    os_releases:
+      - ubuntu 24.04
+    gpu_name: NVIDIA GB10
+    min_driver_version: "580.0"
+    model_dir: /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4
+    model_size_bytes: "{{ (99 * 1e9) | int }}"
+    disk_margin_bytes: "{{ (5 * 1e9) | int }}"
+    port: 8000
+    container_name: minimax
+  register: host_report
+
+- name: Fail when a requirement is not met
+  ansible.builtin.fail:
+    msg: "{{ host_report.report.problems }}"
+  when: not host_report.report.ok
 """
 
 RETURN = r"""
 report:
-  description: arch, os, gpu, docker, disk, port, problems (list of messages), ok.
+  description: What was found on the host, with the problems.
   returned: always
   type: dict
+  contains:
+    arch:
+      description: Architecture of the host (C(uname -m)).
+      type: str
+      returned: always
+      sample: aarch64
+    os:
+      description: The host's os-release.
+      type: dict
+      returned: always
+      contains:
+        id:
+          description: C(ID) from os-release.
+          type: str
+          returned: always
+          sample: ubuntu
+        version_id:
+          description: C(VERSION_ID) from os-release.
+          type: str
+          returned: always
+          sample: "24.04"
+        pretty_name:
+          description: C(PRETTY_NAME) from os-release.
+          type: str
+          returned: always
+          sample: Ubuntu 24.04.3 LTS
+    gpu:
+      description: What C(nvidia-smi) reports.
+      type: dict
+      returned: always
+      contains:
+        present:
+          description: Whether C(nvidia-smi) answered with a GPU.
+          type: bool
+          returned: always
+        name:
+          description: Name of the first GPU.
+          type: str
+          returned: always
+          sample: NVIDIA GB10
+        driver_version:
+          description: Driver version.
+          type: str
+          returned: always
+          sample: 580.95.05
+        count:
+          description: Number of GPUs.
+          type: int
+          returned: always
+          sample: 1
+        memory_total:
+          description: C(memory.total) as C(nvidia-smi) prints it (C([N/A]) on unified memory).
+          type: str
+          returned: always
+        memory_total_mib:
+          description: C(memory.total) in MiB, or null when it is not a number.
+          type: int
+          returned: always
+        error:
+          description: Why no GPU is usable ("" when one is).
+          type: str
+          returned: always
+    docker:
+      description: State of the Docker engine.
+      type: dict
+      returned: always
+      contains:
+        present:
+          description: Whether the C(docker) command is installed.
+          type: bool
+          returned: always
+        running:
+          description: Whether the service is active and the engine answers.
+          type: bool
+          returned: always
+        service:
+          description: C(docker.service) state, e.g. C(active (running, enabled)); "" without systemd.
+          type: str
+          returned: always
+        server_version:
+          description: Engine version ("" when not running).
+          type: str
+          returned: always
+        error:
+          description: Why the engine counts as not running ("" when it runs).
+          type: str
+          returned: always
+    disk:
+      description: Free space against what the model fetch still needs.
+      type: dict
+      returned: always
+      contains:
+        path:
+          description: The nearest existing directory of O(model_dir), where free space is measured.
+          type: str
+          returned: always
+        model_dir:
+          description: O(model_dir).
+          type: str
+          returned: always
+        free_bytes:
+          description: Bytes free for an unprivileged user on that filesystem.
+          type: int
+          returned: always
+        present_bytes:
+          description: Bytes of the model already present.
+          type: int
+          returned: always
+        needed_bytes:
+          description: Bytes the fetch still needs.
+          type: int
+          returned: always
+        required_bytes:
+          description: Bytes that must be free (needed plus O(disk_margin_bytes); 0 when nothing is needed).
+          type: int
+          returned: always
+        basis:
+          description: How the need was computed.
+          type: str
+          returned: always
+          sample: manifest
+        detail:
+          description: One line explaining that computation.
+          type: str
+          returned: always
+    port:
+      description: Who listens on O(port).
+      type: dict
+      returned: always
+      contains:
+        number:
+          description: O(port).
+          type: int
+          returned: always
+        state:
+          description: C(free), C(ours) (published by O(container_name)) or C(taken).
+          type: str
+          returned: always
+        owner:
+          description: The container or process listening ("" when free).
+          type: str
+          returned: always
+    problems:
+      description: The requirements not met, one message each.
+      type: list
+      elements: str
+      returned: always
+    ok:
+      description: Whether every requirement is met (RV(report.problems) is empty).
+      type: bool
+      returned: always
 """
 
 import json

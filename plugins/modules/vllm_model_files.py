@@ -9,6 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: vllm_model_files
 short_description: Check a model directory for config.json and its safetensors shards
+version_added: 0.1.0
 description:
   - Reads C(model.safetensors.index.json) when present and checks that every shard its
     C(weight_map) names exists and is not empty; without an index, at least one
@@ -18,6 +19,19 @@ options:
     description: The model directory.
     type: path
     required: true
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Look for the model's config and shards
+  sparkfleet.spark.vllm_model_files:
+    path: /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4
+  register: model_files
+
+- name: Check the model directory
+  ansible.builtin.assert:
+    that: model_files.ok
+    fail_msg: "not a complete model: {{ model_files.problems | join('; ') }}"
 """
 
 RETURN = r"""
@@ -25,20 +39,29 @@ ok:
   description: Whether the directory holds config.json and all shards.
   type: bool
   returned: always
+  sample: true
 problems:
   description: What is missing or wrong, one sentence each.
   type: list
   elements: str
   returned: always
+  sample: [config.json is missing]
 shards:
   description: Number of shards expected (from the index) or found.
   type: int
   returned: always
+  sample: 20
 missing:
   description: Shards named by the index but absent or empty.
   type: list
   elements: str
   returned: always
+  sample: []
+shard_bytes:
+  description: Total size in bytes of the shards present.
+  type: int
+  returned: always
+  sample: 98765432100
 """
 
 import json

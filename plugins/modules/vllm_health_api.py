@@ -9,6 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: vllm_health_api
 short_description: Check one vLLM endpoint and report its latency
+version_added: 0.1.0
 description:
   - C(health) - GET /health answers 200.
   - C(models) - GET /v1/models serves O(model) with O(max_model_len); with O(api_key) and
@@ -17,6 +18,7 @@ description:
     and an answer after it.
   - C(tool_call) - a chat completion offered one tool answers with C(finish_reason=tool_calls),
     the tool's name and JSON arguments holding its required parameter.
+  - Read-only; the requests are sent in check mode too.
 options:
   url:
     description: Base URL of the endpoint, e.g. C(http://127.0.0.1:8000).
@@ -63,20 +65,135 @@ options:
     description: Seconds one request may take.
     type: float
     default: 300
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Check that /health answers
+  sparkfleet.spark.vllm_health_api:
+    url: http://127.0.0.1:8000
+    check: health
+
+- name: Check that /v1/models serves the model with its context length, and enforces the key
+  sparkfleet.spark.vllm_health_api:
+    url: http://127.0.0.1:8000
+    check: models
+    api_key: "{{ vllm_api_key }}"
+    model: MiniMax-M2.5-REAP-172B-NVFP4
+    max_model_len: 65536
+  register: models
+
+- name: Check a chat completion (reasoning, then an answer)
+  sparkfleet.spark.vllm_health_api:
+    url: http://127.0.0.1:8000
+    check: chat
+    api_key: "{{ vllm_api_key }}"
+    prompt: Hello! What can you do?
+    max_tokens: 512
+    sampling:
+      temperature: 1.0
+      top_p: 0.95
+      top_k: 40
+      min_p: 0.01
+    timeout_s: 300
+  register: chat
+
+- name: Check a tool call
+  sparkfleet.spark.vllm_health_api:
+    url: http://127.0.0.1:8000
+    check: tool_call
+    api_key: "{{ vllm_api_key }}"
+    tool_prompt: What is the weather like in Paris right now?
+  register: tool_call
+
+- name: Show the answer and the speed
+  ansible.builtin.debug:
+    msg: "{{ chat.answer }} ({{ chat.tokens_per_s }} tokens/s, {{ chat.latency_ms }} ms)"
 """
 
 RETURN = r"""
+check:
+  description: The check made (O(check)).
+  type: str
+  returned: always
+  sample: chat
 latency_ms:
   description: Milliseconds the (authenticated) request took.
   type: float
   returned: success
+  sample: 12.3
+served:
+  description: Model ids /v1/models lists.
+  type: list
+  elements: str
+  returned: when O(check=models)
+  sample: [MiniMax-M2.5-REAP-172B-NVFP4]
+model:
+  description: The model checked (O(model)).
+  type: str
+  returned: when O(check=models)
+  sample: MiniMax-M2.5-REAP-172B-NVFP4
+max_model_len:
+  description: Context length /v1/models reports for the model.
+  type: int
+  returned: when O(check=models)
+  sample: 65536
+root:
+  description: The model's C(root) in /v1/models (where vLLM loaded it from).
+  type: str
+  returned: when O(check=models)
+  sample: /models/MiniMax-M2.5-REAP-172B-NVFP4
+unauthenticated_status:
+  description: HTTP status of the request sent without the key (401 or 403).
+  type: int
+  returned: when O(check=models), O(api_key) is set and O(check_auth=true)
+  sample: 401
+completion_tokens:
+  description: Tokens generated (C(usage.completion_tokens)).
+  type: int
+  returned: when O(check) is C(chat) or C(tool_call)
+  sample: 312
+prompt_tokens:
+  description: Tokens of the prompt (C(usage.prompt_tokens)).
+  type: int
+  returned: when O(check) is C(chat) or C(tool_call)
+  sample: 42
+tokens_per_s:
+  description: Completion tokens per second of the whole request, null when unknown.
+  type: float
+  returned: when O(check) is C(chat) or C(tool_call)
+  sample: 35.2
+finish_reason:
+  description: C(finish_reason) of the first choice.
+  type: str
+  returned: when O(check) is C(chat) or C(tool_call)
+  sample: stop
+answer:
+  description: The answer after C(</think>), cut to 300 characters.
+  type: str
+  returned: when O(check=chat)
+reasoning_chars:
+  description: Length of the reasoning inside C(<think>...</think>).
+  type: int
+  returned: when O(check=chat)
+  sample: 1024
+function:
+  description: Name of the tool called.
+  type: str
+  returned: when O(check=tool_call)
+  sample: get_weather
+arguments:
+  description: Arguments of the tool call, parsed.
+  type: dict
+  returned: when O(check=tool_call)
+  sample: {"location": "Paris"}
 """
 
 import json
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_health_probe import http
+from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_health_probe import http
 
 WEATHER_TOOL = {
     "type": "function",

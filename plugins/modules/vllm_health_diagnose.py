@@ -9,6 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: vllm_health_diagnose
 short_description: Diagnose a vLLM service that failed its health check
+version_added: 0.1.0
 description:
   - Collects the systemd unit's state, the last lines of its journal (which holds the output of
     the container the unit runs in the foreground), the container's state and log when it still
@@ -45,6 +46,37 @@ options:
       image, model_dir, model_mount, start_timeout_s).
     type: dict
     default: {}
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Check the endpoint, diagnosing a failure
+  block:
+    - name: Check that /v1/models serves the model
+      sparkfleet.spark.vllm_health_api:
+        url: http://127.0.0.1:8000
+        check: models
+  rescue:
+    - name: Diagnose the failure
+      sparkfleet.spark.vllm_health_diagnose:
+        failure: "{{ ansible_failed_result.msg | default('task ' ~ ansible_failed_task.name ~ ' failed') }}"
+        service: vllm
+        container: minimax
+        docker_bin: /usr/bin/docker
+        lines: 30
+        settings:
+          gpu_memory_util: 0.93
+          max_model_len: 65536
+          port: 8000
+          image: avarok/dgx-vllm-nvfp4-kernel:v23
+          model_dir: /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4
+          model_mount: /models/MiniMax-M2.5-REAP-172B-NVFP4
+          start_timeout_s: 900
+      register: diagnosis
+
+    - name: Report the diagnosis
+      ansible.builtin.fail:
+        msg: "{{ diagnosis.report }}"
 """
 
 RETURN = r"""
@@ -53,16 +85,120 @@ report:
   type: str
   returned: always
 hints:
-  description: Known patterns found (pattern, hint), the most relevant first.
+  description: Known patterns found, the most relevant first.
   type: list
   elements: dict
+  returned: always
+  contains:
+    pattern:
+      description: Key of the pattern.
+      type: str
+      returned: always
+      sample: out_of_memory
+    hint:
+      description: What it means and what to do, with the O(settings) filled in.
+      type: str
+      returned: always
+unit:
+  description: State of the systemd unit; null when O(service) is empty.
+  type: dict
+  returned: always
+  contains:
+    name:
+      description: Unit name, with C(.service).
+      type: str
+      returned: always
+      sample: vllm.service
+    load:
+      description: C(LoadState).
+      type: str
+      returned: always
+      sample: loaded
+    active:
+      description: C(ActiveState).
+      type: str
+      returned: always
+      sample: failed
+    sub:
+      description: C(SubState).
+      type: str
+      returned: always
+      sample: failed
+    result:
+      description: C(Result).
+      type: str
+      returned: always
+      sample: exit-code
+    restarts:
+      description: C(NRestarts).
+      type: int
+      returned: always
+    main_pid:
+      description: C(MainPID), 0 when none.
+      type: int
+      returned: always
+    exit_status:
+      description: C(ExecMainStatus).
+      type: int
+      returned: always
+    job_pending:
+      description: Whether a start or stop job is queued for the unit.
+      type: bool
+      returned: always
+container:
+  description: State of the container; null when O(container) is empty.
+  type: dict
+  returned: always
+  contains:
+    name:
+      description: O(container).
+      type: str
+      returned: always
+    exists:
+      description: Whether the container exists.
+      type: bool
+      returned: always
+    status:
+      description: Docker's C(State.Status).
+      type: str
+      returned: when the container exists
+      sample: exited
+    running:
+      description: Whether it runs.
+      type: bool
+      returned: when the container exists
+    health:
+      description: Docker's health status ("" without a health check).
+      type: str
+      returned: when the container exists
+    started_at:
+      description: When it started.
+      type: str
+      returned: when the container exists
+    exit_code:
+      description: Exit code of its main process.
+      type: int
+      returned: when the container exists
+    oom_killed:
+      description: Whether the kernel's OOM killer killed it.
+      type: bool
+      returned: when the container exists
+journal:
+  description: The last O(lines) lines of the unit's journal.
+  type: list
+  elements: str
+  returned: always
+container_log:
+  description: The last O(lines) lines of the container's log (empty when it does not exist).
+  type: list
+  elements: str
   returned: always
 """
 
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_health_probe import (
+from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_health_probe import (
     container_log,
     container_state,
     describe_container,

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: vllm_status
 short_description: Report the vLLM unit, container, model commit and live metrics of a host
+version_added: 0.1.0
 description:
   - Reads systemd's view of the unit, C(docker inspect) of the container and its image, the
     model manifest, and vLLM's Prometheus C(/metrics). Changes nothing.
@@ -13,18 +15,131 @@ options:
   service_name: {description: systemd unit name without .service., type: str, required: true}
   container_name: {description: Container name., type: str, required: true}
   model_dir: {description: Model directory holding .sparkfleet-manifest.json., type: path, required: true}
-  port: {description: Endpoint port., type: int, required: true}
-author: sparkfleet
+  port: {description: "Endpoint port (C(/metrics) is read from C(http://127.0.0.1:PORT)).", type: int, required: true}
+author: sparkfleet maintainers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Read the host's serving state
+  sparkfleet.spark.vllm_status:
+    service_name: vllm
+    container_name: minimax
+    model_dir: /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4
+    port: 8000
+  register: vllm_status
+  check_mode: false
+
+- name: Show it
+  ansible.builtin.debug:
+    msg: >-
+      {{ vllm_status.status.unit.active }}/{{ vllm_status.status.unit.sub }},
+      model commit {{ (vllm_status.status.model.commit or '-')[:12] }},
+      {{ vllm_status.status.metrics.requests_running | default('-') }} request(s) running
 """
 
 RETURN = r"""
 status:
-  description: unit (active, sub, restarts, since), container (running, health, started_at,
-    uptime_s, image, image_id, digests), model (repo_id, commit), metrics (requests_running,
-    requests_waiting, kv_cache_usage_perc, prompt_tokens, generation_tokens, ttft_mean_s,
-    requests_ok), metrics_error.
+  description: The host's serving state.
   returned: always
   type: dict
+  contains:
+    unit:
+      description: systemd's view of the unit.
+      type: dict
+      returned: always
+      contains:
+        loaded:
+          description: Whether the unit is loaded.
+          type: bool
+          returned: always
+        active:
+          description: C(ActiveState) (C(unknown) when not read).
+          type: str
+          returned: always
+          sample: active
+        sub:
+          description: C(SubState).
+          type: str
+          returned: always
+          sample: running
+        restarts:
+          description: C(NRestarts), null when unknown.
+          type: int
+          returned: always
+        since:
+          description: C(ActiveEnterTimestamp).
+          type: str
+          returned: always
+    container:
+      description: C(docker inspect) of the container and of its image.
+      type: dict
+      returned: always
+      contains:
+        present:
+          description: Whether the container exists.
+          type: bool
+          returned: always
+        running:
+          description: Whether it runs.
+          type: bool
+          returned: always
+        error:
+          description: Why C(docker inspect) failed.
+          type: str
+          returned: when the container does not exist
+        health:
+          description: Docker's health status, null without a health check.
+          type: str
+          returned: when present
+        started_at:
+          description: When it started.
+          type: str
+          returned: when present
+        uptime_s:
+          description: Seconds since then, null when not running.
+          type: int
+          returned: when present
+        image:
+          description: The image reference it was created from.
+          type: str
+          returned: when present
+        image_id:
+          description: Its image id.
+          type: str
+          returned: when present
+        digests:
+          description: C(RepoDigests) of that image.
+          type: list
+          elements: str
+          returned: when present
+    model:
+      description: From the model dir's C(.sparkfleet-manifest.json).
+      type: dict
+      returned: always
+      contains:
+        repo_id:
+          description: Repository id, null without a manifest.
+          type: str
+          returned: always
+        commit:
+          description: Commit fetched, null without a manifest.
+          type: str
+          returned: always
+        files:
+          description: Number of files listed.
+          type: int
+          returned: when the manifest exists
+    metrics:
+      description: >-
+        From C(/metrics), summed over labels - requests_running, requests_waiting,
+        kv_cache_usage_perc, prompt_tokens, generation_tokens, requests_ok (those the server
+        exports) and ttft_mean_s (null when no request was served); empty when not read.
+      type: dict
+      returned: always
+    metrics_error:
+      description: Why C(/metrics) could not be read, null when it was.
+      type: str
+      returned: always
 """
 
 import datetime

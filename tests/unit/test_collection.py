@@ -1,0 +1,170 @@
+"""The collection as a user installs it: built, installed into a fresh virtualenv with no checkout.
+
+``ansible-galaxy collection build`` in the checkout; a new virtualenv gets ``ansible-core`` and
+PyPI's ``ansible`` (which carries community.docker and the other dependencies); the tarball is
+installed with ``--offline`` into a directory of its own. Then, from a working directory outside
+the checkout (so that no ``ansible.cfg`` of the project is read): ``ansible-doc`` on every module
+and plugin, and ``ansible-playbook sparkfleet.spark.site --tags preflight`` against a simulated
+host of its own (``coll-sim-1``, label ``sparklab.coll``), reached over SSH as the lab's
+passwordless-sudo user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import access, hosts
+from tests.lab.config import REPO_ROOT, LabConfig
+
+pytestmark = pytest.mark.lab
+
+CFG = LabConfig(host_prefix="coll-sim", host_label="sparklab.coll")
+HOST = "coll-sim-1"
+COLLECTION = "sparkfleet.spark"
+# Every module the roles call, and the action plugin (documented by its module stub).
+PLUGINS = sorted(p.stem for p in (REPO_ROOT / "plugins" / "modules").glob("*.py"))
+
+
+@dataclass
+class Installed:
+    """A fresh virtualenv with the collection installed, and where to run from."""
+
+    venv: Path
+    collections: Path
+    workdir: Path
+    tarball: Path
+
+    def env(self) -> dict[str, str]:
+        """No project configuration: the installed collection and the venv's own tools."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(self.collections)
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env["ANSIBLE_NOCOLOR"] = "1"
+        return env
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run a tool of the fresh venv from the work directory."""
+        return subprocess.run(
+            [str(self.venv / "bin" / argv[0]), *argv[1:]],
+            cwd=self.workdir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+
+
+def _must(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, (
+        f"{proc.args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    base = tmp_path_factory.mktemp("collection")
+    galaxy = Path(sys.executable).parent / "ansible-galaxy"
+    _must(
+        subprocess.run(
+            [str(galaxy), "collection", "build", "--output-path", str(base / "dist")],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
+    (tarball,) = (base / "dist").glob("sparkfleet-spark-*.tar.gz")
+    venv = base / "venv"
+    _must(
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, check=False
+        )
+    )
+    _must(
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "-c", str(REPO_ROOT / "constraints.txt"),
+             "ansible-core", "ansible"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )  # fmt: skip
+    workdir = base / "work"
+    workdir.mkdir()
+    inst = Installed(venv, base / "collections", workdir, tarball)
+    _must(inst.run("ansible-galaxy", "collection", "install", "--offline", "-p",
+                   str(inst.collections), str(tarball)))  # fmt: skip
+    return inst
+
+
+def test_the_tarball_holds_the_collection_and_no_lab(installed: Installed) -> None:
+    with tarfile.open(installed.tarball) as tar:
+        names = set(tar.getnames())
+    manifest = json.loads(
+        (
+            installed.collections / "ansible_collections" / "sparkfleet" / "spark" / "MANIFEST.json"
+        ).read_text()
+    )
+    assert manifest["collection_info"]["namespace"] == "sparkfleet"
+    assert set(manifest["collection_info"]["dependencies"]) == {
+        "community.docker", "community.general", "ansible.posix",
+    }  # fmt: skip
+    for needed in ["playbooks/site.yml", "roles/vllm_service/tasks/main.yml",
+                   "plugins/modules/hf_model_fetch.py", "plugins/action/hf_model_wait.py",
+                   "plugins/module_utils/vllm_health_probe.py", "meta/runtime.yml"]:  # fmt: skip
+        assert needed in names, needed
+    leaked = sorted(
+        n for n in names if re.match(r"(tests|molecule|src|bench|inventory/lab)(/|$)", n)
+    )
+    assert leaked == []
+
+
+def test_ansible_doc_reads_every_module_and_plugin(installed: Installed) -> None:
+    listed = json.loads(_must(installed.run("ansible-doc", "-t", "module", "-l", COLLECTION, "-j")))
+    assert sorted(name.removeprefix(f"{COLLECTION}.") for name in listed) == PLUGINS
+    assert "hf_model_wait" in PLUGINS  # the action plugin, by its documentation stub
+    for name in PLUGINS:
+        out = json.loads(_must(installed.run("ansible-doc", "-j", f"{COLLECTION}.{name}")))
+        doc = out[f"{COLLECTION}.{name}"]
+        assert doc["doc"]["short_description"], name
+        assert str(installed.collections) in doc["doc"]["filename"], name
+        assert yaml.safe_load(doc["examples"]), name
+        assert doc["return"] is not None, name
+
+
+@pytest.fixture(scope="module")
+def coll_host() -> Iterator[str]:
+    hosts.remove_hosts(CFG)
+    hosts.start_hosts(CFG, 1, f"{CFG.sim_image}:latest")
+    yield HOST
+    hosts.remove_hosts(CFG)
+
+
+def test_a_play_of_the_installed_collection_runs_against_a_lab_host(
+    installed: Installed, coll_host: str
+) -> None:
+    group_vars = yaml.safe_load((REPO_ROOT / "inventory/lab/group_vars/spark.yml").read_text())
+    ssh = access.ansible_host_vars(CFG, hosts.host_address(CFG, coll_host), sudo_password=False)
+    inventory = installed.workdir / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"spark": {"vars": group_vars, "hosts": {coll_host: ssh}}}))
+    proc = installed.run("ansible-playbook", f"{COLLECTION}.site", "-i", str(inventory),
+                         "--tags", "preflight")  # fmt: skip
+    out = _must(proc)
+    assert "TASK [sparkfleet.spark.spark_preflight : Gather the host report]" in out
+    assert "all requirements met" in out
+    assert re.search(rf"{coll_host}\s*: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", out), out[
+        -2000:
+    ]
