@@ -16,7 +16,7 @@ SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/m
 # -rfEs: a summary line for each failure, error and skip (with its reason); the slowest tests
 PYTEST_FLAGS ?= -rfEs --durations=10
 
-.PHONY: setup lab lab-prepare lab-down test quick lint unit unit-nolab molecule
+.PHONY: setup lab lab-prepare lab-down test quick lint sanity ee dist unit unit-nolab molecule
 # The stages share the lab (and the terminal): one at a time, even under -j.
 .NOTPARALLEL:
 
@@ -47,6 +47,19 @@ lab-down: setup
 lint: setup
 	@$(call timed,lint,yamllint -s . && ansible-lint && ruff check . && ruff format --check . && mypy)
 
+# ansible-test sanity on the collection as built (tests/sanity/run.py)
+sanity: setup
+	@$(call timed,sanity,$(PY) -m tests.sanity.run)
+
+# The collection tarball and the Python package's wheel, for the execution environment
+dist: setup
+	rm -rf dist && ansible-galaxy collection build --output-path dist >/dev/null && pip wheel -q --no-deps -w dist . && rm -rf build
+
+# The execution environment's build context (ansible-builder create; building the image needs a
+# registry: ansible-builder build -f execution-environment.yml -t sparkfleet-ee:0.1.0)
+ee: setup
+	@$(call timed,execution environment,$(MAKE) --no-print-directory dist && ansible-builder create -f execution-environment.yml --context .cache/ee && test -s .cache/ee/_build/requirements.yml)
+
 lab-prepare: setup
 	@$(call timed,lab prepare,$(PY) -m tests.lab prepare)
 
@@ -69,7 +82,7 @@ molecule-%: lab-prepare
 # The stages run in one sub-make, in order, so that the total covers them all and is printed
 # whether they pass or not; the sub-make's status is the target's.
 test:
-	@$(call timed,total,$(MAKE) --no-print-directory lint unit molecule)
+	@$(call timed,total,$(MAKE) --no-print-directory lint sanity ee unit molecule)
 
 quick:
 	@$(call timed,total,$(MAKE) --no-print-directory lint unit-nolab)

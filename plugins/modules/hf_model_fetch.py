@@ -995,8 +995,8 @@ def run(module, params, token, local_dir, progress, result):
     if to_fetch and free < to_fetch + margin:
         raise FetchError(
             "not enough free space under %s (filesystem of %s): %.2f GB needed (%.2f GB still to "
-            "fetch + %.2f GB margin), %.2f GB free" % (local_dir, probe, (to_fetch + margin) / GB,
-                                                     to_fetch / GB, margin / GB, free / GB))
+            "fetch + %.2f GB margin), %.2f GB free"
+            % (local_dir, probe, (to_fetch + margin) / GB, to_fetch / GB, margin / GB, free / GB))
 
     started = time.monotonic()
     progress.update(phase="fetching")

@@ -234,7 +234,7 @@ def parse_one_line(path, text):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        kind, _, rest = line.partition(" ")
+        kind, _sep, rest = line.partition(" ")
         if kind not in ("deb", "deb-src"):
             continue
         rest = rest.strip()
@@ -326,7 +326,7 @@ def normalize_uri(uri, arch):
     """Compare-able form of a repository URI: no scheme, no trailing slash, $(ARCH) expanded."""
     uri = uri.replace("$(ARCH)", arch).strip()
     uri = re.sub(r"^[a-z0-9+]+://", "", uri, flags=re.IGNORECASE)
-    host, _, rest = uri.partition("/")
+    host, _sep, rest = uri.partition("/")
     return (host.lower() + "/" + rest).rstrip("/")
 
 

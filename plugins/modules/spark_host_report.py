@@ -306,7 +306,7 @@ def gpu_report():
         return {"present": False, "name": "", "driver_version": "", "count": 0,
                 "memory_total": "", "memory_total_mib": None,
                 "error": "nvidia-smi exited %d: %s" % (rc, msg)}
-    name, _, driver = lines[0].rpartition(",")
+    name, _sep, driver = lines[0].rpartition(",")
     report = {"present": True, "name": name.strip(), "driver_version": driver.strip(),
               "count": len(lines), "memory_total": "", "memory_total_mib": None, "error": ""}
     rc, out, _err = _run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader"])
@@ -402,8 +402,8 @@ def disk_report(model_dir, model_size_bytes, margin_bytes):
                 present += sum(_file_size(os.path.join(root, f)) or 0 for f in files)
         needed = max(model_size_bytes - present, 0)
         basis = "model_size"
-        detail = "spark_preflight_model_size_gb=%g less %s present" % (model_size_bytes / GB,
-                                                                        gb(present))
+        detail = "spark_preflight_model_size_gb=%g less %s present" % (
+            model_size_bytes / GB, gb(present))
     required = needed + margin_bytes if needed else 0
     return {"path": path, "model_dir": model_dir, "free_bytes": free, "present_bytes": present,
             "needed_bytes": needed, "required_bytes": required, "basis": basis, "detail": detail}
@@ -452,7 +452,7 @@ def _container_publishing(port):
         return []
     found = []
     for line in out.splitlines():
-        name, _, ports = line.partition("\t")
+        name, _sep, ports = line.partition("\t")
         if re.search(r":%d->" % port, ports):
             found.append(name)
     return found

@@ -324,7 +324,7 @@ def main():
             max_model_len=dict(type="int", default=0),
             prompt=dict(type="str", default="Hello! What can you do?"),
             tool_prompt=dict(type="str", default="What is the weather like in Paris right now?"),
-            max_tokens=dict(type="int", default=512),
+            max_tokens=dict(type="int", default=512, no_log=False),
             sampling=dict(type="dict", default=dict(temperature=1.0, top_p=0.95, top_k=40, min_p=0.01)),
             timeout_s=dict(type="float", default=300),
         ),

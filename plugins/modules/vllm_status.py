@@ -147,9 +147,9 @@ import json
 import os
 import re
 import subprocess
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 GAUGES = {
@@ -193,8 +193,8 @@ def _run(argv):
 
 
 def unit_status(name):
-    rc, out, _ = _run(["systemctl", "show", name + ".service", "--property",
-                       "ActiveState,SubState,NRestarts,ActiveEnterTimestamp,LoadState"])
+    rc, out, _err = _run(["systemctl", "show", name + ".service", "--property",
+                         "ActiveState,SubState,NRestarts,ActiveEnterTimestamp,LoadState"])
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
     return {
         "loaded": props.get("LoadState") == "loaded",
@@ -224,7 +224,8 @@ def container_status(name):
     if state.get("Running") and started:
         uptime = int((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds())
     image_id = info.get("Image", "")
-    rc, out, _ = _run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", image_id])
+    rc, out, _err = _run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}",
+                          image_id])
     digests = json.loads(out) if rc == 0 and out else []
     return {
         "present": True,
@@ -268,8 +269,8 @@ def main():
     }
     try:
         url = "http://127.0.0.1:%d/metrics" % params["port"]
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            status["metrics"] = parse_metrics(resp.read().decode("utf-8", "replace"))
+        resp = open_url(url, timeout=10)
+        status["metrics"] = parse_metrics(resp.read().decode("utf-8", "replace"))
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         status["metrics_error"] = "%s: %s" % (type(exc).__name__, exc)
     module.exit_json(changed=False, status=status)
