@@ -8,7 +8,6 @@ GPU is the lab's stand-in nvidia-smi (tests/standins).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -20,22 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.sparkfleet.spark.plugins.module_utils import sparkfleet_openpgp as pgp
+from ansible_collections.sparkfleet.spark.plugins.modules import docker_daemon_json as daemon
+from ansible_collections.sparkfleet.spark.plugins.modules import (
+    nvidia_toolkit_docker_state as dstate,
+)
+from ansible_collections.sparkfleet.spark.plugins.modules import nvidia_toolkit_host_state as state
+from ansible_collections.sparkfleet.spark.plugins.modules import spark_host_report as report
 
 pytestmark = pytest.mark.nolab
-
-COLLECTION = "ansible_collections.sparkfleet.spark"
-
-
-def load(kind: str, name: str) -> Any:
-    """The collection's plugin ``plugins/KIND/NAME.py`` (``modules`` or ``module_utils``)."""
-    return importlib.import_module(f"{COLLECTION}.plugins.{kind}.{name}")
-
-
-report = load("modules", "spark_host_report")
-pgp = load("module_utils", "sparkfleet_openpgp")
-state = load("modules", "nvidia_toolkit_host_state")
-daemon = load("modules", "docker_daemon_json")
-dstate = load("modules", "nvidia_toolkit_docker_state")
 
 # --- spark_preflight: spark_host_report -------------------------------------------------------
 

@@ -8,7 +8,6 @@ covered by the molecule scenario ``service``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -23,6 +22,10 @@ from typing import Any
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
+from ansible_collections.sparkfleet.spark.plugins.module_utils import vllm_health_probe as probe
+from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_api as api_module
+from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_wait as wait_module
+from ansible_collections.sparkfleet.spark.plugins.modules import vllm_model_files as files_module
 
 pytestmark = pytest.mark.nolab
 
@@ -44,17 +47,6 @@ SETTINGS = {
     "start_timeout_s": 900,
     "port_owner": "",
 }
-
-
-def load(kind: str, name: str) -> ModuleType:
-    """The collection's plugin ``plugins/KIND/NAME.py`` (``collections/`` is on pytest's path)."""
-    return importlib.import_module(f"ansible_collections.sparkfleet.spark.plugins.{kind}.{name}")
-
-
-probe = load("module_utils", "vllm_health_probe")
-wait_module = load("modules", "vllm_health_wait")
-api_module = load("modules", "vllm_health_api")
-files_module = load("modules", "vllm_model_files")
 
 
 def run_module(
