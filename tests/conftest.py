@@ -6,7 +6,8 @@
 - A ``lab`` test on a machine without a ready lab fails at once and says what is missing; it
   never skips.
 - With ``CI=true`` in the environment a skip is a failure, unless it is a deliberate one: raised
-  by :func:`deliberate_skip` for a reason named in :data:`DELIBERATE_SKIPS`.
+  by :func:`deliberate_skip` for a reason named in :data:`DELIBERATE_SKIPS`; an ``xfail`` marker
+  stops the collection. molecule/conftest.py applies the skip rule to the scenarios' tests too.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         found = {mark.name for mark in item.iter_markers() if mark.name in LAB_MARKERS}
         if len(found) != 1:
             unclear.append(f"  {item.nodeid}: {', '.join(sorted(found)) or 'neither'}")
+    if in_ci():
+        xfails = [f"  {item.nodeid}" for item in items if item.get_closest_marker("xfail")]
+        if xfails:
+            raise pytest.UsageError(
+                "xfail is not allowed in CI (a test that is not run, or may fail, proves "
+                "nothing): fix the test or make it a deliberate skip:\n" + "\n".join(xfails)
+            )
     if unclear:
         raise pytest.UsageError(
             "every test must be marked either 'lab' or 'nolab' (pytestmark in its module):\n"

@@ -45,7 +45,8 @@ def show_access(cfg: LabConfig) -> None:
         check=False,
         cwd=REPO_ROOT,
     )  # fmt: skip
-    print(res.stdout.strip() or res.stderr.strip())
+    # ad-hoc commands always report CHANGED; the line shows who the task ran as
+    print("\n".join(part for part in (res.stdout.strip(), res.stderr.strip()) if part))
     if res.returncode != 0:
         raise SystemExit(f"ansible could not reach the lab's hosts (exit {res.returncode})")
 

@@ -1,7 +1,7 @@
 """How the controller reaches the lab's hosts: SSH as a non-root sudo user, as a fleet is reached.
 
-Made once per lab state directory (``<state>/ssh``, mode 0700, every file 0600) and baked into the
-spark-sim image, so that the image's recipe hash changes with them:
+Made once per lab state directory (``<state>/ssh``, mode 0700, private files 0600) and baked into
+the spark-sim image, so that the image's recipe hash changes with them:
 
 - ``id_ed25519`` / ``id_ed25519.pub``: the key pair the controller logs in with; the public key is
   in ``~/.ssh/authorized_keys`` of both lab users.

@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CARD_ENV = {
     "VLLM_NVFP4_GEMM_BACKEND": "marlin",
     "VLLM_TEST_FORCE_FP8_MARLIN": "1",
@@ -160,12 +162,19 @@ def test_files_the_roles_write_are_root_owned(host: Any) -> None:
         assert (f.user, f.group) == ("root", "root"), path
 
 
-def test_without_become_the_run_stops_before_any_change(host: Any) -> None:
+@pytest.mark.parametrize(
+    ("playbook", "skip"),
+    [("site.yml", []), ("site.yml", ["--skip-tags", "preflight"]), ("status.yml", []),
+     ("uninstall.yml", []), ("rolling_restart.yml", []), ("benchmark.yml", [])],
+)  # fmt: skip
+def test_without_become_every_playbook_stops_before_any_change(
+    host: Any, playbook: str, skip: list[str]
+) -> None:
     unit = host.file("/etc/systemd/system/vllm.service")
     before = (unit.mtime, host.check_output("systemctl show -p ActiveEnterTimestamp vllm"))
     proc = subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / "site.yml"),
-         "-e", "ansible_become=false"],
+        ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / playbook),
+         "-e", "ansible_become=false", *skip],
         capture_output=True,
         text=True,
         check=False,
