@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 
 from tests.lab.config import LabConfig, log
 
@@ -77,6 +79,17 @@ def start_hosts(cfg: LabConfig, count: int, image: str) -> list[str]:
     for name in names:
         wait_booted(name)
     return names
+
+
+@contextlib.contextmanager
+def own_hosts(cfg: LabConfig, count: int = 1) -> Iterator[list[str]]:
+    """Fresh hosts of a test's own (``cfg``'s prefix and label) on the latest spark-sim image,
+    removed afterwards; yields their names."""
+    remove_hosts(cfg)
+    try:
+        yield start_hosts(cfg, count, f"{cfg.sim_image}:latest")
+    finally:
+        remove_hosts(cfg)
 
 
 def remove_hosts(cfg: LabConfig) -> None:

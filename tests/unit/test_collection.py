@@ -148,10 +148,8 @@ def test_ansible_doc_reads_every_module_and_plugin(installed: Installed) -> None
 
 @pytest.fixture(scope="module")
 def coll_host() -> Iterator[str]:
-    hosts.remove_hosts(CFG)
-    hosts.start_hosts(CFG, 1, f"{CFG.sim_image}:latest")
-    yield HOST
-    hosts.remove_hosts(CFG)
+    with hosts.own_hosts(CFG) as started:
+        yield started[0]
 
 
 def test_a_play_of_the_installed_collection_runs_against_a_lab_host(

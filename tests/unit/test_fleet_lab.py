@@ -98,10 +98,8 @@ class Deployed:
 @pytest.fixture(scope="module")
 def api_host() -> Iterator[str]:
     """A fresh simulated host of our own, removed afterwards."""
-    hosts.remove_hosts(CFG)
-    hosts.start_hosts(CFG, 1, f"{CFG.sim_image}:latest")
-    yield HOST
-    hosts.remove_hosts(CFG)
+    with hosts.own_hosts(CFG) as started:
+        yield started[0]
 
 
 @pytest.fixture(scope="module")
