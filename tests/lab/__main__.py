@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 from tests.lab import access, engine, hosts, images, services
-from tests.lab.config import REPO_ROOT, LabConfig, log
+from tests.lab.config import REPO_ROOT, LabConfig, log, venv_tool
 
 
 def prepare(cfg: LabConfig) -> dict[str, str]:
@@ -32,9 +30,8 @@ def prepare(cfg: LabConfig) -> dict[str, str]:
 
 def show_access(cfg: LabConfig) -> None:
     """How Ansible reaches the hosts: its connection and user, and who ``become`` makes it."""
-    ansible = Path(sys.executable).parent / "ansible"
     res = subprocess.run(
-        [str(ansible) if ansible.is_file() else "ansible", "spark", "-i",
+        [venv_tool("ansible"), "spark", "-i",
          str(REPO_ROOT / "inventory" / "lab"), "--vault-password-file",
          str(cfg.ssh_dir / access.VAULT_PASSWORD_FILE), "--become", "-o",
          "-m", "ansible.builtin.shell", "-a",

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.lab.config import LabConfig, log
+from tests.lab.config import LabConfig, log, venv_tool
 
 KEY_NAME = "id_ed25519"
 VAULT_FILE = "become-password.vault"
@@ -47,16 +45,6 @@ def _write_private(path: Path, data: str) -> None:
         fh.write(data)
 
 
-def _ansible_vault() -> str:
-    beside = Path(sys.executable).parent / "ansible-vault"  # the venv's, when not on PATH
-    found = str(beside) if beside.is_file() else shutil.which("ansible-vault")
-    if found is None:
-        raise SystemExit(
-            "ansible-vault not found: run the lab from the project's venv (make setup)"
-        )
-    return found
-
-
 def ensure_access(cfg: LabConfig) -> Path:
     """Create the key pair and the vaulted become password once; returns the ssh directory."""
     ssh = cfg.ssh_dir
@@ -76,8 +64,8 @@ def ensure_access(cfg: LabConfig) -> Path:
         password = secrets.token_urlsafe(18)
         _write_private(ssh / VAULT_PASSWORD_FILE, secrets.token_urlsafe(24) + "\n")
         subprocess.run(
-            [_ansible_vault(), "encrypt", "--vault-password-file", str(ssh / VAULT_PASSWORD_FILE),
-             "--output", str(vault), "-"],
+            [venv_tool("ansible-vault"), "encrypt",
+             "--vault-password-file", str(ssh / VAULT_PASSWORD_FILE), "--output", str(vault), "-"],
             input=password,
             text=True,
             check=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,18 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HF_REPO_ID = "saricles/MiniMax-M2.5-REAP-172B-A10B-NVFP4-GB10"
 VLLM_IMAGE = "avarok/dgx-vllm-nvfp4-kernel:v23"
+
+
+def venv_tool(name: str) -> str:
+    """The command ``name`` beside this Python (the project's venv), else the one on PATH.
+
+    Raises SystemExit when neither exists.
+    """
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: run the lab from the project's venv (make setup)")
+    return found
 
 
 def log(msg: str) -> None:
