@@ -38,9 +38,8 @@ options:
     type: bool
     default: true
   model:
-    description: Served model id.
+    description: Served model id; required unless O(check=health).
     type: str
-    default: MiniMax-M2.5-REAP-172B-NVFP4
   max_model_len:
     description: Context length /v1/models must report; 0 to skip.
     type: int
@@ -58,9 +57,9 @@ options:
     type: int
     default: 512
   sampling:
-    description: Sampling settings added to the chat and tool-call requests.
+    description: Sampling settings added to the chat and tool-call requests (the role passes the model profile's).
     type: dict
-    default: {temperature: 1.0, top_p: 0.95, top_k: 40, min_p: 0.01}
+    default: {}
   timeout_s:
     description: Seconds one request may take.
     type: float
@@ -320,14 +319,15 @@ def main():
             check=dict(type="str", required=True, choices=["health", "models", "chat", "tool_call"]),
             api_key=dict(type="str", default="", no_log=True),
             check_auth=dict(type="bool", default=True),
-            model=dict(type="str", default="MiniMax-M2.5-REAP-172B-NVFP4"),
+            model=dict(type="str"),
             max_model_len=dict(type="int", default=0),
             prompt=dict(type="str", default="Hello! What can you do?"),
             tool_prompt=dict(type="str", default="What is the weather like in Paris right now?"),
             max_tokens=dict(type="int", default=512, no_log=False),
-            sampling=dict(type="dict", default=dict(temperature=1.0, top_p=0.95, top_k=40, min_p=0.01)),
+            sampling=dict(type="dict", default={}),
             timeout_s=dict(type="float", default=300),
         ),
+        required_if=[("check", c, ["model"]) for c in ("models", "chat", "tool_call")],
         supports_check_mode=True,
     )
     p = module.params

@@ -13,6 +13,7 @@ import json
 import subprocess
 import urllib.request
 
+from tests import model_profile
 from tests.lab import access, engine, hosts, images, services
 from tests.lab.config import REPO_ROOT, LabConfig, log, venv_tool
 
@@ -56,17 +57,8 @@ def demo(cfg: LabConfig, port: int = 8000) -> None:
         base = f"http://{addr}:{port}/v1"
         with urllib.request.urlopen(f"{base}/models", timeout=30) as resp:
             model = json.load(resp)["data"][0]["id"]
-        body = json.dumps(
-            {
-                "model": model,
-                "messages": [{"role": "user", "content": "Hello! What can you do?"}],
-                "max_tokens": 512,
-                "temperature": 1.0,
-                "top_p": 0.95,
-                "top_k": 40,
-                "min_p": 0.01,
-            }
-        ).encode()
+        request = model_profile.load().chat_request("Hello! What can you do?")
+        body = json.dumps({**request, "model": model}).encode()
         req = urllib.request.Request(
             f"{base}/chat/completions", data=body, headers={"Content-Type": "application/json"}
         )

@@ -27,16 +27,15 @@ from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_api
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_wait as wait_module
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_model_files as files_module
 
+from tests import model_profile
+
 pytestmark = pytest.mark.nolab
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tests" / "standins" / "vllm_standin" / "server.py"
-CARD_ARGS = [
-    "--trust-remote-code", "--kv-cache-dtype", "fp8", "--attention-backend", "flashinfer",
-    "--enable-auto-tool-choice", "--tool-call-parser", "minimax_m2",
-    "--reasoning-parser", "minimax_m2_append_think",
-]  # fmt: skip
-SERVED = "MiniMax-M2.5-REAP-172B-NVFP4"
+PROFILE = model_profile.load()
+CARD_ARGS = PROFILE.extra_args
+SERVED = PROFILE.served_model_name
 SETTINGS = {
     "gpu_memory_util": 0.95,
     "max_model_len": 65536,
@@ -326,7 +325,7 @@ def card_server(tmp_path: Path, launch: Launch) -> int:
 
 def api(port: int, check: str, **args: Any) -> dict[str, Any]:
     return {"url": f"http://127.0.0.1:{port}", "check": check, "model": SERVED,
-            "api_key": "k3y", **args}  # fmt: skip
+            "sampling": PROFILE.sampling, "api_key": "k3y", **args}  # fmt: skip
 
 
 def test_api_checks_pass_on_the_cards_configuration(

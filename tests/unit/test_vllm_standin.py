@@ -24,16 +24,15 @@ import pytest
 import requests
 import tokenizers
 
+from tests import model_profile
+
 pytestmark = pytest.mark.nolab
 
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "vllm_standin"
 ENTRYPOINT = STANDIN / "entrypoint.sh"
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-CARD_ARGS = (
-    "--trust-remote-code --kv-cache-dtype fp8 --attention-backend flashinfer "
-    "--enable-auto-tool-choice --tool-call-parser minimax_m2 "
-    "--reasoning-parser minimax_m2_append_think"
-)
+PROFILE = model_profile.load()
+CARD_ARGS = " ".join(PROFILE.extra_args)
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -151,8 +150,8 @@ def launch(workdir: Path, model: Path | None, extra_args: str = "", **env: str) 
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PORT": str(port),
         "HOST": "127.0.0.1",
-        "GPU_MEMORY_UTIL": "0.93",
-        "MAX_MODEL_LEN": "65536",
+        "GPU_MEMORY_UTIL": str(PROFILE.gpu_memory_util),
+        "MAX_MODEL_LEN": str(PROFILE.max_model_len),
         "VLLM_EXTRA_ARGS": extra_args,
         "VLLM_STANDIN_SERVER": str(STANDIN / "server.py"),
         "VLLM_STANDIN_LOAD_SECONDS": "0.2",

@@ -25,39 +25,20 @@ from typing import Any
 
 import pytest
 
+from tests import model_profile
+
 SCENARIO = Path(__file__).resolve().parents[1]
 INVENTORY = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
 HOST = "svc-spark"
 API_KEY = "sparklab-svc-key-0f3a9c"  # molecule.yml, host_vars
-MODEL_DIR = "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
-MOUNT = "/models/MiniMax-M2.5-REAP-172B-NVFP4"
+PROFILE = model_profile.load()  # the card's settings, as the roles read them
+MODEL_DIR = PROFILE.model_dir
+MOUNT = PROFILE.model_mount
 CONTROL = f"{MODEL_DIR}/.vllm-standin.json"
-SERVED = "MiniMax-M2.5-REAP-172B-NVFP4"
-IMAGE = "avarok/dgx-vllm-nvfp4-kernel"
-CARD_ENV = {
-    "VLLM_NVFP4_GEMM_BACKEND": "marlin",
-    "VLLM_TEST_FORCE_FP8_MARLIN": "1",
-    "VLLM_USE_FLASHINFER_MOE_FP4": "0",
-    "VLLM_MARLIN_USE_ATOMIC_ADD": "1",
-    "MODEL": MOUNT,
-    "PORT": "8000",
-    "MAX_MODEL_LEN": "65536",
-    "GPU_MEMORY_UTIL": "0.93",
-    "VLLM_EXTRA_ARGS": (
-        "--trust-remote-code --kv-cache-dtype fp8 --attention-backend flashinfer "
-        "--enable-auto-tool-choice --tool-call-parser minimax_m2 --reasoning-parser "
-        "minimax_m2_append_think --served-model-name MiniMax-M2.5-REAP-172B-NVFP4"
-    ),
-}
-CARD_CHAT = {
-    "model": SERVED,
-    "messages": [{"role": "user", "content": "Hello! What can you do?"}],
-    "max_tokens": 512,
-    "temperature": 1.0,
-    "top_p": 0.95,
-    "top_k": 40,
-    "min_p": 0.01,
-}
+SERVED = PROFILE.served_model_name
+IMAGE = PROFILE.image.rsplit(":", 1)[0]
+CARD_ENV = PROFILE.container_env()
+CARD_CHAT = PROFILE.chat_request("Hello! What can you do?")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -290,7 +271,7 @@ def test_endpoint_answers_the_cards_curl_example_with_the_key() -> None:
     status, body = curl(f"{auth} http://localhost:8000/v1/models")
     assert status == 200
     models = json.loads(body)["data"]
-    assert [(m["id"], m["max_model_len"]) for m in models] == [(SERVED, 65536)]
+    assert [(m["id"], m["max_model_len"]) for m in models] == [(SERVED, PROFILE.max_model_len)]
     status, body = curl(
         f"{auth} http://localhost:8000/v1/chat/completions "
         f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(CARD_CHAT))}"
