@@ -50,6 +50,15 @@ class LabConfig:
     sim_image: str = "sparklab/spark-sim"
     vllm_standin_tag: str = "sparklab/vllm-standin"
     toolkit_version: str = "1.19.0-1"
+    # Every version the stand-in NVIDIA repository (/nvidia/) serves: an older one too, for
+    # explicit version requests.
+    nvidia_repo_versions: tuple[str, ...] = ("1.18.1-1", "1.19.0-1")
+    # The stand-in DGX OS repository (/dgx/): newer than the NVIDIA one, as on shipped Sparks.
+    dgx_repo_versions: tuple[str, ...] = ("1.20.0-1", "1.20.1-1")
+    dgx_repo_suite: str = "noble"
+    dgx_repo_component: str = "common"
+    # The stand-in driver's version (nvidia-smi's config and libcuda.so.<version> on the hosts).
+    driver_version: str = "580.95.05"
     # Who the controller logs in as (see tests/lab/access.py): an admin whose sudo asks for a
     # password, as on Ubuntu's first user, and an automation account with passwordless sudo.
     sudo_password_user: str = "sparkadmin"

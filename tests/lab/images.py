@@ -4,7 +4,9 @@
   python3, sshd and sudo. Debian 13 is the nearest to DGX OS 7 (Ubuntu 24.04) that these machines
   can install: systemd 257 (Ubuntu 255), apt 3 (2.7), deb822 sources, Python 3.13 (3.12).
 - ``sparklab/spark-sim``: the simulated DGX Spark host (see ``spark-sim/Dockerfile``), with the
-  lab's SSH key and users (``tests/lab/access.py``).
+  lab's SSH key and users (``tests/lab/access.py``) and the stand-in driver: ``nvidia-smi``, its
+  config (driver version ``LabConfig.driver_version``) and ``libcuda.so.<driver version>``
+  compiled here with the controller's gcc (``tests/standins/nvidia_smi_standin/build_libcuda.py``).
 - ``sparklab/vllm-standin``: the stand-in for ``avarok/dgx-vllm-nvfp4-kernel:v23``
   (``tests/standins/vllm_standin``); the lab pushes it to its registry under the production name.
 
@@ -15,6 +17,7 @@ changed recipe builds a new image and an unchanged one is reused.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from tests.lab import access
 from tests.lab.config import REPO_ROOT, LabConfig, log
+from tests.standins.nvidia_smi_standin import build_libcuda
 
 DEBIAN_MIRROR = os.environ.get("SPARKLAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBOOTSTRAP_ARGS = [
@@ -34,6 +38,7 @@ DEBOOTSTRAP_ARGS = [
 ]
 SIM_DIR = Path(__file__).parent / "spark-sim"
 NVIDIA_SMI = REPO_ROOT / "tests" / "standins" / "nvidia_smi_standin" / "nvidia-smi"
+LIBCUDA_SOURCES = [build_libcuda.SOURCE, Path(build_libcuda.__file__)]
 VLLM_STANDIN_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin"
 # Wheels unpacked into the stand-in vLLM image (pure or abi3 wheels for the image's python3).
 VLLM_STANDIN_WHEELS = ["tokenizers==0.23.3"]
@@ -126,7 +131,19 @@ def build_spark_sim(cfg: LabConfig, base: str) -> str:
         f"SUDO_NOPASSWD_USER={cfg.sudo_nopasswd_user}",
     ]
     keys = [access.public_key(cfg), access.password_hash(cfg)]
-    ref = f"{cfg.sim_image}:{recipe_hash([base, SIM_DIR, NVIDIA_SMI, *certs, *users, *keys])}"
+    multiarch = build_libcuda.multiarch()
+    driver = [f"MULTIARCH={multiarch}", f"DRIVER_VERSION={cfg.driver_version}"]
+    parts: list[str | Path] = [
+        base,
+        SIM_DIR,
+        NVIDIA_SMI,
+        *LIBCUDA_SOURCES,
+        *driver,
+        *certs,
+        *users,
+        *keys,
+    ]
+    ref = f"{cfg.sim_image}:{recipe_hash(parts)}"
     if image_exists(ref):
         return ref
     log(f"building {ref} (Docker and the stand-in nvidia-smi on {base})")
@@ -137,11 +154,13 @@ def build_spark_sim(cfg: LabConfig, base: str) -> str:
         for cert in certs:
             shutil.copy(cert, ctx / "ca-certificates" / cert.name)
         shutil.copy(NVIDIA_SMI, ctx / "nvidia-smi")
-        (ctx / "nvidia-smi-standin.json").write_text('{"driver_version": "580.95.05"}\n')
+        settings = {"driver_version": cfg.driver_version}
+        (ctx / "nvidia-smi-standin.json").write_text(json.dumps(settings) + "\n")
+        build_libcuda.compile_libcuda(ctx / "libcuda", cfg.driver_version)
         (ctx / "lab-access").mkdir()
         (ctx / "lab-access" / "authorized_keys").write_text(keys[0] + "\n")
         (ctx / "lab-access" / "password.sha512").write_text(keys[1] + "\n")
-        _build(ref, ctx, base, *users)
+        _build(ref, ctx, base, *users, *driver)
     return ref
 
 

@@ -2,7 +2,12 @@
 
 All of them listen on the lab network's gateway address (the registry on all addresses, so that
 the outer engine can push to it over loopback):
-- a static file server: the stand-in NVIDIA apt repository (``/nvidia/``) and a wheelhouse of the
+- a static file server (``LabConfig.files_port``, 38081): the stand-in NVIDIA apt repository
+  (``/nvidia/``: flat, like nvidia.github.io/libnvidia-container, ``stable/deb/<arch>/``, toolkit
+  ``LabConfig.nvidia_repo_versions``), the stand-in DGX OS repository (``/dgx/``: a Debian archive,
+  suite ``noble``, component ``common``, its own key and ``Origin: sparklab-nvidia-dgx``, toolkit
+  ``LabConfig.dgx_repo_versions``; used by ``tests/lab/flavours/dgx_os.yml``), each with
+  ``gpgkey`` (armored), ``keyring.gpg`` (binary) and ``fingerprint``, and a wheelhouse of the
   Python packages roles install on hosts (``/wheels/``), so hosts need no index at converge time;
 - the stand-in Hugging Face Hub (``tests/standins/hf_hub_standin``) with the synthetic repo;
 - Debian's ``docker-registry``, holding the stand-in vLLM image under its production name, which
@@ -27,6 +32,11 @@ from tests.lab.images import recipe_hash
 STANDINS = REPO_ROOT / "tests" / "standins"
 HUB_DIR = STANDINS / "hf_hub_standin"
 APT_DIR = STANDINS / "nvidia_apt_standin"
+# The stand-in DGX repository's identity: what its Release file and key say (apt pins match
+# ``Pin: release o=DGX_ORIGIN``).
+DGX_ORIGIN = "sparklab-nvidia-dgx"
+DGX_LABEL = "sparklab stand-in NVIDIA DGX OS"
+DGX_KEY_UID = "sparkfleet lab stand-in NVIDIA DGX repo <lab-dgx@invalid>"
 # Python packages the roles install on hosts, pinned as the role defaults pin them.
 WHEELHOUSE_PACKAGES = ["huggingface_hub==2.4.0"]
 
@@ -70,23 +80,36 @@ def build_hub_fixture(cfg: LabConfig) -> Path:
     return out
 
 
-def build_apt_repo(cfg: LabConfig) -> Path:
-    """The stand-in NVIDIA apt repository with a throwaway signing key."""
-    out = cfg.state_dir / "www" / "nvidia"
-    key = recipe_hash([APT_DIR, cfg.toolkit_version])
-    stamp = cfg.state_dir / "www" / "nvidia.stamp"
+def _build_repo(cfg: LabConfig, name: str, args: list[str], what: str) -> Path:
+    out = cfg.state_dir / "www" / name
+    key = recipe_hash([APT_DIR, *args])
+    stamp = cfg.state_dir / "www" / f"{name}.stamp"
     if not _stamp_ok(stamp, key):
-        log("building the stand-in NVIDIA apt repository")
+        log(f"building the stand-in {what} apt repository")
         subprocess.run(["rm", "-rf", str(out)], check=True)
         out.mkdir(parents=True)
         subprocess.run(
-            [sys.executable, str(APT_DIR / "build_repo.py"), "--out", str(out),
-             "--version", cfg.toolkit_version],
+            [sys.executable, str(APT_DIR / "build_repo.py"), "--out", str(out), *args],
             check=True,
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         stamp.write_text(key)
     return out
+
+
+def build_apt_repo(cfg: LabConfig) -> Path:
+    """The stand-in NVIDIA apt repository with a throwaway signing key."""
+    versions = dict.fromkeys([*cfg.nvidia_repo_versions, cfg.toolkit_version])
+    args = [arg for v in versions for arg in ("--version", v)]
+    return _build_repo(cfg, "nvidia", args, "NVIDIA")
+
+
+def build_dgx_repo(cfg: LabConfig) -> Path:
+    """The stand-in DGX OS apt repository: own key, own Origin/Label, archive layout."""
+    args = [arg for v in cfg.dgx_repo_versions for arg in ("--version", v)]
+    args += ["--origin", DGX_ORIGIN, "--label", DGX_LABEL, "--key-uid", DGX_KEY_UID,
+             "--suite", cfg.dgx_repo_suite, "--component", cfg.dgx_repo_component]  # fmt: skip
+    return _build_repo(cfg, "dgx", args, "DGX OS")
 
 
 def wheel_target_args(python: str, machine: str, glibc_minor: int = 41) -> list[str]:
@@ -176,6 +199,7 @@ def start_services(cfg: LabConfig, host_python: tuple[str, str]) -> None:
     ``host_python`` is the hosts' (``X.Y``, machine), for the wheelhouse.
     """
     build_apt_repo(cfg)
+    build_dgx_repo(cfg)
     www = cfg.state_dir / "www"
     build_wheelhouse(cfg, *host_python)
     repo = build_hub_fixture(cfg)

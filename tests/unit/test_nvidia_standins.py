@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.standins.nvidia_smi_standin import build_libcuda
+
 pytestmark = pytest.mark.nolab
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
@@ -84,6 +86,26 @@ def ok(cmd: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]
     result = run(cmd, **kwargs)
     assert result.returncode == 0, f"{cmd} -> {result.returncode}\n{result.stdout}{result.stderr}"
     return result
+
+
+@pytest.fixture(scope="module")
+def libdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A host library directory with the stand-in libcuda for drivers 580.95.05 and 580.1.2."""
+    directory = tmp_path_factory.mktemp("libdir")
+    built = build_libcuda.compile_libcuda(directory, "580.95.05")
+    shutil.copy(built, directory / "libcuda.so.580.1.2")
+    return directory
+
+
+def gpu_env(tmp: Path, libdir: Path, **values: object) -> dict[str, str]:
+    """Environment for the toolkit stand-ins: host nvidia-smi, its config holding ``values``,
+    the driver library directory and a record directory under ``tmp`` (never the real /run)."""
+    return {
+        "NVIDIA_HOOK_STANDIN_SOURCE": str(NVIDIA_SMI),
+        "NVIDIA_STANDIN_LIBDIR": str(libdir),
+        "NVIDIA_STANDIN_HOOK_RECORD_DIR": str(tmp / "hook-containers"),
+        **smi_config(tmp, **values),
+    }
 
 
 def smi_config(tmp: Path, **values: object) -> dict[str, str]:
@@ -264,7 +286,11 @@ def test_packages_contents(repo: Repo) -> None:
         r"^-rwxr-xr-x root/root .* \./usr/bin/nvidia-container-runtime-hook$", toolkit, re.MULTILINE
     )
     base = contents("nvidia-container-toolkit-base")
-    for path in ("usr/bin/nvidia-ctk", "usr/bin/nvidia-container-runtime"):
+    for path in (
+        "usr/bin/nvidia-ctk",
+        "usr/bin/nvidia-container-runtime",
+        "usr/bin/nvidia-cdi-hook",
+    ):
         assert re.search(rf"^-rwxr-xr-x root/root .* \./{path}$", base, re.MULTILINE), path
     assert "./etc/nvidia-container-runtime/config.toml" in base
     assert "./usr/bin/nvidia-container-cli" in contents("libnvidia-container-tools")
@@ -463,30 +489,64 @@ def test_ctk_runtime_configure_new_and_broken_files(extracted: Path, tmp_path: P
 
 
 @needs_repo_tools
-def test_ctk_cdi_generate_and_list(extracted: Path, tmp_path: Path) -> None:
+def test_ctk_cdi_generate_and_list(extracted: Path, libdir: Path, tmp_path: Path) -> None:
     ctk = extracted / "usr/bin/nvidia-ctk"
-    env = {"NVIDIA_HOOK_STANDIN_SOURCE": str(NVIDIA_SMI), **smi_config(tmp_path)}
+    env = gpu_env(tmp_path, libdir)
     spec_dir = tmp_path / "run/cdi"
     empty = ok([ctk, "cdi", "list", f"--spec-dir={spec_dir}"], env=env)
     assert empty.stdout == ""
     ok([ctk, "cdi", "generate", f"--output={spec_dir / 'nvidia.yaml'}"], env=env)
     text = (spec_dir / "nvidia.yaml").read_text()
     assert text.startswith("---\ncdiVersion: ")
+    assert "libcuda.so.580.95.05" in text  # what the role looks for to tell a current spec
     spec = yaml.safe_load(text)
     assert spec["kind"] == "nvidia.com/gpu"
-    assert [device["name"] for device in spec["devices"]] == ["0", "all"]
+    uuid = "GPU-a9c4e8f2-3b61-4d0e-9f7a-5c2b8e1d6f30"
+    assert [device["name"] for device in spec["devices"]] == ["0", uuid, "all"]
     for device in spec["devices"]:
-        mounts = device["containerEdits"]["mounts"]
-        assert {"hostPath": str(NVIDIA_SMI), "containerPath": "/usr/bin/nvidia-smi"}.items() <= (
-            mounts[0].items()
-        )
+        assert device["containerEdits"], "CDI rejects a device without edits"
+    edits = spec["containerEdits"]
+    assert edits["env"] == ["NVIDIA_VISIBLE_DEVICES=void"]
+    mounts = {m["containerPath"]: m["hostPath"] for m in edits["mounts"]}
+    lib = f"/usr/lib/{build_libcuda.multiarch()}"
+    assert mounts == {
+        "/usr/bin/nvidia-smi": str(NVIDIA_SMI),
+        f"{lib}/libcuda.so.580.95.05": str(libdir / "libcuda.so.580.95.05"),
+    }  # the config mount is /etc/nvidia-smi-standin.json itself, absent on this machine
+    assert edits["hooks"] == [
+        {
+            "hookName": "createContainer",
+            "path": "/usr/bin/nvidia-cdi-hook",
+            "args": ["nvidia-cdi-hook", "create-symlinks", "--link",
+                     f"libcuda.so.580.95.05::{lib}/libcuda.so.1"],
+        },
+        {
+            "hookName": "createContainer",
+            "path": "/usr/bin/nvidia-cdi-hook",
+            "args": ["nvidia-cdi-hook", "update-ldcache", "--folder", lib],
+        },
+    ]  # fmt: skip
     listed = ok([ctk, "cdi", "list", f"--spec-dir={spec_dir}"], env=env)
-    assert listed.stdout.splitlines() == ["nvidia.com/gpu=0", "nvidia.com/gpu=all"]
-    assert "Found 2 CDI devices" in listed.stderr
+    assert listed.stdout.splitlines() == [
+        "nvidia.com/gpu=0", f"nvidia.com/gpu={uuid}", "nvidia.com/gpu=all"
+    ]  # fmt: skip
+    assert "Found 3 CDI devices" in listed.stderr
 
-    failing = {**env, **smi_config(tmp_path, fail=True)}
+    newer = gpu_env(tmp_path, libdir, driver_version="580.1.2")
+    ok([ctk, "cdi", "generate", f"--output={spec_dir / 'nvidia.yaml'}"], env=newer)
+    text = (spec_dir / "nvidia.yaml").read_text()
+    assert "libcuda.so.580.1.2" in text
+    assert "libcuda.so.580.95.05" not in text
+
+    failing = gpu_env(tmp_path, libdir, fail=True)
     result = run([ctk, "cdi", "generate", f"--output={tmp_path / 'x.yaml'}"], env=failing)
     assert result.returncode == 1
+    assert not (tmp_path / "x.yaml").exists()
+
+    no_lib = gpu_env(tmp_path, libdir, driver_version="590.0.1")
+    result = run([ctk, "cdi", "generate", f"--output={tmp_path / 'x.yaml'}"], env=no_lib)
+    assert result.returncode == 1
+    assert "libcuda.so.590.0.1: not found" in result.stderr
     assert not (tmp_path / "x.yaml").exists()
 
 
@@ -531,14 +591,11 @@ def state(bundle: Path) -> str:
 @needs_repo_tools
 @pytest.mark.parametrize("absolute", [False, True])
 def test_hook_copies_nvidia_smi_into_rootfs(
-    extracted: Path, tmp_path: Path, absolute: bool
+    extracted: Path, libdir: Path, tmp_path: Path, absolute: bool
 ) -> None:
     hook = extracted / "usr/bin/nvidia-container-runtime-hook"
     bundle = fake_bundle(tmp_path, str(tmp_path / "bundle/rootfs") if absolute else "rootfs")
-    env = {
-        "NVIDIA_HOOK_STANDIN_SOURCE": str(NVIDIA_SMI),
-        **smi_config(tmp_path, driver_version="580.1.2"),
-    }
+    env = gpu_env(tmp_path, libdir, driver_version="580.1.2")
     ok([hook, "prestart"], env=env, stdin=state(bundle))
     copied = bundle / "rootfs/usr/bin/nvidia-smi"
     assert copied.read_bytes() == NVIDIA_SMI.read_bytes()
@@ -548,26 +605,32 @@ def test_hook_copies_nvidia_smi_into_rootfs(
     inside = {"NVIDIA_SMI_STANDIN_CONFIG": str(config)}
     out = ok([copied, "--query-gpu=name,driver_version", "--format=csv,noheader"], env=inside)
     assert out.stdout == "NVIDIA GB10, 580.1.2\n"
+    lib = bundle / "rootfs/usr/lib" / build_libcuda.multiarch()
+    assert (lib / "libcuda.so.580.1.2").read_bytes() == (libdir / "libcuda.so.580.1.2").read_bytes()
+    assert os.readlink(lib / "libcuda.so.1") == "libcuda.so.580.1.2"
+    recorded = json.loads((tmp_path / "hook-containers/c0.json").read_text())
+    assert recorded["id"] == "c0"
+    assert recorded["pid"] == 4242
+    assert Path(recorded["rootfs"]).resolve() == (bundle / "rootfs").resolve()
 
 
 @needs_repo_tools
-def test_hook_stays_inside_rootfs(extracted: Path, tmp_path: Path) -> None:
+def test_hook_stays_inside_rootfs(extracted: Path, libdir: Path, tmp_path: Path) -> None:
     hook = extracted / "usr/bin/nvidia-container-runtime-hook"
     bundle = fake_bundle(tmp_path, "rootfs")
     rootfs = bundle / "rootfs"
     shutil.rmtree(rootfs / "usr")
     outside = tmp_path / "host-usr"
     (rootfs / "usr").symlink_to(outside)  # absolute: means <rootfs><outside> in the container
-    env = {"NVIDIA_HOOK_STANDIN_SOURCE": str(NVIDIA_SMI), **smi_config(tmp_path)}
-    ok([hook, "prestart"], env=env, stdin=state(bundle))
+    ok([hook, "prestart"], env=gpu_env(tmp_path, libdir), stdin=state(bundle))
     assert not outside.exists()
     assert (rootfs / str(outside).lstrip("/") / "bin/nvidia-smi").is_file()
 
 
 @needs_repo_tools
-def test_hook_other_stages_and_failures(extracted: Path, tmp_path: Path) -> None:
+def test_hook_other_stages_and_failures(extracted: Path, libdir: Path, tmp_path: Path) -> None:
     hook = extracted / "usr/bin/nvidia-container-runtime-hook"
-    env = {"NVIDIA_HOOK_STANDIN_SOURCE": str(NVIDIA_SMI), "NVIDIA_SMI_STANDIN_CONFIG": "/absent"}
+    env = {**gpu_env(tmp_path, libdir), "NVIDIA_SMI_STANDIN_CONFIG": "/absent"}
     for stage in ("poststart", "poststop"):
         assert run([hook, stage], env=env, stdin="not json").returncode == 0
 
@@ -581,20 +644,76 @@ def test_hook_other_stages_and_failures(extracted: Path, tmp_path: Path) -> None
     assert "root filesystem" in gone.stderr
 
     bundle = fake_bundle(tmp_path / "void", "rootfs", ["NVIDIA_VISIBLE_DEVICES=void"])
-    ok([hook, "prestart"], env=env, stdin=state(bundle))
+    ok([hook, "prestart"], env=env, stdin=state(bundle))  # CDI containers: not touched
     assert not (bundle / "rootfs/usr/bin/nvidia-smi").exists()
+    assert not (tmp_path / "hook-containers").exists(), "a CDI container was recorded"
 
     bundle = fake_bundle(tmp_path / "noconf", "rootfs")
     ok([hook, "prestart"], env=env, stdin=state(bundle))  # no config file: still fine
     assert (bundle / "rootfs/usr/bin/nvidia-smi").is_file()
     assert not (bundle / "rootfs/etc/nvidia-smi-standin.json").exists()
+    lib = bundle / "rootfs/usr/lib" / build_libcuda.multiarch()
+    assert os.readlink(lib / "libcuda.so.1") == "libcuda.so.580.95.05"  # the default driver
 
     bundle = fake_bundle(tmp_path / "nodriver", "rootfs")
     no_driver = {**env, "NVIDIA_HOOK_STANDIN_SOURCE": str(tmp_path / "absent-smi")}
     assert run([hook, "prestart"], env=no_driver, stdin=state(bundle)).returncode == 1
 
+    bundle = fake_bundle(tmp_path / "nolib", "rootfs")
+    no_lib = gpu_env(tmp_path / "nolib", libdir, driver_version="590.0.1")
+    result = run([hook, "prestart"], env=no_lib, stdin=state(bundle))
+    assert result.returncode == 1
+    assert "libcuda.so.590.0.1 not found" in result.stderr
+
     bundle = fake_bundle(tmp_path / "failing", "rootfs")
-    failing = {**env, **smi_config(tmp_path, fail=True)}
+    failing = gpu_env(tmp_path / "failing", libdir, fail=True)
     result = run([hook, "prestart"], env=failing, stdin=state(bundle))
     assert result.returncode == 1
     assert "driver not loaded" in result.stderr
+
+
+# --- nvidia-cdi-hook ---------------------------------------------------------------------------
+
+
+@needs_repo_tools
+@pytest.mark.parametrize("absolute", [False, True])
+def test_cdi_hook_create_symlinks(extracted: Path, tmp_path: Path, absolute: bool) -> None:
+    cdi_hook = extracted / "usr/bin/nvidia-cdi-hook"
+    bundle = fake_bundle(tmp_path, str(tmp_path / "bundle/rootfs") if absolute else "rootfs")
+    rootfs = bundle / "rootfs"
+    (rootfs / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    (rootfs / "lib").symlink_to("usr/lib")  # parents resolve inside the root
+    link = "libcuda.so.580.95.05::/lib/x86_64-linux-gnu/libcuda.so.1"
+    ok([cdi_hook, "create-symlinks", "--link", link], stdin=state(bundle))
+    made = rootfs / "usr/lib/x86_64-linux-gnu/libcuda.so.1"
+    assert os.readlink(made) == "libcuda.so.580.95.05"
+    again = "libcuda.so.580.1.2::/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+    ok([cdi_hook, "create-symlinks", f"--link={again}", "--link", "a::/new/dir/b"],
+       stdin=state(bundle))  # fmt: skip
+    assert os.readlink(made) == "libcuda.so.580.1.2"
+    assert os.readlink(rootfs / "new/dir/b") == "a"
+    ok([cdi_hook, "update-ldcache", "--folder", "/usr/lib/x86_64-linux-gnu"], stdin=state(bundle))
+    assert ok([cdi_hook, "--version"]).stdout == "NVIDIA CDI Hook version 1.19.0\n"
+
+
+@needs_repo_tools
+def test_cdi_hook_refusals(extracted: Path, tmp_path: Path) -> None:
+    cdi_hook = extracted / "usr/bin/nvidia-cdi-hook"
+    bundle = fake_bundle(tmp_path, "rootfs")
+    (bundle / "rootfs/usr/bin/real-file").write_text("not a link")
+    cases = {
+        "a file exists": ["create-symlinks", "--link", "x::/usr/bin/real-file"],
+        "TARGET::LINK": ["create-symlinks", "--link", "no-separator"],
+        "absolute path": ["create-symlinks", "--link", "x::relative/link"],
+        "not defined": ["update-ldcache", "--bogus"],
+        "No help topic": ["enable-everything"],
+    }
+    for expected, args in cases.items():
+        result = run([cdi_hook, *args], stdin=state(bundle))
+        assert result.returncode == 1, args
+        assert expected in result.stderr, (args, result.stderr)
+    assert (bundle / "rootfs/usr/bin/real-file").read_text() == "not a link"
+    for command in (["create-symlinks", "--link", "a::/b"], ["update-ldcache"]):
+        result = run([cdi_hook, *command], stdin=state(tmp_path / "no-such-bundle"))
+        assert result.returncode == 1
+        assert "no-such-bundle/config.json" in result.stderr

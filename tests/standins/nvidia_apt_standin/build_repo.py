@@ -6,6 +6,7 @@ builds a local repository with the same layout, signing and package relations, w
 install stand-in programs (see ``files/``)::
 
     build_repo.py --out DIR [--version 1.19.0-1 ...] [--arch ARCH ...] [--base-url URL]
+                  [--origin O] [--label L] [--key-uid UID] [--suite SUITE [--component C]]
 
 ``DIR`` then holds, like NVIDIA's site:
 
@@ -16,7 +17,16 @@ install stand-in programs (see ``files/``)::
   ``dpkg --print-architecture``), holding ``nvidia-container-toolkit``,
   ``nvidia-container-toolkit-base``, ``libnvidia-container-tools`` and ``libnvidia-container1``
   for each ``--version`` (repeatable; default 1.19.0-1), pinned to each other with ``(= V)``;
-- ``stable/deb/nvidia-container-toolkit.list`` when ``--base-url`` is given.
+- ``stable/deb/nvidia-container-toolkit.list`` when ``--base-url`` is given;
+- ``keyring.gpg``: the same public key, binary (dearmored), for ``Signed-By`` as a ``.gpg`` file.
+
+With ``--suite SUITE`` the repository is laid out as a Debian archive instead of flat, as
+NVIDIA's DGX OS repositories are (``deb URL noble common dgx``): ``dists/SUITE/Release`` (signed,
+``Suite``/``Codename`` SUITE, ``Components`` C), ``dists/SUITE/C/binary-<arch>/Packages[.gz]``
+and the ``.deb`` files in ``pool/C/``; source ``URIs: http://HOST:PORT/``, ``Suites: SUITE``,
+``Components: C``. ``--origin``/``--label`` set the ``Release`` file's ``Origin``/``Label`` (what
+apt pins match with ``Pin: release o=...``), ``--key-uid`` the throwaway key's user id, so that a
+second stand-in repository (the lab's "DGX" one) has its own key and identity.
 
 Served over HTTP at ``http://HOST:PORT/``, it works with the source line
 ``deb [signed-by=KEYRING] http://HOST:PORT/stable/deb/$(ARCH) /`` (apt substitutes ``$(ARCH)``)
@@ -43,6 +53,7 @@ KEY_UID = "sparkfleet lab stand-in NVIDIA repo <lab@invalid>"
 MAINTAINER = "sparkfleet lab stand-in <lab@invalid>"
 HOMEPAGE = "https://github.com/NVIDIA/nvidia-container-toolkit"
 ORIGIN = "sparkfleet lab stand-in NVIDIA"
+LABEL = "sparkfleet lab stand-in libnvidia-container"
 DEFAULT_VERSION = "1.19.0-1"
 CDI_REFRESH_SINCE = (1, 18, 0)
 MULTIARCH = {
@@ -91,9 +102,11 @@ def multiarch_of(arch: str) -> str:
     return run(["dpkg-architecture", "-a", arch, "-qDEB_HOST_MULTIARCH"]).stdout.strip()
 
 
-def script(name: str, version: str) -> tuple[bytes, int]:
-    """A program from ``files/`` with the package's upstream version baked in."""
+def script(name: str, version: str, arch: str) -> tuple[bytes, int]:
+    """A program from ``files/`` with the package's upstream version and the architecture's
+    library directory (``/usr/lib/<multiarch>``, where the driver's libcuda lives) baked in."""
     text = (FILES / name).read_text(encoding="utf-8").replace("@VERSION@", upstream_of(version))
+    text = text.replace("@LIBDIR@", f"/usr/lib/{multiarch_of(arch)}")
     return text.encode(), 0o755
 
 
@@ -125,18 +138,20 @@ def packages_for(version: str, arch: str) -> list[Package]:
         "NVIDIA container runtime library (command-line tools, lab stand-in)",
         f"This {real}: nvidia-container-cli answers info, list and --version from the stand-in"
         " nvidia-smi.",
-        files={"/usr/bin/nvidia-container-cli": script("nvidia-container-cli", version)},
+        files={"/usr/bin/nvidia-container-cli": script("nvidia-container-cli", version, arch)},
     )
     base = Package(
         "nvidia-container-toolkit-base",
         "utils",
         ["python3"],
         "NVIDIA Container Toolkit Base (lab stand-in)",
-        f"This {real}: nvidia-ctk (runtime configure, cdi generate/list) and"
+        f"This {real}: nvidia-ctk (runtime configure, cdi generate/list),"
+        " nvidia-cdi-hook (create-symlinks, update-ldcache) and"
         " nvidia-container-runtime (hands every call to runc).",
         files={
-            "/usr/bin/nvidia-ctk": script("nvidia-ctk", version),
-            "/usr/bin/nvidia-container-runtime": script("nvidia-container-runtime", version),
+            "/usr/bin/nvidia-ctk": script("nvidia-ctk", version, arch),
+            "/usr/bin/nvidia-container-runtime": script("nvidia-container-runtime", version, arch),
+            "/usr/bin/nvidia-cdi-hook": script("nvidia-cdi-hook", version, arch),
             "/etc/nvidia-container-runtime/config.toml": (
                 (FILES / "config.toml").read_bytes(),
                 0o644,
@@ -159,7 +174,7 @@ def packages_for(version: str, arch: str) -> list[Package]:
         " stand-in nvidia-smi into the container.",
         files={
             "/usr/bin/nvidia-container-runtime-hook": script(
-                "nvidia-container-runtime-hook", version
+                "nvidia-container-runtime-hook", version, arch
             )
         },
     )
@@ -218,11 +233,11 @@ def build_deb(pkg: Package, version: str, arch: str, work: Path, dest: Path) -> 
 class Signer:
     """A throwaway OpenPGP signing key in its own GNUPGHOME."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, uid: str = KEY_UID) -> None:
         self.home = home
         home.mkdir(mode=0o700)
-        self.gpg("--passphrase", "", "--quick-gen-key", KEY_UID, "ed25519", "sign", "never")
-        colons = self.gpg("--with-colons", "--list-keys", KEY_UID).stdout
+        self.gpg("--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never")
+        colons = self.gpg("--with-colons", "--list-keys", uid).stdout
         self.fingerprint = next(
             line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:")
         )
@@ -234,6 +249,9 @@ class Signer:
     def public_key(self) -> str:
         return self.gpg("--armor", "--export", self.fingerprint).stdout
 
+    def public_keyring(self, dest: Path) -> None:
+        self.gpg("--output", str(dest), "--export", self.fingerprint)
+
     def sign(self, release: Path) -> None:
         user = ["--local-user", self.fingerprint, "--digest-algo", "SHA512"]
         inrelease, detached = release.with_name("InRelease"), release.with_name("Release.gpg")
@@ -244,52 +262,112 @@ class Signer:
         subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"], check=False)
 
 
-def write_index(repo: Path, arch: str) -> None:
-    """``Packages``, ``Packages.gz`` and ``Release`` for the flat repository ``repo``."""
-    packages = run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
-    (repo / "Packages").write_text(packages)
-    with gzip.GzipFile(repo / "Packages.gz", "wb", mtime=0) as fh:
+@dataclass(frozen=True)
+class Identity:
+    """What the ``Release`` files and the signing key call this repository."""
+
+    origin: str = ORIGIN
+    label: str = LABEL
+    key_uid: str = KEY_UID
+
+
+def release_text(cwd: Path, target: str, fields: dict[str, str]) -> str:
+    cmd = ["apt-ftparchive"]
+    for key, value in fields.items():
+        cmd += ["-o", f"APT::FTPArchive::Release::{key}={value}"]
+    return run([*cmd, "release", target], cwd=cwd).stdout
+
+
+def write_packages(directory: Path, packages: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Packages").write_text(packages)
+    with gzip.GzipFile(directory / "Packages.gz", "wb", mtime=0) as fh:
         fh.write(packages.encode())
-    options = {
-        "Origin": ORIGIN,
-        "Label": "sparkfleet lab stand-in libnvidia-container",
+
+
+def write_index(repo: Path, arch: str, ident: Identity = Identity()) -> None:
+    """``Packages``, ``Packages.gz`` and ``Release`` for the flat repository ``repo``."""
+    write_packages(repo, run(["apt-ftparchive", "packages", "."], cwd=repo).stdout)
+    fields = {
+        "Origin": ident.origin,
+        "Label": ident.label,
         "Architectures": arch,
         "Description": "Lab stand-in for NVIDIA's libnvidia-container stable repository",
     }
-    cmd = ["apt-ftparchive"]
-    for key, value in options.items():
-        cmd += ["-o", f"APT::FTPArchive::Release::{key}={value}"]
-    release = run([*cmd, "release", "."], cwd=repo).stdout
-    (repo / "Release").write_text(release)
+    (repo / "Release").write_text(release_text(repo, ".", fields))
 
 
-def build(out: Path, versions: list[str], arches: list[str], base_url: str | None) -> str:
+def build_flat(out: Path, versions: list[str], arches: list[str], signer: Signer, work: Path,
+               ident: Identity) -> None:  # fmt: skip
+    stable = out / "stable"
+    for arch in arches:
+        repo = stable / "deb" / arch
+        repo.mkdir(parents=True)
+        for version in versions:
+            for pkg in packages_for(version, arch):
+                build_deb(pkg, version, arch, work, repo)
+        write_index(repo, arch, ident)
+        signer.sign(repo / "Release")
+
+
+def build_suite(out: Path, versions: list[str], arches: list[str], signer: Signer, work: Path,
+                ident: Identity, suite: str, component: str) -> None:  # fmt: skip
+    """A Debian archive layout: ``dists/SUITE/...`` and ``pool/COMPONENT/``."""
+    pool = out / "pool" / component
+    pool.mkdir(parents=True)
+    dist = out / "dists" / suite
+    for arch in arches:
+        for version in versions:
+            for pkg in packages_for(version, arch):
+                build_deb(pkg, version, arch, work, pool)
+        packages = run(["apt-ftparchive", "--arch", arch, "packages", f"pool/{component}"], cwd=out)
+        write_packages(dist / component / f"binary-{arch}", packages.stdout)
+    fields = {
+        "Origin": ident.origin,
+        "Label": ident.label,
+        "Suite": suite,
+        "Codename": suite,
+        "Components": component,
+        "Architectures": " ".join(arches),
+        "Description": f"Lab stand-in for an NVIDIA apt archive ({ident.label})",
+    }
+    (dist / "Release").write_text(release_text(out, f"dists/{suite}", fields))
+    signer.sign(dist / "Release")
+
+
+def build(
+    out: Path,
+    versions: list[str],
+    arches: list[str],
+    base_url: str | None,
+    ident: Identity = Identity(),
+    suite: str | None = None,
+    component: str = "main",
+) -> str:
     """Build the repository into ``out``; return the signing key's fingerprint."""
     for bad in [v for v in versions if not VERSION_RE.match(v)]:
         sys.exit(f"build_repo: not a Debian package version: {bad!r}")
     out.mkdir(parents=True, exist_ok=True)
-    stable = out / "stable"
-    if stable.exists():
-        shutil.rmtree(stable)
+    for old in ("stable", "dists", "pool"):
+        if (out / old).exists():
+            shutil.rmtree(out / old)
     with tempfile.TemporaryDirectory(prefix="nvidia-apt-standin.") as tmp:
-        signer = Signer(Path(tmp) / "gnupg")
+        signer = Signer(Path(tmp) / "gnupg", ident.key_uid)
         try:
             (out / "gpgkey").write_text(signer.public_key())
+            (out / "keyring.gpg").unlink(missing_ok=True)
+            signer.public_keyring(out / "keyring.gpg")
             (out / "fingerprint").write_text(signer.fingerprint + "\n")
-            for arch in arches:
-                repo = stable / "deb" / arch
-                repo.mkdir(parents=True)
-                for version in versions:
-                    for pkg in packages_for(version, arch):
-                        build_deb(pkg, version, arch, Path(tmp), repo)
-                write_index(repo, arch)
-                signer.sign(repo / "Release")
+            if suite:
+                build_suite(out, versions, arches, signer, Path(tmp), ident, suite, component)
+            else:
+                build_flat(out, versions, arches, signer, Path(tmp), ident)
         finally:
             signer.close()
-    if base_url:
+    if base_url and not suite:
         url = f"{base_url.rstrip('/')}/stable/deb/$(ARCH)"
         keyring = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
-        (stable / "deb" / "nvidia-container-toolkit.list").write_text(
+        (out / "stable" / "deb" / "nvidia-container-toolkit.list").write_text(
             f"deb [signed-by={keyring}] {url} /\n"
         )
     return signer.fingerprint
@@ -308,13 +386,24 @@ def main(argv: list[str] | None = None) -> int:
         "--arch", dest="arches", action="append", help="Debian architecture (repeatable)"
     )
     parser.add_argument("--base-url", help="also write stable/deb/nvidia-container-toolkit.list")
+    parser.add_argument("--origin", default=ORIGIN, help="Release Origin")
+    parser.add_argument("--label", default=LABEL, help="Release Label")
+    parser.add_argument("--key-uid", default=KEY_UID, help="user id of the throwaway signing key")
+    parser.add_argument("--suite", help="Debian archive layout with this suite (default: flat)")
+    parser.add_argument("--component", default="main", help="component with --suite")
     args = parser.parse_args(argv)
     versions: list[str] = list(dict.fromkeys(args.versions or [DEFAULT_VERSION]))
     arches: list[str] = list(dict.fromkeys(args.arches or []))
     if not arches:
         arches = [run(["dpkg", "--print-architecture"]).stdout.strip()]
-    fingerprint = build(args.out, versions, arches, args.base_url)
-    for arch in arches:
+    ident = Identity(args.origin, args.label, args.key_uid)
+    fingerprint = build(
+        args.out, versions, arches, args.base_url, ident, args.suite, args.component
+    )
+    if args.suite:
+        print(f"repository: {args.out} suite {args.suite} component {args.component}"
+              f" ({', '.join(versions)})")  # fmt: skip
+    for arch in arches if not args.suite else []:
         print(f"repository: {args.out / 'stable' / 'deb' / arch} ({', '.join(versions)})")
     print(f"signing key: {args.out / 'gpgkey'}")
     print(fingerprint)
