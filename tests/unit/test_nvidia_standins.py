@@ -717,3 +717,53 @@ def test_cdi_hook_refusals(extracted: Path, tmp_path: Path) -> None:
         result = run([cdi_hook, *command], stdin=state(tmp_path / "no-such-bundle"))
         assert result.returncode == 1
         assert "no-such-bundle/config.json" in result.stderr
+
+
+# --- a second repository laid out as NVIDIA's DGX archive, pinned above the first -------------
+
+
+@needs_repo_tools
+def test_dgx_style_suite_repo_wins_through_its_pin(repo: Repo, served: str, tmp_path: Path) -> None:
+    dgx = tmp_path / "dgx"
+    origin = "sparklab-nvidia-dgx"
+    ok([sys.executable, BUILD_REPO, "--out", dgx, "--version", "1.20.0-1", "--version",
+        "1.20.1-1", "--origin", origin, "--label", "DGX stand-in", "--key-uid",
+        "dgx <dgx@invalid>", "--suite", "noble", "--component", "common"])  # fmt: skip
+    assert (dgx / "fingerprint").read_text().strip() != repo.fingerprint  # its own key
+    release = (dgx / "dists/noble/Release").read_text()
+    for field in (f"Origin: {origin}", "Label: DGX stand-in", "Suite: noble", "Codename: noble",
+                  "Components: common", f"Architectures: {repo.arch}"):  # fmt: skip
+        assert re.search(rf"^{re.escape(field)}$", release, re.MULTILINE), field
+    assert (dgx / "pool/common" / f"nvidia-container-toolkit_1.20.1-1_{repo.arch}.deb").is_file()
+    assert not (dgx / "stable").exists()
+
+    handler = functools.partial(QuietHandler, directory=str(dgx))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        sources = (
+            f"Types: deb\nURIs: {served}/stable/deb/{repo.arch}\nSuites: /\n"
+            f"Signed-By: {repo.keyring}\n\n"
+            f"Types: deb\nURIs: {url}\nSuites: noble\nComponents: common\n"
+            f"Signed-By: {dgx / 'keyring.gpg'}\n"
+        )
+        apt = Apt(tmp_path / "apt", None, sources)
+        (tmp_path / "prefs").mkdir()
+        (tmp_path / "prefs" / "nvidia-dgx").write_text(
+            f"Package: *\nPin: release o={origin}\nPin-Priority: 600\n"
+        )
+        apt.options += ["-o", f"Dir::Etc::preferencesparts={tmp_path / 'prefs'}"]
+        update = apt("apt-get", "update")
+        assert update.returncode == 0, update.stdout + update.stderr
+        assert not re.search(r"^(W|E|Err):", update.stdout + update.stderr, re.MULTILINE)
+        policy = apt("apt-cache", "policy", "nvidia-container-toolkit").stdout
+        assert "Candidate: 1.20.1-1" in policy
+        assert f"600 {url.rstrip('/')} noble/common" in policy
+        assert f"500 {served}/stable/deb/{repo.arch}" in policy
+        sim = apt("apt-get", "install", "-s", "-y", *pinned("1.20.0-1"))
+        assert sim.returncode == 0, sim.stdout + sim.stderr
+        assert re.search(r"^Inst nvidia-container-toolkit \(1\.20\.0-1 ", sim.stdout, re.MULTILINE)
+    finally:
+        server.shutdown()
+        server.server_close()
