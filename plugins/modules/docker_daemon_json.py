@@ -36,6 +36,12 @@ options:
     description: Keep a timestamped copy of the file before changing it.
     type: bool
     default: true
+  mode:
+    description:
+      - Permissions of the file when the module creates it, as an octal string. An existing file
+        keeps its own. Use C(0600) for a file that holds credentials (Docker's C(config.json)).
+    type: str
+    default: "0644"
 author: sparkfleet maintainers (!UNKNOWN)
 """
 
@@ -58,6 +64,17 @@ EXAMPLES = r"""
       live-restore: true
     backup: false
   register: daemon_json
+
+- name: Give Docker credentials for a registry (the file is created 0600; never logged)
+  sparkfleet.spark.docker_daemon_json:
+    path: /root/.docker/config.json
+    merge:
+      auths:
+        registry.example.internal:5000:
+          auth: "{{ ('puller:' ~ registry_password) | b64encode }}"
+    mode: "0600"
+    backup: false
+  no_log: true
 
 - name: Restart Docker when a key that dockerd does not reload changed
   ansible.builtin.systemd_service:
@@ -96,6 +113,7 @@ backup_file:
 import json
 import os
 import re
+import stat
 import tempfile
 from json.decoder import scanstring
 
@@ -313,10 +331,15 @@ def main():
             "runtimes": {"type": "dict", "default": {}},
             "merge": {"type": "dict", "default": {}},
             "backup": {"type": "bool", "default": True},
+            "mode": {"type": "str", "default": "0644"},
         },
         supports_check_mode=True,
     )
     path = module.params["path"]
+    try:
+        int(module.params["mode"], 8)
+    except ValueError:
+        module.fail_json(msg="mode=%r is not an octal permission string such as 0600" % module.params["mode"])
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -338,14 +361,21 @@ def main():
         module.exit_json(changed=True, **out)
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o755)
+        # a directory made for a private file is private too
+        private = int(module.params["mode"], 8) & 0o077 == 0
+        os.makedirs(directory, mode=0o700 if private else 0o755)
     if text is not None and module.params["backup"]:
         out["backup_file"] = module.backup_local(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".daemon.json.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(result)
-    os.chmod(tmp, 0o644)
+    if text is None:
+        mode = int(module.params["mode"], 8)
+    else:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    os.chmod(tmp, mode)
     module.atomic_move(tmp, path)
+    os.chmod(path, mode)  # atomic_move gives a new file the umask's permissions
     module.exit_json(changed=True, **out)
 
 

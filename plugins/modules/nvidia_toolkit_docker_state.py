@@ -12,7 +12,8 @@ description:
   - Read-only. dockerd registers its GPU device driver (what C(docker run --gpus) needs) only at
     start, and only when C(nvidia-container-runtime-hook) is on its PATH then; a reload does not
     register it. This module compares the start time of the service's main process with the time
-    the hook was installed (its inode change time) and says whether a restart is needed.
+    the hook appeared (the package's last fresh install in dpkg's log, else the hook's inode
+    change time) and says whether a restart is needed. An upgrade of the package is not one.
 options:
   service:
     description: systemd unit of the Docker engine.
@@ -22,6 +23,18 @@ options:
     description: The toolkit's OCI prestart hook, looked up on PATH.
     type: str
     default: nvidia-container-runtime-hook
+  package:
+    description:
+      - Package that ships the hook. dpkg's log tells when it was first installed; an upgrade
+        replaces the file (a newer change time) but the hook was on PATH all along, and dockerd
+        does not need a restart for it.
+    type: str
+    default: nvidia-container-toolkit
+  dpkg_logs:
+    description: dpkg's logs, newest first. When none mentions O(package), the hook's change time is used.
+    type: list
+    elements: path
+    default: [/var/log/dpkg.log, /var/log/dpkg.log.1]
 author: sparkfleet maintainers (!UNKNOWN)
 """
 
@@ -50,7 +63,10 @@ hook_path:
   type: str
   sample: /usr/bin/nvidia-container-runtime-hook
 hook_installed_at:
-  description: Inode change time of the hook (epoch seconds), 0 when not installed.
+  description:
+    - When the hook appeared (epoch seconds) - the last fresh install of O(package) in dpkg's log,
+      or the hook's inode change time when the log does not mention the package; 0 when it is not
+      installed or was there before the oldest log entry.
   returned: always
   type: float
   sample: 1735732800.25
@@ -100,16 +116,51 @@ def process_start(pid):
     return time.time() - age
 
 
+def first_install(package, logs):
+    """(known, epoch) of the last fresh install of ``package`` in dpkg's logs.
+
+    A log line is ``2026-11-30 09:47:59 install nvidia-container-toolkit:amd64 <none> 1.20.0-1``
+    for a fresh install and ``... upgrade PKG:ARCH OLD NEW`` for an upgrade or a downgrade
+    (dpkg's log format, dpkg(1) "--log"). ``known`` is whether any line names the package.
+    """
+    known, latest = False, 0.0
+    for path in logs:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 4 or parts[3].split(":", 1)[0] != package:
+                continue
+            known = True
+            if parts[2] == "install" and len(parts) >= 5 and parts[4] == "<none>":
+                try:
+                    stamp = time.mktime(time.strptime(parts[0] + " " + parts[1], "%Y-%m-%d %H:%M:%S"))
+                except ValueError:
+                    continue
+                latest = max(latest, stamp)
+    return known, latest
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "service": {"type": "str", "default": "docker.service"},
             "hook": {"type": "str", "default": "nvidia-container-runtime-hook"},
+            "package": {"type": "str", "default": "nvidia-container-toolkit"},
+            "dpkg_logs": {"type": "list", "elements": "path",
+                          "default": ["/var/log/dpkg.log", "/var/log/dpkg.log.1"]},
         },
         supports_check_mode=True,
     )
     hook = shutil.which(module.params["hook"], path=SEARCH_PATH) or ""
-    installed = os.stat(hook).st_ctime if hook else 0.0
+    known, installed = first_install(module.params["package"], module.params["dpkg_logs"])
+    if hook and not known:
+        installed = os.stat(hook).st_ctime
+    if not hook:
+        installed = 0.0
     pid = main_pid(module.params["service"])
     started = process_start(pid) if pid else 0.0
     module.exit_json(

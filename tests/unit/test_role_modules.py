@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.sparkfleet.spark.plugins.module_utils import sparkfleet_openpgp as pgp
 from ansible_collections.sparkfleet.spark.plugins.modules import docker_daemon_json as daemon
 from ansible_collections.sparkfleet.spark.plugins.modules import (
     nvidia_toolkit_docker_state as dstate,
 )
-from ansible_collections.sparkfleet.spark.plugins.modules import nvidia_toolkit_host_state as state
 from ansible_collections.sparkfleet.spark.plugins.modules import spark_host_report as report
 
 pytestmark = pytest.mark.nolab
@@ -228,223 +225,6 @@ REPO = "http://172.29.78.1:38081/nvidia/stable/deb/$(ARCH)"
 RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
 
 
-# --- keys made by gpg, read by the module's own OpenPGP code ----------------------------------
-
-
-def _gpg(home: Path, *args: str) -> str:
-    cmd = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--pinentry-mode", "loopback"]
-    result = subprocess.run([*cmd, "--passphrase", "", *args], capture_output=True, check=True)
-    return result.stdout.decode()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """An ed25519 key with an encryption subkey and an RSA key, exported by gpg."""
-    if shutil.which("gpg") is None:  # one of the lab's host tools (tests/lab/engine.py)
-        pytest.fail(
-            "gpg not found: 'make lab-prepare' installs it (or apt-get install gnupg)",
-            pytrace=False,
-        )
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    _gpg(home, "--quick-gen-key", "ed <ed@invalid>", "ed25519", "sign", "never")
-    _gpg(home, "--quick-gen-key", "rsa <rsa@invalid>", "rsa2048", "sign", "never")
-    colons = _gpg(home, "--with-colons", "--list-keys", "ed@invalid")
-    ed_fpr = next(ln.split(":")[9] for ln in colons.splitlines() if ln.startswith("fpr:"))
-    _gpg(home, "--quick-add-key", ed_fpr, "cv25519", "encr", "never")
-    out: dict[str, Any] = {"home": home}
-    for name in ("ed@invalid", "rsa@invalid"):
-        armored = _gpg(home, "--armor", "--export", name).encode()
-        listing = _gpg(home, "--with-colons", "--with-subkey-fingerprints", "--list-keys", name)
-        fprs = [ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr:")]
-        binary = subprocess.run(
-            ["gpg", "--homedir", str(home), "--batch", "--export", name],
-            capture_output=True,
-            check=True,
-        ).stdout
-        out[name.split("@")[0]] = {"armored": armored, "binary": binary, "fprs": fprs}
-    return out
-
-
-def test_fingerprints_match_gpg_for_armored_and_binary_keys(keys: dict[str, Any]) -> None:
-    for name in ("ed", "rsa"):
-        key = keys[name]
-        for data in (key["armored"], key["binary"]):
-            found = pgp.fingerprints(data)
-            assert [k["fingerprint"] for k in found] == key["fprs"], name
-            assert [k["primary"] for k in found] == [True] + [False] * (len(found) - 1)
-    assert len(keys["ed"]["fprs"]) == 2  # primary and subkey
-
-
-def test_keyring_with_two_keys_and_dearmor(keys: dict[str, Any]) -> None:
-    both = keys["ed"]["armored"] + b"\n" + keys["rsa"]["armored"]
-    found = [k["fingerprint"] for k in pgp.fingerprints(both)]
-    assert found == keys["ed"]["fprs"] + keys["rsa"]["fprs"]
-    assert pgp.dearmor(keys["rsa"]["armored"]) == keys["rsa"]["binary"]
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"not a key",
-        b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
-        b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQ==\n",
-    ],
-)
-def test_not_a_key_is_an_error(data: bytes) -> None:
-    with pytest.raises(pgp.OpenPGPError):
-        pgp.fingerprints(data)
-
-
-# --- apt sources -----------------------------------------------------------------------------
-
-
-def test_one_line_entries() -> None:
-    text = (
-        "# comment\n"
-        "deb http://deb.debian.org/debian bookworm main\n"
-        "deb [ arch=amd64 signed-by=/k/a.gpg,/k/b.asc ] https://nvidia.github.io/"
-        "libnvidia-container/stable/deb/$(ARCH) /  # trailing comment\n"
-        "# deb [signed-by=/k/c.gpg] https://nvidia.github.io/libnvidia-container/x /\n"
-        "deb-src [trusted=yes] http://mirror/x / \n"
-        "deb [broken http://nowhere /\n"
-    )
-    entries = state.parse_one_line("/etc/apt/sources.list", text)
-    assert [(e["line"], e["types"], e["uris"][0]) for e in entries] == [
-        (2, ["deb"], "http://deb.debian.org/debian"),
-        (3, ["deb"], "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"),
-        (5, ["deb-src"], "http://mirror/x"),
-    ]
-    assert entries[1]["signed_by"] == ["/k/a.gpg", "/k/b.asc"]
-    assert entries[1]["suites"] == ["/"]
-    assert entries[2]["trusted"] is True
-
-
-def test_deb822_entries(keys: dict[str, Any]) -> None:
-    armored = keys["ed"]["armored"].decode().strip().splitlines()
-    inline = "\n".join(" " + (ln or ".") for ln in armored)
-    text = (
-        "# NVIDIA\n"
-        "Types: deb deb-src\n"
-        "URIs: https://a.example/x https://b.example/y\n"
-        "Suites: /\n"
-        "Signed-By: /k/one.gpg\n"
-        " /k/two.gpg\n"
-        "\n"
-        "Types: deb\n"
-        "URIs: https://disabled.example\n"
-        "Suites: /\n"
-        "Enabled: no\n"
-        "\n"
-        "types: deb\n"
-        "uris: https://inline.example/\n"
-        "suites: /\n"
-        f"signed-by:\n{inline}\n"
-    )
-    entries = state.parse_deb822("/etc/apt/sources.list.d/x.sources", text)
-    assert [(e["line"], e["uris"]) for e in entries] == [
-        (2, ["https://a.example/x", "https://b.example/y"]),
-        (13, ["https://inline.example/"]),
-    ]
-    assert entries[0]["types"] == ["deb", "deb-src"]
-    assert entries[0]["signed_by"] == ["/k/one.gpg", "/k/two.gpg"]
-    fprs, rings, errors = state.entry_keys(entries[1], "/nonexistent")
-    assert (fprs, rings, errors) == (sorted(keys["ed"]["fprs"]), [], [])
-
-
-@pytest.mark.parametrize(
-    ("uri", "matches"),
-    [
-        ("http://172.29.78.1:38081/nvidia/stable/deb/amd64", True),
-        ("http://172.29.78.1:38081/nvidia/stable/deb/amd64/", True),
-        ("https://172.29.78.1:38081/nvidia/stable/deb/$(ARCH)", True),
-        ("http://172.29.78.1:38081/nvidia/stable/deb/arm64", False),
-        ("http://172.29.78.1:38081/other/stable/deb/amd64", False),
-        ("https://nvidia.github.io/libnvidia-container/stable/ubuntu18.04/$(ARCH)", True),
-    ],
-)
-def test_which_uris_are_nvidia(uri: str, matches: bool) -> None:
-    patterns = [r"^https?://nvidia\.github\.io/libnvidia-container/"]
-    assert state.is_nvidia(uri, REPO, patterns, "amd64") is matches
-
-
-def _apt_dir(tmp: Path, files: dict[str, str]) -> Path:
-    apt = tmp / "apt"
-    (apt / "sources.list.d").mkdir(parents=True)
-    (apt / "trusted.gpg.d").mkdir()
-    for name, text in files.items():
-        (apt / name).write_text(text)
-    return apt
-
-
-def test_read_sources_follows_apts_file_rules(tmp_path: Path) -> None:
-    line = "deb http://172.29.78.1:38081/nvidia/stable/deb/amd64 /\n"
-    stanza = "Types: deb\nURIs: http://172.29.78.1:38081/nvidia/stable/deb/amd64\nSuites: /\n"
-    apt = _apt_dir(
-        tmp_path,
-        {
-            "sources.list": line,
-            "sources.list.d/b.list": line,
-            "sources.list.d/a.sources": stanza,
-            "sources.list.d/c.list.save": line,
-            "sources.list.d/d.sources.disabled": stanza,
-            "sources.list.d/bad name.list": line,
-        },
-    )
-    files = [Path(e["file"]).name for e in state.read_sources(str(apt))]
-    assert files == ["sources.list", "a.sources", "b.list"]
-
-
-def test_entry_keys_from_files_fingerprints_and_global_keyrings(
-    tmp_path: Path, keys: dict[str, Any]
-) -> None:
-    apt = _apt_dir(tmp_path, {})
-    (apt / "trusted.gpg.d" / "rsa.asc").write_bytes(keys["rsa"]["armored"])
-    ring = tmp_path / "ed.gpg"
-    ring.write_bytes(keys["ed"]["binary"])
-    entry = state.parse_one_line("x", f"deb [signed-by={ring}] http://h/ /\n")[0]
-    assert state.entry_keys(entry, str(apt)) == (sorted(keys["ed"]["fprs"]), [str(ring)], [])
-    unsigned = state.parse_one_line("x", "deb http://h/ /\n")[0]
-    fprs, rings, errors = state.entry_keys(unsigned, str(apt))
-    assert (fprs, errors) == (sorted(keys["rsa"]["fprs"]), [])
-    assert rings == [str(apt / "trusted.gpg.d" / "rsa.asc")]
-    by_fpr = state.parse_one_line("x", f"deb [signed-by={keys['ed']['fprs'][0]}!] http://h/ /\n")
-    assert state.entry_keys(by_fpr[0], str(apt))[0] == [keys["ed"]["fprs"][0]]
-    missing = state.parse_one_line("x", "deb [signed-by=/no/such.gpg] http://h/ /\n")[0]
-    fprs, rings, errors = state.entry_keys(missing, str(apt))
-    assert fprs == [] and len(errors) == 1 and "/no/such.gpg" in errors[0]
-
-
-FPR = "A" * 40
-
-
-def _source(own: bool, fprs: list[str]) -> dict[str, Any]:
-    name = "nvidia-container-toolkit.sources" if own else "theirs.list"
-    return {"file": f"/etc/apt/sources.list.d/{name}", "own": own, "key_fingerprints": fprs}
-
-
-@pytest.mark.parametrize(
-    ("sources", "own_exists", "pinned", "expected"),
-    [
-        ([], False, False, ("own", False, True, True)),
-        ([], False, True, ("none", False, False, True)),
-        ([_source(True, [FPR])], True, True, ("own", False, False, True)),
-        ([_source(False, [FPR])], False, False, ("adopt", False, True, True)),
-        ([_source(False, ["B" * 40])], False, False, ("adopt", False, True, False)),
-        ([_source(False, [FPR]), _source(True, [FPR])], True, True, ("adopt", True, False, True)),
-    ],
-)
-def test_plan(
-    sources: list[dict[str, Any]], own_exists: bool, pinned: bool, expected: tuple[Any, ...]
-) -> None:
-    own = "/etc/apt/sources.list.d/nvidia-container-toolkit.sources"
-    plan = state.plan(sources, own_exists, pinned, FPR.lower(), own)
-    assert (plan["source"], plan["remove_own_source"], plan["install"], plan["key_ok"]) == expected
-    if expected[0] == "adopt":
-        assert "theirs.list" in plan["reason"]
-
-
 # --- daemon.json ----------------------------------------------------------------------------
 
 OPERATOR = """{
@@ -566,3 +346,23 @@ def test_process_start_time_of_a_new_process() -> None:
         proc.wait()
     assert before - 0.1 <= started <= time.time() + 0.1
     assert dstate.process_start(os.getpid()) < before
+
+
+def test_first_install_is_read_from_dpkg_logs_and_upgrades_do_not_count(tmp_path: Path) -> None:
+    old, new = tmp_path / "dpkg.log.1", tmp_path / "dpkg.log"
+    old.write_text(
+        "2026-09-01 10:00:00 install nvidia-container-toolkit:arm64 <none> 1.18.1-1\n"
+        "2026-09-01 10:00:01 status installed nvidia-container-toolkit:arm64 1.18.1-1\n"
+    )
+    new.write_text(
+        "2026-11-30 09:00:00 upgrade nvidia-container-toolkit:arm64 1.18.1-1 1.20.0-1\n"
+        "2026-11-30 09:00:05 install nvidia-container-toolkit-base:arm64 <none> 1.20.0-1\n"
+    )
+    known, at = dstate.first_install("nvidia-container-toolkit", [str(new), str(old)])
+    expected = time.mktime(time.strptime("2026-09-01 10:00:00", "%Y-%m-%d %H:%M:%S"))
+    assert (known, at) == (True, expected)  # the upgrade in November is not a fresh install
+    known, at = dstate.first_install("nvidia-container-toolkit", [str(new)])
+    assert (known, at) == (True, 0.0)  # only an upgrade on record: the hook was there before
+    assert dstate.first_install("other", [str(new), str(old)]) == (False, 0.0)
+    missing = [str(tmp_path / "none")]
+    assert dstate.first_install("nvidia-container-toolkit", missing) == (False, 0.0)

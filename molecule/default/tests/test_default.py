@@ -39,7 +39,8 @@ def test_unit_enabled_and_active(host: Any) -> None:
     exec_start = " ".join(text.split("ExecStart=", 1)[1].split("\n#", 1)[0].split())
     exec_start = exec_start.replace(" \\ ", " ")
     assert exec_start.startswith(
-        "/usr/bin/docker run --rm --name minimax --pull=never --gpus all --ipc=host "
+        "/usr/bin/docker run --rm --name minimax --pull=never "
+        "--device nvidia.com/gpu=all --ipc=host "
         f"-v {MODEL_DIR}:{PROFILE.model_mount}:ro -p 8000:8000 "
         "--env-file /etc/vllm/vllm.env "
     )
@@ -79,7 +80,9 @@ def test_container_runs_with_exactly_the_card_environment(host: Any) -> None:
     assert info["Config"]["Image"] == PROFILE.image
     assert info["HostConfig"]["IpcMode"] == "host"
     assert "127.0.0.1:8000/health" in info["Config"]["Healthcheck"]["Test"][1]
-    assert [r["Capabilities"] for r in info["HostConfig"]["DeviceRequests"]] == [[["gpu"]]]
+    # the GPU through CDI (the toolkit's spec), which a systemd daemon-reload cannot take away
+    requests = [(r["Driver"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"]]
+    assert requests == [("cdi", ["nvidia.com/gpu=all"])]
 
 
 def test_model_mounted_read_only(host: Any) -> None:
@@ -100,8 +103,27 @@ def test_model_files_present(host: Any) -> None:
         assert f.size == manifest["files"][name]["size"], name
 
 
-def test_docker_has_the_nvidia_runtime(host: Any) -> None:
+def test_docker_keeps_the_nvidia_runtime_dgx_os_registered(host: Any) -> None:
     assert "nvidia" in _json(host, "docker info --format '{{json .Runtimes}}'")
+
+
+AS_SHIPPED = (
+    "dpkg-query -W -f '${Package} ${Version}\\n' nvidia-container-toolkit"
+    " nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1;"
+    " find /etc/apt/sources.list.d /etc/apt/preferences.d /usr/share/keyrings /etc/apt/keyrings"
+    " -type f -print0 2>/dev/null | sort -z | xargs -0 -r sha256sum;"
+    " systemctl show -p MainPID -p ExecMainStartTimestamp docker.service"
+)
+
+
+def test_dgx_os_toolkit_sources_and_docker_untouched_by_two_site_runs(host: Any) -> None:
+    """prepare.yml recorded the host as DGX OS shipped it; converge and idempotence ran site.yml."""
+    shipped = host.file("/root/as-shipped.txt").content_string
+    now = host.run("bash -c " + shlex.quote("set -o pipefail; " + AS_SHIPPED))
+    assert now.rc == 0, now.stderr
+    assert now.stdout == shipped
+    assert "nvidia-container-toolkit 1.20.0-1" in shipped  # the DGX repository's, kept
+    assert "nvidia-container-toolkit.list" not in shipped + now.stdout  # no second source
 
 
 def test_endpoint_answers_the_cards_curl_example(host: Any) -> None:

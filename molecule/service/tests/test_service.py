@@ -192,7 +192,8 @@ def test_unit_file_runs_the_cards_launch(host: Any) -> None:
         " \\ ", " "
     )
     for part in [
-        "/usr/bin/docker run --rm --name minimax --pull=never --gpus all --ipc=host",
+        "/usr/bin/docker run --rm --name minimax --pull=never",
+        "--device nvidia.com/gpu=all --ipc=host",
         f"-v {MODEL_DIR}:{MOUNT}:ro -p 8000:8000 --env-file /etc/vllm/vllm.env",
         'u.urlopen(\\"http://127.0.0.1:8000/health\\", timeout=5)',
         f"--health-start-period=900s --health-retries=3 {ref}",
@@ -234,7 +235,9 @@ def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> No
     mounts = [(m["Source"], m["Destination"], m["RW"]) for m in info["Mounts"]]
     assert mounts == [(MODEL_DIR, MOUNT, False)]
     assert info["HostConfig"]["IpcMode"] == "host"
-    assert [r["Capabilities"] for r in info["HostConfig"]["DeviceRequests"]] == [[["gpu"]]]
+    # the GPU through CDI (the toolkit's spec), which a systemd daemon-reload cannot take away
+    requests = [(r["Driver"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"]]
+    assert requests == [("cdi", ["nvidia.com/gpu=all"])]
     assert info["HostConfig"]["PortBindings"] == {"8000/tcp": [{"HostIp": "", "HostPort": "8000"}]}
     probe = info["Config"]["Healthcheck"]["Test"]
     assert probe[0] == "CMD-SHELL" and "127.0.0.1:8000/health" in probe[1]
