@@ -500,8 +500,13 @@ def describe_error(exc, params, has_token, local_dir):
     if isinstance(exc, RemoteEntryNotFoundError):
         return "a file listed by the Hub for %s is not downloadable from %s: %s" % (repo, endpoint, exc)
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
-        return ("hf_model_repo_id=%s not found on %s (HTTP 404): wrong repo id, or a private repo "
-                "the token cannot see" % (repo, endpoint))
+        if not has_token:
+            return ("hf_model_repo_id=%s not found on %s (HTTP %s; without a token the Hub says "
+                    "this of a repo that does not exist and of a private one alike): check the "
+                    "repo id, or set hf_model_token to a token with read access"
+                    % (repo, endpoint, status))
+        return ("hf_model_repo_id=%s not found on %s (HTTP %s): wrong repo id, or a private repo "
+                "the token cannot see" % (repo, endpoint, status))
     if status == 401:
         if has_token:
             return ("the Hub at %s rejected hf_model_token (HTTP 401%s): the token is wrong, "

@@ -283,7 +283,8 @@ def test_wrong_token_is_a_clear_401_and_never_shown(fx: Fixture, tmp_path: Path)
     assert "wrong-token-9d2e" not in (tmp_path / "model-progress.json").read_text()
 
     missing = run_module(module_args(fx, target), tmp_path)
-    assert missing["failed"] and "gated or private" in missing["msg"]
+    assert missing["failed"] and missing["hub_status"] == 401  # a private repo, anonymously
+    assert "not found on" in missing["msg"] and "(HTTP 401;" in missing["msg"]
     assert "set hf_model_token" in missing["msg"]
 
     token_file.write_text("right-token-5c1f\n")
@@ -293,11 +294,12 @@ def test_wrong_token_is_a_clear_401_and_never_shown(fx: Fixture, tmp_path: Path)
     assert_complete(fx, target)
 
 
-def test_unknown_repo_and_revision_are_clear_404s(fx: Fixture, tmp_path: Path) -> None:
+def test_unknown_repo_and_revision_are_clear_errors(fx: Fixture, tmp_path: Path) -> None:
     target = tmp_path / "model"
     repo = run_module(module_args(fx, target, repo_id="nobody/nothing"), tmp_path)
-    assert repo["failed"] and repo["hub_status"] == 404
+    assert repo["failed"] and repo["hub_status"] == 401  # anonymous: 401, as huggingface.co
     assert "hf_model_repo_id=nobody/nothing not found" in repo["msg"]
+    assert "(HTTP 401;" in repo["msg"]
     revision = run_module(module_args(fx, target, revision="v9.9"), tmp_path)
     assert revision["failed"] and "hf_model_revision=v9.9 not found" in revision["msg"]
     fx.hub.faults(status={"model-00003-of-00020.safetensors": 403})
