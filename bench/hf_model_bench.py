@@ -3,7 +3,11 @@
 Prints figures measured in one run and their ratios:
 
   throughput  the role's module (as Ansible runs it on a host) vs `hf download` of the same
-              multi-GB synthetic repo from the same stand-in Hub; ratio = role MB/s / hf MB/s
+              multi-GB synthetic repo from the same stand-in Hub; ratio = role MB/s / hf MB/s;
+              LFS files served by the Hub itself (--no-cdn)
+  cdn         the same through the CDN redirect (302 to a second origin, as huggingface.co
+              does); plain HTTP both times: the stand-in serves no Xet CAS, so neither client
+              can take the Xet path
   noop        a re-run on a complete directory, 10 GB model vs 10 MB model (same 27 files);
               ratio = time(10 GB) / time(10 MB)
   resume      a fetch SIGKILLed at ~50 % then re-run: Hub bytes for the pair / model size,
@@ -13,7 +17,7 @@ Prints figures measured in one run and their ratios:
 
 Run from the repository root (as root, with the lab prepared for `peer`):
 
-  .venv/bin/python -m bench.hf_model_bench [--only throughput,noop,resume,peer]
+  .venv/bin/python -m bench.hf_model_bench [--only throughput,cdn,noop,resume,peer]
       [--size-gb 4] [--noop-size-gb 10] [--peer-size-gb 1] [--workdir /var/tmp/sparkfleet-bench]
 """
 
@@ -123,11 +127,13 @@ def check_space(workdir: Path, need_gb: float) -> None:
 # -- throughput -----------------------------------------------------------------------------------
 
 
-def bench_throughput(workdir: Path, size_gb: float, rounds: int) -> dict[str, float]:
+def bench_throughput(
+    workdir: Path, size_gb: float, rounds: int, cdn: bool = False
+) -> dict[str, float]:
     check_space(workdir, 3 * size_gb)
     repo, meta = fixture(workdir, size_gb)
     total = int(meta["total_size"])
-    hub = StandinHub({REPO: repo}, workdir).start()
+    hub = StandinHub({REPO: repo}, workdir, cdn=cdn).start()
     times: dict[str, list[float]] = {"role": [], "hf": []}
     try:
         for rnd in range(rounds):
@@ -151,7 +157,8 @@ def bench_throughput(workdir: Path, size_gb: float, rounds: int) -> dict[str, fl
                 if served != total:
                     raise SystemExit(f"{name}: served {served} bytes, expected {total}")
                 times[name].append(elapsed)
-                log(f"throughput round {rnd + 1} {name}: {elapsed:.2f} s")
+                via = " (CDN)" if cdn else ""
+                log(f"throughput{via} round {rnd + 1} {name}: {elapsed:.2f} s")
                 shutil.rmtree(target, ignore_errors=True)
     finally:
         hub.stop()
@@ -349,7 +356,7 @@ def bench_peer(workdir: Path, size_gb: float) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="throughput,noop,resume,peer")
+    parser.add_argument("--only", default="throughput,cdn,noop,resume,peer")
     parser.add_argument("--size-gb", type=float, default=4.0, help="repo for throughput/resume")
     parser.add_argument("--noop-size-gb", type=float, default=10.0)
     parser.add_argument("--noop-small-gb", type=float, default=0.01)
@@ -367,6 +374,8 @@ def main() -> int:
     try:
         if "throughput" in wanted:
             results["throughput"] = bench_throughput(scratch, args.size_gb, args.rounds)
+        if "cdn" in wanted:
+            results["cdn"] = bench_throughput(scratch, args.size_gb, args.rounds, cdn=True)
         if "noop" in wanted:
             results["noop"] = bench_noop(
                 scratch, args.noop_size_gb, args.noop_small_gb, args.noop_runs
@@ -389,6 +398,13 @@ def report(results: dict[str, dict[str, float]]) -> None:
         print(
             f"fetch throughput, {r['model_gb']:.2f} GB repo: role {r['role_mb_s']:.0f} MB/s "
             f"({r['role_s']:.1f} s, sha256-verified), hf download {r['hf_mb_s']:.0f} MB/s "
+            f"({r['hf_s']:.1f} s): ratio {r['ratio']:.2f}x (goal >= 1.0)"
+        )
+    if "cdn" in results:
+        r = results["cdn"]
+        print(
+            f"fetch throughput through the CDN redirect, {r['model_gb']:.2f} GB repo: role "
+            f"{r['role_mb_s']:.0f} MB/s ({r['role_s']:.1f} s), hf download {r['hf_mb_s']:.0f} MB/s "
             f"({r['hf_s']:.1f} s): ratio {r['ratio']:.2f}x (goal >= 1.0)"
         )
     if "noop" in results:

@@ -13,10 +13,22 @@ description:
     (sha256 for LFS files, git blob id for the others) and fetches only the files that are missing
     or differ. A later run with the same commit and a complete directory changes nothing and costs
     one Hub call (none when I(revision) is a commit already recorded) plus one stat per file.
-  - Downloads go through huggingface_hub's Python API (HfApi for metadata, hf_hub_url and its HTTP
-    session for transfers) into partial files under C(.cache/sparkfleet/parts) in I(local_dir),
-    hashed while they arrive. A run killed at any point (SIGKILL, lost SSH, lost network) leaves
-    them there, and the next run continues them with HTTP Range requests.
+  - A file counts as present only when its content is known to match, never by its size alone
+    with a hash that changed; the previous manifest (or the journal of files installed since)
+    records the same hash for the same path, or the file is hashed now. After a commit change
+    only the files whose hash changed are hashed (and fetched when they differ); a directory
+    without our manifest (e.g. filled by C(hf download)) is hashed before anything in it is
+    adopted. C(hf download)'s partial files (C(.cache/huggingface/download/*.incomplete)) of
+    missing files are continued (their prefix hashed, the whole file checked), others removed.
+  - Every Hub call (revision, listing, each download) is retried after a 408, 429, 5xx or a
+    network error, waiting what the Hub asks (C(Retry-After), C(RateLimit)) or 1, 2, 4 ... 30 s,
+    until the time since the first failure in a row would pass I(retry_budget_min); the waits
+    are returned in C(hub_waits). A 416, or a 403 from the server the Hub redirected to, is one
+    failed attempt (the next one asks the Hub for a fresh URL).
+  - Downloads go through huggingface_hub's HTTP session (its headers, proxies, CA) into partial
+    files under C(.cache/sparkfleet/parts) in I(local_dir), hashed while they arrive. A run
+    killed at any point (SIGKILL, lost SSH, lost network) leaves them there, and the next run
+    continues them with HTTP Range requests.
   - Every fetched file is checked against the Hub's size and hash before it is moved into place;
     a file that fails is fetched once more, alone; a second failure fails the task.
   - Free space under I(local_dir) is checked against the bytes still to fetch plus
@@ -50,8 +62,9 @@ options:
   transfer:
     description:
       - http, resumable Range downloads through huggingface_hub's HTTP session;
-        xet, huggingface_hub's own hf_hub_download (Xet with HF_XET_HIGH_PERFORMANCE where the Hub
-        stores the file in Xet, plain HTTP otherwise; partial files are not continued).
+        xet, huggingface_hub's own hf_hub_download (Xet where the Hub stores the file in Xet, plain
+        HTTP otherwise; partial files are not continued; a transfer that moves no byte for
+        I(stall_timeout_s) fails the run).
     type: str
     choices: [http, xet]
     default: http
@@ -60,7 +73,26 @@ options:
     description: Attempts per file in a row that move less than 1 MiB before giving up (1-100).
     type: int
     default: 10
-  stall_timeout_s: {description: Seconds without data before a transfer is retried., type: int, default: 60}
+  stall_timeout_s:
+    description: Seconds without data before a transfer is retried (http) or the run fails (xet), 5-3600.
+    type: int
+    default: 60
+  retry_budget_min:
+    description: Minutes a Hub call or a file's transfer keeps being retried after its first failure in a row (1-1440).
+    type: int
+    default: 10
+  proxy:
+    description: "HTTP(S) proxy for the Hub, http://HOST:PORT (no credentials); empty: the environment's."
+    type: str
+    default: ""
+  no_proxy: {description: "Hosts reached without the proxy, comma-separated (NO_PROXY).", type: str, default: ""}
+  ca_bundle:
+    description: PEM file of the CAs to trust for the Hub (set as SSL_CERT_FILE); empty for the system store.
+    type: path
+  xet_high_performance:
+    description: Set HF_XET_HIGH_PERFORMANCE=1 for transfer=xet (the Hub's docs ask for 64 GB of RAM or more for it).
+    type: bool
+    default: false
   disk_margin_gb: {description: "Free space kept beyond the bytes to fetch, in GB.", type: float, default: 5}
   progress_file: {description: JSON progress file (empty for none)., type: path}
 author: sparkfleet maintainers (!UNKNOWN)
@@ -90,6 +122,14 @@ bytes_to_fetch: {description: Bytes still to fetch when the run started (partial
 bytes_fetched: {description: Bytes received by this run., returned: success, type: int}
 seconds: {description: Duration of the fetch phase., returned: success, type: float}
 manifest: {description: The manifest written to local_dir., returned: success, type: dict}
+hashed: {description: Files of the right size hashed to know whether they match (not trusted by manifest)., returned: success, type: list, elements: str}
+adopted_partials: {description: "Files whose hf download partial file was taken over to be continued.", returned: success, type: list, elements: str}
+removed_partials: {description: "Number of hf download partial files removed (not continued).", returned: success, type: int}
+hub_waits:
+  description: Waits chosen after retryable answers, each with what (call or file), status, asked_s (what the Hub asked, or null) and slept_s.
+  returned: always
+  type: list
+  elements: dict
 """
 
 import errno
@@ -119,6 +159,8 @@ GB = 1000 ** 3
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 MIN_PROGRESS = 1024 * 1024
+JOURNAL = os.path.join(STATE_DIR, "installed.jsonl")
+HF_DOWNLOAD_DIR = os.path.join(".cache", "huggingface", "download")
 
 
 class FetchError(Exception):
@@ -164,10 +206,13 @@ def hash_into(hasher, path, limit=None):
 
 
 def size_ok(path, entry):
+    """A regular file (not a symlink: the container's read-only mount would not carry its
+    target) of the entry's size."""
     try:
-        return os.path.getsize(path) == entry["size"]
+        stat = os.lstat(path)
     except OSError:
         return False
+    return not os.path.islink(path) and stat.st_size == entry["size"]
 
 
 def content_ok(path, entry):
@@ -376,6 +421,112 @@ def same_files(a, b):
     return True
 
 
+def same_entry(a, b):
+    return isinstance(a, dict) and isinstance(b, dict) and all(
+        a.get(key) == b.get(key) for key in ("size", "sha256", "git_oid"))
+
+
+class Journal:
+    """Files this module installed since the manifest was last written (one JSON line each),
+    so that a run cut short does not make the next one hash what it already verified."""
+
+    def __init__(self, local_dir, repo_id):
+        self.path = os.path.join(local_dir, JOURNAL)
+        self.repo_id = repo_id
+        self.lock = threading.Lock()
+
+    def read(self):
+        entries = {}
+        try:
+            with open(self.path) as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a line torn by a crash
+                    if isinstance(record, dict) and record.get("repo_id") == self.repo_id:
+                        entries[record["path"]] = {k: record.get(k)
+                                                   for k in ("size", "sha256", "git_oid")}
+        except OSError:
+            pass
+        return entries
+
+    def add(self, path, entry):
+        record = dict(part_meta(entry), repo_id=self.repo_id, path=path)
+        with self.lock:
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def clear(self):
+        remove_quietly(self.path)
+
+
+def short_hash(name):
+    """huggingface_hub's name for a file's download state (sha1 of the name, urlsafe base64)."""
+    import base64
+
+    return base64.urlsafe_b64encode(hashlib.sha1(name.encode()).digest()).decode()  # noqa: S324
+
+
+def hf_partials(local_dir, files, missing, adopt):
+    """Partial files `hf download` left in local_dir/.cache/huggingface/download/ (named
+    <short hash of the file name>.<etag>.<id>.incomplete, the etag of an LFS file being its
+    sha256). With `adopt`, the longest one of each missing file becomes that file's part (its
+    prefix is hashed when it is continued, and the whole file checked before it is installed);
+    every other one is removed. Returns (adopted paths, number removed)."""
+    top = os.path.join(local_dir, HF_DOWNLOAD_DIR)
+    if not os.path.isdir(top):
+        return [], 0
+    wanted = {}
+    for path in missing:
+        directory, name = os.path.split(path)
+        key = (directory, short_hash(name + ".metadata"))
+        wanted.setdefault(key, []).append(path)
+    best = {}
+    others = []
+    for root, _dirs, names in os.walk(top):
+        rel = os.path.relpath(root, top)
+        rel = "" if rel == "." else rel
+        for name in names:
+            if not name.endswith(".incomplete"):
+                continue
+            full = os.path.join(root, name)
+            pieces = name.split(".")
+            match = None
+            if adopt and len(pieces) >= 3:
+                for path in wanted.get((rel, pieces[0]), []):
+                    entry = files[path]
+                    if pieces[1] in (entry.get("sha256"), entry.get("git_oid")):
+                        match = path
+            try:
+                size = os.lstat(full).st_size
+            except OSError:
+                continue
+            if match is None or size > files[match]["size"] or part_size(local_dir, match,
+                                                                         files[match]):
+                others.append(full)
+                continue
+            if match in best:
+                others.append(best[match][1] if best[match][0] < size else full)
+                if best[match][0] >= size:
+                    continue
+            best[match] = (size, full)
+    adopted = []
+    for path, (size, full) in sorted(best.items()):
+        part = part_path(local_dir, path)
+        os.makedirs(os.path.dirname(part), mode=0o755, exist_ok=True)
+        with open(part + ".json", "w") as handle:
+            json.dump(part_meta(files[path]), handle)
+        os.replace(full, part)
+        adopted.append(path)
+    for full in others:
+        remove_quietly(full)
+    return adopted, len(others)
+
+
 def free_bytes(path):
     """Free bytes for unprivileged use on the filesystem of `path` (or its nearest parent)."""
     probe = path
@@ -485,8 +636,14 @@ def describe_error(exc, params, has_token, local_dir):
     except ImportError:
         return "%s: %s" % (type(exc).__name__, exc)
 
+    exc = hub_error(exc)
     repo, endpoint = params["repo_id"], params["endpoint"]
     status = http_status(exc)
+    if cdn_refusal(exc, params):
+        return ("the download server %s, to which the Hub at %s redirected, refused a file of %s "
+                "(HTTP 403) again and again: its signed URL was refused or expired (not a token "
+                "problem: the token is never sent there); run again" % (
+                    response_host(exc), endpoint, repo))
     server_msg = getattr(exc, "server_message", None) or ""
     if isinstance(exc, GatedRepoError):
         if has_token:
@@ -500,8 +657,13 @@ def describe_error(exc, params, has_token, local_dir):
     if isinstance(exc, RemoteEntryNotFoundError):
         return "a file listed by the Hub for %s is not downloadable from %s: %s" % (repo, endpoint, exc)
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
-        return ("hf_model_repo_id=%s not found on %s (HTTP 404): wrong repo id, or a private repo "
-                "the token cannot see" % (repo, endpoint))
+        if not has_token:
+            return ("hf_model_repo_id=%s not found on %s (HTTP %s; without a token the Hub says "
+                    "this of a repo that does not exist and of a private one alike): check the "
+                    "repo id, or set hf_model_token to a token with read access"
+                    % (repo, endpoint, status))
+        return ("hf_model_repo_id=%s not found on %s (HTTP %s): wrong repo id, or a private repo "
+                "the token cannot see" % (repo, endpoint, status))
     if status == 401:
         if has_token:
             return ("the Hub at %s rejected hf_model_token (HTTP 401%s): the token is wrong, "
@@ -524,31 +686,175 @@ def http_status(exc):
     return getattr(getattr(exc, "response", None), "status_code", None)
 
 
-# -- Hub listing --------------------------------------------------------------------------------
+def response_host(exc):
+    """host[:port] of the server that gave the error answer (None when unknown)."""
+    try:
+        url = exc.response.url
+    except AttributeError:
+        return None
+    return "%s:%s" % (url.host, url.port) if url.port else url.host
 
 
-def hub_files(api, repo_id, commit):
-    """{path: entry} for every file of the repo at `commit`."""
-    from huggingface_hub.hf_api import RepoFile
+def cdn_refusal(exc, params):
+    """A 403 from the server the Hub redirected to (a signed URL refused or expired), not from
+    the Hub: the next attempt asks the Hub for a fresh URL."""
+    from urllib.parse import urlsplit
 
-    files = {}
-    for item in api.list_repo_tree(repo_id, revision=commit, recursive=True):
-        if isinstance(item, RepoFile):
-            files[item.path] = {
-                "size": int(item.size),
-                "sha256": item.lfs.sha256 if item.lfs else None,
-                "git_oid": None if item.lfs else item.blob_id,
-            }
-    return files
+    host = response_host(exc)
+    return http_status(exc) == 403 and host is not None and host != urlsplit(
+        params["endpoint"]).netloc
+
+
+def hub_error(exc):
+    """The Hub's HTTP error behind `exc` (huggingface_hub wraps some, e.g. "Force download
+    failed" or LocalEntryNotFoundError, around the answer of its HEAD), or `exc` itself."""
+    seen = set()
+    current = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if http_status(current) is not None:
+            return current
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+# -- Hub calls: retries within a budget, waiting what the Hub asks ------------------------------
+
+
+def asked_wait(status, headers):
+    """Seconds the Hub asked to wait: RateLimit's t when r=0 on a 429, else Retry-After."""
+    if headers is None:
+        return None
+    if status == 429:
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        info = parse_ratelimit_headers(headers)
+        if info is not None and info.remaining == 0:
+            return int(info.reset_in_seconds)
+    value = (headers.get("Retry-After") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+class Waits:
+    """The waits chosen after retryable answers, and the budget they may not exceed.
+
+    A call (or a file's transfer) that keeps failing is retried until the time since its first
+    failure in a row would pass retry_budget_min; each wait is what the Hub asked (Retry-After,
+    RateLimit) or, when it asked nothing, 1, 2, 4 ... 30 s. Every wait is recorded.
+    """
+
+    def __init__(self, params, progress, stop):
+        self.budget = params["retry_budget_min"] * 60.0
+        self.params = params
+        self.progress = progress
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.records = []
+
+    def pause(self, what, status, headers, failures, since, error):
+        asked = asked_wait(status, headers)
+        wait = float(asked) if asked is not None else min(30.0, 2.0 ** max(0, failures - 1))
+        if time.monotonic() - since + wait > self.budget:
+            raise FetchError(self.exhausted(what, status, error))
+        with self.lock:
+            self.records.append({"what": what, "status": status, "asked_s": asked,
+                                 "slept_s": wait})
+        self.progress.update(message="%s: %s, retrying in %.0f s%s"
+                             % (what, error, wait, " (asked by the Hub)" if asked is not None
+                                else ""))
+        self.stop.wait(wait)
+
+    def exhausted(self, what, status, error):
+        limited = status == 429
+        return ("%s: the Hub at %s %s for %d min (hf_model_retry_budget_min=%d; last error: %s): "
+                "%s; run again later to continue" % (
+                    what, self.params["endpoint"],
+                    "kept answering HTTP 429 (rate limited)" if limited else "kept failing",
+                    self.params["retry_budget_min"], self.params["retry_budget_min"], error,
+                    "set hf_model_token (a token's limits are higher than an address's), point "
+                    "hf_model_endpoint at a mirror, or use hf_model_source: peer so that one host "
+                    "asks the Hub for the fleet" if limited else
+                    "check the Hub's status and this host's network, proxy (hf_model_proxy) and "
+                    "CA (hf_model_ca_bundle), or point hf_model_endpoint at a mirror"))
+
+
+class Hub:
+    """The two metadata calls, through huggingface_hub's HTTP session, each retried."""
+
+    def __init__(self, params, token, waits):
+        import httpx2
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        self.httpx = httpx2
+        self.params = params
+        self.token = token
+        self.waits = waits
+        self.headers = build_hf_headers(token=token or False)
+        self.get_session = get_session
+        self.raise_for_status = hf_raise_for_status
+
+    def get(self, what, url, params=None):
+        failures = 0
+        since = None
+        while True:
+            status, headers = None, None
+            try:
+                response = self.get_session().get(url, params=params, headers=self.headers,
+                                                  timeout=60.0, follow_redirects=True)
+                if response.status_code not in RETRY_STATUS:
+                    self.raise_for_status(response)
+                    return response
+                status, headers = response.status_code, response.headers
+                error = "HTTP %d" % status
+            except (self.httpx.NetworkError, self.httpx.TimeoutException,
+                    self.httpx.RemoteProtocolError) as exc:
+                error = "%s: %s" % (type(exc).__name__, exc)
+            failures += 1
+            since = since or time.monotonic()
+            if status != 429 and failures > self.params["retries"]:
+                raise FetchError(self.waits.exhausted(what, status, error))
+            self.waits.pause(what, status, headers, failures, since, error)
+
+    def commit(self, revision):
+        from urllib.parse import quote
+
+        url = "%s/api/models/%s/revision/%s" % (self.params["endpoint"], self.params["repo_id"],
+                                                quote(revision, safe=""))
+        return self.get("the revision lookup", url, {"expand": "sha"}).json()["sha"]
+
+    def files(self, commit):
+        """{path: entry} for every file of the repo at `commit` (the tree, page by page)."""
+        url = "%s/api/models/%s/tree/%s" % (self.params["endpoint"], self.params["repo_id"],
+                                            commit)
+        params = {"recursive": "true", "expand": "false"}
+        files = {}
+        while url:
+            response = self.get("the file listing", url, params)
+            for item in response.json():
+                if item.get("type") != "file":
+                    continue
+                lfs = item.get("lfs") or None
+                files[item["path"]] = {
+                    "size": int(item["size"]),
+                    "sha256": lfs["oid"] if lfs else None,
+                    "git_oid": None if lfs else item["oid"],
+                }
+            url = (response.links.get("next") or {}).get("url")
+            params = None  # the next link carries them
+        return files
 
 
 # -- HTTP transfer ------------------------------------------------------------------------------
 
 
+class RangeRefused(Exception):
+    """A 416 to a Range inside the file: a CDN fault, counted as one failed attempt."""
+
+
 class HttpFetcher:
     """Resumable, hashed downloads through huggingface_hub's HTTP session."""
 
-    def __init__(self, params, commit, token, local_dir, progress, stop):
+    def __init__(self, params, commit, token, local_dir, progress, stop, waits, journal):
         import httpx2
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
@@ -564,6 +870,8 @@ class HttpFetcher:
         self.local_dir = local_dir
         self.progress = progress
         self.stop = stop
+        self.waits = waits
+        self.journal = journal
         self.timeout = httpx2.Timeout(connect=30.0, read=float(params["stall_timeout_s"]),
                                       write=60.0, pool=60.0)
 
@@ -579,6 +887,7 @@ class HttpFetcher:
             hasher = self._download(path, entry, part)
             if os.path.getsize(part) == entry["size"] and digest_ok(hasher, entry):
                 install_file(part, self.local_dir, path)
+                self.journal.add(path, entry)
                 remove_quietly(part + ".json")
                 return attempt > 1
             remove_quietly(part)
@@ -593,36 +902,53 @@ class HttpFetcher:
         url = self.hf_hub_url(self.params["repo_id"], path, revision=self.commit,
                               endpoint=self.params["endpoint"])
         failures = 0
+        since = None
         last_error = None
         with open(part, "ab") as out:
             while state.have < size:
                 if self.stop.is_set():
                     raise Stopped()
                 before = state.have
+                status, headers = None, None
                 try:
                     self._stream(url, out, state)
                 except Stopped:
                     raise
+                except RangeRefused:
+                    status, last_error = 416, "HTTP 416 to a Range within the file"
                 except (self.httpx.NetworkError, self.httpx.TimeoutException,
                         self.httpx.RemoteProtocolError) as exc:
                     last_error = "%s: %s" % (type(exc).__name__, exc)
                 except Exception as exc:  # noqa: BLE001 - HTTP errors from hf_raise_for_status
-                    if http_status(exc) not in RETRY_STATUS:
+                    status = http_status(exc)
+                    if status not in RETRY_STATUS and not cdn_refusal(exc, self.params):
                         raise
-                    last_error = "HTTP %s" % http_status(exc)
+                    headers = getattr(exc.response, "headers", None)
+                    last_error = "HTTP %s" % status
+                    if cdn_refusal(exc, self.params):
+                        last_error += (" from %s, the server the Hub redirected to (its signed URL "
+                                       "refused or expired; not a token problem: the token is "
+                                       "never sent there)" % response_host(exc))
                 if state.have >= size:
                     break
-                # an attempt that moved less than MIN_PROGRESS counts as one without progress
-                failures = 0 if state.have - before >= MIN_PROGRESS else failures + 1
+                if state.have - before >= MIN_PROGRESS:
+                    failures, since = 0, None
+                # a rate-limit answer is waited out within the budget, not counted as an attempt
+                limited = status == 429 or asked_wait(status, headers) is not None
+                if not limited and state.have - before < MIN_PROGRESS:
+                    failures += 1
                 if failures >= self.params["retries"]:
                     raise FetchError("download of %s from %s stopped at %d of %d bytes after %d "
                                      "attempts without progress (last error: %s); run again to "
                                      "continue from there" % (path, self.params["endpoint"],
                                                               state.have, size, failures,
                                                               last_error))
-                self.progress.update(message="%s: %s, resuming at byte %d"
-                                     % (path, last_error, state.have))
-                self.stop.wait(min(30.0, 2.0 ** (failures - 1)) if failures else 0.2)
+                if not failures and not limited:
+                    self.stop.wait(0.2)  # it moved: continue at once
+                    continue
+                since = since or time.monotonic()
+                self.waits.pause("%s (at byte %d)" % (path, state.have), status, headers,
+                                 failures, since, last_error)
         return state.hasher
 
     def _stream(self, url, out, state):
@@ -634,9 +960,9 @@ class HttpFetcher:
         session = self.get_session()
         with session.stream("GET", url, headers=headers, timeout=self.timeout,
                             follow_redirects=True) as response:
-            if response.status_code == 416:  # partial file longer than the file: start over
-                state.restart(out)
-                return
+            if response.status_code == 416:  # never asked past the end: the CDN's fault
+                response.read()
+                raise RangeRefused()
             if response.status_code >= 400:
                 response.read()
                 self.raise_for_status(response)
@@ -686,9 +1012,16 @@ class Transfer:
 
 
 class XetFetcher:
-    """huggingface_hub's hf_hub_download (Xet where the Hub offers it), then a hash check."""
+    """huggingface_hub's hf_hub_download (Xet where the Hub offers it), then a hash check.
 
-    def __init__(self, params, commit, token, local_dir, progress, stop):
+    The first attempt lets the library work as it does for `hf download` (its HEAD is retried,
+    a file it finds complete is kept); only a second attempt, after a hash mismatch or a
+    transient error, forces a new download. Errors it wraps are unwrapped into the Hub's answer,
+    so the messages are those of http mode. A transfer that moves no byte for stall_timeout_s
+    (xet-core#883: downloads that hang) fails the run rather than waiting for the async timeout.
+    """
+
+    def __init__(self, params, commit, token, local_dir, progress, stop, waits, journal):
         from huggingface_hub import hf_hub_download
 
         self.download = hf_hub_download
@@ -698,19 +1031,86 @@ class XetFetcher:
         self.local_dir = local_dir
         self.progress = progress
         self.stop = stop
+        self.waits = waits
+        self.journal = journal
 
     def fetch(self, path, entry):
+        since = None
         for attempt in (1, 2):
             if self.stop.is_set():
                 raise Stopped()
-            target = self.download(self.params["repo_id"], path, revision=self.commit,
-                                   local_dir=self.local_dir, token=self.token or False,
-                                   endpoint=self.params["endpoint"], force_download=True)
-            self.progress.add(entry["size"])
+            try:
+                target = self._download(path, force=attempt > 1)
+            except FetchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried once when transient, else reported
+                error = hub_error(exc)
+                status = http_status(error)
+                transient = status in RETRY_STATUS or type(error).__name__ in (
+                    "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError",
+                    "ReadError", "WriteError", "PoolTimeout", "LocalEntryNotFoundError")
+                if attempt == 2 or not transient:
+                    raise error
+                since = since or time.monotonic()
+                headers = getattr(getattr(error, "response", None), "headers", None)
+                self.waits.pause(path, status, headers, 1, since,
+                                 "%s: %s" % (type(error).__name__, str(error).splitlines()[0]))
+                continue
             if size_ok(target, entry) and content_ok(target, entry):
+                self.progress.add(entry["size"])
+                self.journal.add(path, entry)
                 return attempt > 1
             self.progress.update(message="%s: size or hash mismatch, fetching it again" % path)
         raise FetchError("%s still differs from the Hub's size/hash after a second download" % path)
+
+    def _incomplete_bytes(self, path):
+        directory, name = os.path.split(path)
+        where = os.path.join(self.local_dir, HF_DOWNLOAD_DIR, directory)
+        prefix = short_hash(name + ".metadata") + "."
+        total = 0
+        try:
+            for item in os.listdir(where):
+                if item.startswith(prefix) and item.endswith(".incomplete"):
+                    try:
+                        total += os.lstat(os.path.join(where, item)).st_size
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+        return total
+
+    def _download(self, path, force):
+        box = {}
+
+        def work():
+            try:
+                box["path"] = self.download(
+                    self.params["repo_id"], path, revision=self.commit, local_dir=self.local_dir,
+                    token=self.token or False, endpoint=self.params["endpoint"],
+                    force_download=force)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="xet %s" % path, daemon=True)
+        worker.start()
+        stall = float(self.params["stall_timeout_s"])
+        seen, moved = -1, time.monotonic()
+        while worker.is_alive():
+            worker.join(0.5)
+            if self.stop.is_set():
+                raise Stopped()
+            now = time.monotonic()
+            size = self._incomplete_bytes(path)
+            if size != seen:
+                seen, moved = size, now
+            elif now - moved > stall:
+                raise FetchError(
+                    "hf_model_transfer=xet: no byte of %s arrived for %d s "
+                    "(hf_model_stall_timeout_s; hf_xet downloads can hang, xet-core#883): run "
+                    "again, or use hf_model_transfer: http" % (path, stall))
+        if "error" in box:
+            raise box["error"]
+        return box["path"]
 
 
 def fetch_all(fetcher, files, paths, workers, progress):
@@ -846,12 +1246,21 @@ def read_token(params):
 
 
 def check_params(module, params):
-    limits = {"workers": (1, 64), "retries": (1, 100), "stall_timeout_s": (5, 3600)}
+    limits = {"workers": (1, 64), "retries": (1, 100), "stall_timeout_s": (5, 3600),
+              "retry_budget_min": (1, 1440)}
     for name, (low, high) in limits.items():
         if not low <= params[name] <= high:
             module.fail_json(msg="%s=%s is out of range: %d-%d" % (name, params[name], low, high))
     if params["disk_margin_gb"] < 0:
         module.fail_json(msg="disk_margin_gb=%s must be >= 0" % params["disk_margin_gb"])
+    proxy = params["proxy"]
+    if proxy and (not re.match(r"^(https?|socks5h?)://[^/@\s]+(:\d+)?/?$", proxy)):
+        module.fail_json(msg="proxy=%s must be http(s)://HOST[:PORT] or socks5://HOST[:PORT], "
+                             "without credentials (user:password@ would end up in the job's "
+                             "files)" % proxy.split("@")[-1])
+    if params["ca_bundle"] and not os.path.isfile(params["ca_bundle"]):
+        module.fail_json(msg="ca_bundle=%s is not a file on this host (a PEM bundle of the CAs "
+                             "to trust)" % params["ca_bundle"])
     if params["source"] == "peer":
         manifest = params.get("manifest") or {}
         if not isinstance(manifest.get("files"), dict) or not manifest.get("commit"):
@@ -880,6 +1289,11 @@ def main():
             "stall_timeout_s": {"type": "int", "default": 60},
             "disk_margin_gb": {"type": "float", "default": 5.0},
             "progress_file": {"type": "path"},
+            "retry_budget_min": {"type": "int", "default": 10},
+            "proxy": {"type": "str", "default": ""},
+            "no_proxy": {"type": "str", "default": ""},
+            "ca_bundle": {"type": "path"},
+            "xet_high_performance": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -910,33 +1324,67 @@ def main():
     module.exit_json(**result)
 
 
-def resolve(params, token, current):
+def resolve(params, token, current, waits):
     """(commit, files) for the hub source, asking the Hub only for what the manifest lacks."""
     revision = params["revision"]
     same_repo = current.get("repo_id") == params["repo_id"] and isinstance(current.get("files"), dict)
     if same_repo and COMMIT_RE.match(revision) and current.get("commit") == revision:
         return revision, current["files"]  # a commit's tree never changes: no Hub call at all
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=params["endpoint"], token=token or False)
-    if COMMIT_RE.match(revision):
-        commit = revision
-    else:
-        commit = api.model_info(params["repo_id"], revision=revision, expand=["sha"]).sha
+    hub = Hub(params, token, waits)
+    commit = revision if COMMIT_RE.match(revision) else hub.commit(revision)
     if same_repo and current.get("commit") == commit:
         return commit, current["files"]
-    return commit, hub_files(api, params["repo_id"], commit)
+    return commit, hub.files(commit)
 
 
-def run(module, params, token, local_dir, progress, result):
+def set_environment(params):
+    """The environment huggingface_hub reads when it is imported (so: before that)."""
     os.environ.update({
         "HF_ENDPOINT": params["endpoint"],
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_XET_HIGH_PERFORMANCE": "1",
     })
-    os.environ.pop("HF_TOKEN", None)
-    os.environ.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
+    if params["xet_high_performance"]:
+        os.environ["HF_XET_HIGH_PERFORMANCE"] = "1"
+    else:
+        os.environ.pop("HF_XET_HIGH_PERFORMANCE", None)
+    for name in ("HF_TOKEN", "HF_HUB_ENABLE_HF_TRANSFER"):
+        os.environ.pop(name, None)
+    if params["proxy"]:
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            os.environ[name] = params["proxy"]
+    if params["no_proxy"]:
+        for name in ("NO_PROXY", "no_proxy"):
+            os.environ[name] = params["no_proxy"]
+    if params["ca_bundle"]:
+        # httpx2 (huggingface_hub's HTTP client) reads SSL_CERT_FILE; it ignores
+        # REQUESTS_CA_BUNDLE, which is set too for the tools that read only that one
+        os.environ["SSL_CERT_FILE"] = params["ca_bundle"]
+        os.environ["REQUESTS_CA_BUNDLE"] = params["ca_bundle"]
+
+
+def check_present(params, local_dir, files, current, journal):
+    """(present, hashed): the files whose content is known to match, and those hashed to know.
+
+    A file of the right size counts as present without being read only when the previous
+    manifest (or the journal of files installed since) records the same hash for the same path;
+    any other file of the right size (a changed hash, a directory without our manifest, e.g.
+    filled by `hf download`) is hashed first. verify=sha256 hashes every one.
+    """
+    same_repo = current.get("repo_id") == params["repo_id"]
+    known = dict(current.get("files") or {}) if same_repo else {}
+    known.update(journal.read())
+    sized = [p for p in sorted(files) if size_ok(os.path.join(local_dir, p), files[p])]
+    if params["verify"] == "sha256":
+        to_hash = sized
+    else:
+        to_hash = [p for p in sized if not same_entry(known.get(p), files[p])]
+    bad = set(bad_content(local_dir, files, to_hash))
+    return [p for p in sized if p not in bad], to_hash
+
+
+def run(module, params, token, local_dir, progress, result):
+    set_environment(params)
     lock = DirLock(local_dir)
     if not module.check_mode:
         # A fetch left running by an earlier play (e.g. after a lost connection) keeps the lock
@@ -944,6 +1392,10 @@ def run(module, params, token, local_dir, progress, result):
         lock.acquire(progress)
     progress.start()
     current = read_manifest(local_dir)
+    stop = threading.Event()
+    waits = Waits(params, progress, stop)
+    result["hub_waits"] = waits.records
+    journal = Journal(local_dir, params["repo_id"])
 
     progress.update(phase="listing")
     if params["source"] == "hub":
@@ -951,7 +1403,7 @@ def run(module, params, token, local_dir, progress, result):
             import huggingface_hub  # noqa: F401
         except ImportError as exc:
             raise FetchError("huggingface_hub is not importable by %s: %s" % (sys.executable, exc))
-        commit, files = resolve(params, token, current)
+        commit, files = resolve(params, token, current, waits)
     else:
         commit, files = params["manifest"]["commit"], params["manifest"]["files"]
     manifest = {
@@ -967,10 +1419,13 @@ def run(module, params, token, local_dir, progress, result):
     progress.update(commit=commit)
 
     progress.update(phase="checking")
-    present = [p for p in sorted(files) if size_ok(os.path.join(local_dir, p), files[p])]
-    if params["verify"] == "sha256":
-        present = sorted(set(present) - set(bad_content(local_dir, files, present)))
+    present, hashed = check_present(params, local_dir, files, current, journal)
     missing = sorted(set(files) - set(present))
+    result["hashed"] = hashed
+    if not module.check_mode:
+        adopt = params["source"] == "hub" and params["transfer"] == "http"
+        result["adopted_partials"], result["removed_partials"] = hf_partials(
+            local_dir, files, missing, adopt)
     previous = current.get("files") if current.get("repo_id") == params["repo_id"] else None
     stale = sorted(p for p in (previous or {}) if p not in files
                    and os.path.lexists(os.path.join(local_dir, p)))
@@ -982,6 +1437,8 @@ def run(module, params, token, local_dir, progress, result):
     up_to_date = (current.get("commit") == commit and current.get("repo_id") == params["repo_id"]
                   and same_files(current.get("files"), files))
     result["up_to_date"] = not missing and not stale and up_to_date
+    if result["up_to_date"] and os.path.exists(journal.path):
+        journal.clear()
     if result["up_to_date"]:
         progress.stop("done")
         return
@@ -1007,15 +1464,16 @@ def run(module, params, token, local_dir, progress, result):
                 raise FetchError("source=peer has files to fetch but no peer_url")
             refetched = peer_fetch(params, local_dir, files, missing, progress)
         else:
-            stop = threading.Event()
             fetcher_class = XetFetcher if params["transfer"] == "xet" else HttpFetcher
-            fetcher = fetcher_class(params, commit, token, local_dir, progress, stop)
+            fetcher = fetcher_class(params, commit, token, local_dir, progress, stop, waits,
+                                    journal)
             refetched = fetch_all(fetcher, files, missing, params["workers"], progress)
         result["refetched"] = refetched
     for path in stale:
         remove_quietly(os.path.join(local_dir, path))
     progress.update(phase="verifying")
     write_manifest(local_dir, manifest)
+    journal.clear()
     prune_empty_dirs(os.path.join(local_dir, PARTS_DIR))
     seconds = time.monotonic() - started
     fetched_bytes = progress.snapshot()["bytes_fetched"]

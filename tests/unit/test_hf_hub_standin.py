@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,6 +205,21 @@ def _urlopen(request: urllib.request.Request | str) -> tuple[int, dict[str, str]
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+def _raw(
+    method: str, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request, redirects not followed (http.client)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=10)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.request(method, target, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
 
 
 def _resolve_url(hub: Hub, path: str, repo: str = REPO, rev: str = "main") -> str:
@@ -441,14 +457,20 @@ def test_range_requests_and_resolve_headers(hub: Hub) -> None:
     assert status == 206 and body == content[-7:]
     status, headers, _ = get(f"bytes={len(content)}-")
     assert status == 416 and headers["Content-Range"] == f"bytes */{len(content)}"
-    status, headers, body = get(None, "HEAD")
+    # an LFS file: 302 to another origin, the file's facts on the redirect (huggingface.co)
+    status, headers, body = _raw("HEAD", _resolve_url(hub, path))
+    assert status == 302 and body == b""
+    assert headers["X-Repo-Commit"] == hub.meta["sha"]
+    assert headers["X-Linked-Etag"] == f'"{entry["sha256"]}"'
+    assert headers["X-Linked-Size"] == str(len(content))
+    cdn = headers["Location"]
+    assert urllib.parse.urlsplit(cdn).port != urllib.parse.urlsplit(hub.url).port
+    status, headers, body = _raw("HEAD", cdn)
     assert status == 200 and body == b""
     assert headers["Content-Length"] == str(len(content))
     assert headers["Accept-Ranges"] == "bytes"
-    assert headers["X-Repo-Commit"] == hub.meta["sha"]
-    assert headers["ETag"] == f'"{entry["sha256"]}"'
-    assert headers["X-Linked-Etag"] == f'"{entry["sha256"]}"'
-    assert headers["X-Linked-Size"] == str(len(content))
+    assert headers["ETag"] != f'"{entry["sha256"]}"'  # the CDN's own ETag
+    assert "X-Linked-Etag" not in headers
     status, headers, _ = _urlopen(
         urllib.request.Request(_resolve_url(hub, "config.json", rev=hub.meta["sha"]), method="HEAD")
     )
@@ -464,12 +486,17 @@ def test_keep_alive_serves_several_requests_on_one_connection(hub: Hub) -> None:
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         for path in ("config.json", "README.md", "model-00001-of-00020.safetensors"):
+            lfs = path.endswith(".safetensors")
             connection.request("HEAD", f"/{REPO}/resolve/main/{path}")
             head = connection.getresponse()
-            assert head.status == 200 and head.read() == b""
+            assert head.status == (302 if lfs else 200) and head.read() == b""
             connection.request("GET", f"/{REPO}/resolve/main/{path}")
             response = connection.getresponse()
-            assert response.read() == (hub.root / "files" / path).read_bytes()
+            body = response.read()
+            if lfs:
+                assert response.status == 302 and body == b""
+            else:
+                assert body == (hub.root / "files" / path).read_bytes()
             connection.request("GET", f"/api/models/{REPO}/tree/nope-rev")
             missing = connection.getresponse()
             assert missing.status == 404 and missing.getheader("X-Error-Code") == "RevisionNotFound"
@@ -521,7 +548,8 @@ def test_token_required_wrong_missing_and_right(hub: Hub, tmp_path: Path) -> Non
     assert "RepositoryNotFoundError" not in result["wrong"]["error"]
     assert result["wrong"]["status"] == 401
     assert "Invalid credentials" in result["wrong"]["message"]
-    assert "GatedRepoError" in result["missing"]["error"]
+    # a private repo is not found for an anonymous caller, with 401 (huggingface/datasets#4472)
+    assert "RepositoryNotFoundError" in result["missing"]["error"]
     assert result["missing"]["status"] == 401
     assert Path(result["right"]["ok"]).read_bytes() == (hub.root / "files/config.json").read_bytes()
     log = hub.log.read_text()
@@ -536,7 +564,7 @@ def test_server_cli_token_port_file_and_env_faults(hub: Hub, tmp_path: Path) -> 
     try:
         resolve = f"{url}/{REPO}/resolve/main/config.json"
         status, headers, _ = _urlopen(resolve)
-        assert status == 401 and headers["X-Error-Code"] == "GatedRepo"
+        assert status == 401 and headers["X-Error-Code"] == "RepoNotFound"
         request = urllib.request.Request(resolve, headers={"Authorization": "Bearer nope"})
         status, headers, body = _urlopen(request)
         assert status == 401 and "Invalid credentials" in headers["X-Error-Message"]
@@ -690,3 +718,122 @@ def test_faults_api_validates_and_merges(hub: Hub) -> None:
     }
     assert hub.control("DELETE", "faults") == {}
     assert _urlopen(f"{hub.url}/api/agent-harnesses")[0] == 404
+
+
+# -- as strict as huggingface.co --------------------------------------------------------------
+
+
+def test_cdn_refuses_a_token_an_expired_url_and_a_forged_one(hub: Hub) -> None:
+    path = "model-00004-of-00020.safetensors"
+    status, headers, _ = _raw("GET", _resolve_url(hub, path))
+    assert status == 302
+    location = headers["Location"]
+    status, _, body = _raw("GET", location, {"Authorization": "Bearer anything"})
+    assert status == 400 and b"<Code>InvalidArgument</Code>" in body
+    assert _raw("GET", location.replace("Signature=", "Signature=0"))[0] == 403
+    assert _raw("GET", location)[2] == (hub.root / "files" / path).read_bytes()
+    hub.control("POST", "faults", {"cdn_url_ttl_s": -1.0})
+    expired = _raw("GET", _resolve_url(hub, path))[1]["Location"]
+    status, _, body = _raw("GET", expired)
+    assert status == 403 and b"Request has expired" in body
+
+
+def test_range_faults_answer_200_or_416_to_a_range(hub: Hub) -> None:
+    path = "model-00006-of-00020.safetensors"
+    content = (hub.root / "files" / path).read_bytes()
+    request = urllib.request.Request(_resolve_url(hub, path), headers={"Range": "bytes=10-"})
+    hub.control("POST", "faults", {"range_ignore": "*.safetensors"})
+    status, _, body = _urlopen(request)
+    assert status == 200 and body == content
+    hub.control("DELETE", "faults")
+    hub.control("POST", "faults", {"range_416": 1})
+    assert _urlopen(request)[0] == 416
+    status, _, body = _urlopen(request)
+    assert status == 206 and body == content[10:]
+
+
+def test_gated_repo_lists_anonymously_and_refuses_downloads(hub: Hub) -> None:
+    hub.control("POST", "faults", {"gated": {REPO: ["granted-token"]}, "tokens": ["other-token"]})
+    info = json.loads(_urlopen(f"{hub.url}/api/models/{REPO}/revision/main")[2])
+    assert info["gated"] == "auto" and info["sha"] == hub.meta["sha"]
+    assert _urlopen(f"{hub.url}/api/models/{REPO}/tree/main")[0] == 200
+    url = _resolve_url(hub, "config.json")
+    status, headers, _ = _raw("GET", url)
+    assert status == 401 and headers["X-Error-Code"] == "GatedRepo"
+    status, headers, _ = _raw("GET", url, {"Authorization": "Bearer other-token"})
+    assert status == 403 and headers["X-Error-Code"] == "GatedRepo"
+    assert "not in the authorized list" in headers["X-Error-Message"]
+    status, headers, _ = _raw("GET", url, {"Authorization": "Bearer unknown-token"})
+    assert status == 401
+    assert headers["X-Error-Message"] == "Invalid credentials in Authorization header"
+    assert _raw("GET", url, {"Authorization": "Bearer granted-token"})[0] == 200
+
+
+def test_unknown_repo_is_401_anonymously_and_404_with_a_token(hub: Hub) -> None:
+    hub.control("POST", "faults", {"tokens": ["some-token"]})
+    for url in (f"{hub.url}/api/models/nobody/nothing", _resolve_url(hub, "x", "nobody/nothing")):
+        status, headers, _ = _raw("GET", url)
+        assert (status, headers["X-Error-Code"]) == (401, "RepoNotFound")
+        status, headers, _ = _raw("GET", url, {"Authorization": "Bearer some-token"})
+        assert (status, headers["X-Error-Code"]) == (404, "RepoNotFound")
+
+
+def test_rate_limit_windows_answer_429_with_the_hubs_headers(hub: Hub) -> None:
+    hub.control("POST", "faults", {"quota": {"api": 2, "resolvers": 1}, "window_s": 60.0})
+    revision = f"{hub.url}/api/models/{REPO}/revision/main"
+    status, headers, _ = _raw("GET", revision)
+    assert status == 200 and headers["RateLimit"].startswith('"api";r=1;t=')
+    assert headers["RateLimit-Policy"] == '"fixed window";"api";q=2;w=60'
+    assert _raw("GET", revision)[0] == 200
+    status, headers, _ = _raw("GET", revision)
+    assert status == 429 and headers["RateLimit"].startswith('"api";r=0;t=')
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    assert _raw("GET", _resolve_url(hub, "config.json"))[0] == 200  # its own bucket
+    status, headers, _ = _raw("GET", _resolve_url(hub, "config.json"))
+    assert status == 429 and headers["RateLimit"].startswith('"resolvers";r=0;')
+    hub.control("POST", "reset")
+    hub.control("DELETE", "faults")
+    throttle = {"*/revision/*": {"count": 2, "retry_after": [3, 7]}}
+    hub.control("POST", "faults", {"throttle": throttle})
+    answers = [_raw("GET", revision) for _ in range(3)]
+    assert [(s, h.get("Retry-After")) for s, h, _ in answers] == [
+        (429, "3"),
+        (429, "7"),
+        (200, None),
+    ]
+    assert answers[1][1]["RateLimit"].startswith('"api";r=0;t=7')
+
+
+def test_main_moves_to_a_new_commit_and_old_commits_stay(hub: Hub, tmp_path: Path) -> None:
+    from tests.standins.hf_hub_standin.fixture import derive_commit
+
+    config = (hub.root / "files" / "config.json").read_bytes()
+    changed = config.replace(b"62", b"63", 1)
+    assert changed != config and len(changed) == len(config)
+    new = derive_commit(hub.root, tmp_path / "next", {"config.json": changed})
+    try:
+        hub.control("POST", "commit", {"repo": REPO, "dir": str(tmp_path / "next")})
+        info = json.loads(_urlopen(f"{hub.url}/api/models/{REPO}/revision/main")[2])
+        assert info["sha"] == new["sha"] != hub.meta["sha"]
+        assert _urlopen(_resolve_url(hub, "config.json"))[2] == changed
+        assert _urlopen(_resolve_url(hub, "config.json", rev=hub.meta["sha"]))[2] == config
+        tree = json.loads(_urlopen(f"{hub.url}/api/models/{REPO}/tree/main?limit=100")[2])
+        oid = {e["path"]: e["oid"] for e in tree}["config.json"]
+        assert oid == next(f["git_oid"] for f in new["files"] if f["path"] == "config.json")
+    finally:
+        hub.control("POST", "commit", {"repo": REPO, "dir": str(hub.root)})
+
+
+def test_xet_switch_sends_the_xet_headers_and_a_read_token(hub: Hub) -> None:
+    path = "model-00001-of-00020.safetensors"
+    assert "X-Xet-Hash" not in _raw("HEAD", _resolve_url(hub, path))[1]
+    hub.control("POST", "faults", {"xet": True})
+    status, headers, _ = _raw("HEAD", _resolve_url(hub, path))
+    assert status == 302 and len(headers["X-Xet-Hash"]) == 64
+    link = headers["Link"]
+    assert link.endswith('>; rel="xet-auth"') and "/xet-read-token/" in link
+    status, headers, body = _raw("GET", link[1 : link.index(">")])
+    assert status == 200 and headers["X-Xet-Cas-Url"] == json.loads(body)["casUrl"]
+    assert int(headers["X-Xet-Token-Expiration"]) > time.time()
+    cas = headers["X-Xet-Cas-Url"] + "/v1/reconstructions/" + headers["X-Xet-Access-Token"]
+    assert _raw("GET", cas)[0] == 501  # no Xet CAS here: the read path is not served

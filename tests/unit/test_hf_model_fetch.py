@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import deliberate_skip
+from tests.standins.hf_hub_standin.fixture import derive_commit
 from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 
 pytestmark = pytest.mark.nolab
@@ -283,7 +284,8 @@ def test_wrong_token_is_a_clear_401_and_never_shown(fx: Fixture, tmp_path: Path)
     assert "wrong-token-9d2e" not in (tmp_path / "model-progress.json").read_text()
 
     missing = run_module(module_args(fx, target), tmp_path)
-    assert missing["failed"] and "gated or private" in missing["msg"]
+    assert missing["failed"] and missing["hub_status"] == 401  # a private repo, anonymously
+    assert "not found on" in missing["msg"] and "(HTTP 401;" in missing["msg"]
     assert "set hf_model_token" in missing["msg"]
 
     token_file.write_text("right-token-5c1f\n")
@@ -293,11 +295,12 @@ def test_wrong_token_is_a_clear_401_and_never_shown(fx: Fixture, tmp_path: Path)
     assert_complete(fx, target)
 
 
-def test_unknown_repo_and_revision_are_clear_404s(fx: Fixture, tmp_path: Path) -> None:
+def test_unknown_repo_and_revision_are_clear_errors(fx: Fixture, tmp_path: Path) -> None:
     target = tmp_path / "model"
     repo = run_module(module_args(fx, target, repo_id="nobody/nothing"), tmp_path)
-    assert repo["failed"] and repo["hub_status"] == 404
+    assert repo["failed"] and repo["hub_status"] == 401  # anonymous: 401, as huggingface.co
     assert "hf_model_repo_id=nobody/nothing not found" in repo["msg"]
+    assert "(HTTP 401;" in repo["msg"]
     revision = run_module(module_args(fx, target, revision="v9.9"), tmp_path)
     assert revision["failed"] and "hf_model_revision=v9.9 not found" in revision["msg"]
     fx.hub.faults(status={"model-00003-of-00020.safetensors": 403})
@@ -464,3 +467,185 @@ def test_bad_parameters_name_the_value_and_range(fx: Fixture, tmp_path: Path) ->
     assert result["failed"] and result["msg"] == "workers=0 is out of range: 1-64"
     peer = run_module(module_args(fx, tmp_path / "m", source="peer"), tmp_path)
     assert peer["failed"] and "needs the seed's manifest" in peer["msg"]
+
+
+# -- against a Hub that moves, limits, gates -----------------------------------------------------
+
+
+def file_bytes(fx: Fixture, path: str) -> bytes:
+    return (fx.hub.repos[REPO] / "files" / path).read_bytes()
+
+
+def test_main_moved_with_same_size_changes_fetches_the_new_bytes(
+    fx: Fixture, tmp_path: Path
+) -> None:
+    target = tmp_path / "model"
+    assert run_module(module_args(fx, target), tmp_path)["commit"] == fx.meta["sha"]
+    shard = "model-00009-of-00020.safetensors"
+    config = file_bytes(fx, "config.json")
+    new_config = config.replace(b"62", b"63", 1)
+    old_shard = file_bytes(fx, shard)
+    new_shard = old_shard[:1000] + bytes([old_shard[1000] ^ 0xFF]) + old_shard[1001:]
+    assert len(new_config) == len(config) and new_config != config
+    moved = derive_commit(
+        fx.hub.repos[REPO], tmp_path / "next", {"config.json": new_config, shard: new_shard}
+    )
+    fx.hub.control("POST", "commit", {"repo": REPO, "dir": str(tmp_path / "next")})
+    try:
+        fx.hub.clean()
+        result = run_module(module_args(fx, target), tmp_path)
+        assert result["changed"] and result["commit"] == moved["sha"], result.get("msg")
+        assert sorted(result["fetched"]) == ["config.json", shard]
+        # only the files whose hash changed were read, not the 25 unchanged ones
+        assert sorted(result["hashed"]) == ["config.json", shard]
+        assert served(fx) == {"config.json": len(config), shard: len(old_shard)}
+        assert (target / "config.json").read_bytes() == new_config
+        assert sha256(target / shard) == hashlib.sha256(new_shard).hexdigest()
+        assert_complete(fx, target, moved)  # every file's bytes match the new manifest
+        fx.hub.clean()
+        again = run_module(module_args(fx, target), tmp_path)
+        assert again["changed"] is False and again["hashed"] == []
+    finally:
+        fx.hub.control("POST", "commit", {"repo": REPO, "dir": str(fx.hub.repos[REPO])})
+
+
+def test_429s_with_retry_after_are_waited_out_as_asked(fx: Fixture, tmp_path: Path) -> None:
+    shard = "model-00004-of-00020.safetensors"
+    fx.hub.faults(
+        throttle={
+            "*/revision/*": {"count": 3, "retry_after": [1, 2, 1]},
+            shard: {"count": 3, "retry_after": [2, 1, 1]},
+        }
+    )
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, retries=2), tmp_path)
+    assert result["changed"] and not result.get("failed"), result.get("msg")
+    assert_complete(fx, target)
+    waits = [(w["what"], w["status"], w["asked_s"], w["slept_s"]) for w in result["hub_waits"]]
+    assert waits == [
+        ("the revision lookup", 429, 1, 1.0),
+        ("the revision lookup", 429, 2, 2.0),
+        ("the revision lookup", 429, 1, 1.0),
+        (f"{shard} (at byte 0)", 429, 2, 2.0),
+        (f"{shard} (at byte 0)", 429, 1, 1.0),
+        (f"{shard} (at byte 0)", 429, 1, 1.0),
+    ]  # more 429s in a row than retries=2: a 429 is waited out, not counted as an attempt
+
+
+def test_rate_limit_beyond_the_budget_names_what_to_do(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(throttle={"*/revision/*": {"count": 5, "retry_after": 120}})
+    result = run_module(module_args(fx, tmp_path / "m", retry_budget_min=1), tmp_path)
+    assert result["failed"] and "kept answering HTTP 429" in result["msg"]
+    assert "hf_model_retry_budget_min=1" in result["msg"] and "hf_model_token" in result["msg"]
+    assert "hf_model_source: peer" in result["msg"] and "mirror" in result["msg"]
+    assert result["hub_waits"] == []  # 120 s asked does not fit in 1 min: no wait at all
+
+
+def test_hf_download_dir_is_hashed_corrected_and_its_partial_continued(
+    fx: Fixture, tmp_path: Path
+) -> None:
+    target = tmp_path / "model"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=fx.hub.url, HF_HOME=str(tmp_path / "hf-home"))
+    hf = Path(sys.executable).parent / "hf"
+    subprocess.run([str(hf), "download", REPO, "--local-dir", str(target)], env=env, check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    bad, cut = "model-00013-of-00020.safetensors", "model-00017-of-00020.safetensors"
+    with open(target / bad, "r+b") as fh:  # the wrong content at the right size (hf#3643)
+        fh.seek(777)
+        byte = fh.read(1)
+        fh.seek(777)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    # an `hf download` killed mid-file leaves <name hash>.<etag>.<id>.incomplete (hf#4412)
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    half = fx.sizes()[cut] // 2
+    incomplete = get_local_download_paths(target, cut).incomplete_path(fx.sha256(cut))
+    partial = incomplete.with_name(f"{incomplete.stem}.0a1b2c3d.incomplete")
+    partial.write_bytes(file_bytes(fx, cut)[:half])
+    stray = incomplete.with_name(f"{incomplete.stem[:-64]}{'e' * 64}.0a1b2c3d.incomplete")
+    stray.write_bytes(b"left by some older download")
+    (target / cut).unlink()
+    fx.hub.clean()
+    result = run_module(module_args(fx, target), tmp_path)
+    assert result["changed"] and not result.get("failed"), result.get("msg")
+    assert sorted(result["hashed"]) == sorted(p for p in fx.sizes() if p != cut)
+    assert sorted(result["fetched"]) == sorted([bad, cut])
+    assert result["adopted_partials"] == [cut] and result["removed_partials"] == 1
+    assert not partial.exists() and not stray.exists()
+    downloads = {d["path"]: d for d in fx.hub.stats()["downloads"]}
+    assert downloads[cut]["range"] == f"bytes={half}-"  # continued, not started over
+    assert served(fx) == {bad: fx.sizes()[bad], cut: fx.sizes()[cut] - half}
+    assert_complete(fx, target)
+
+
+def test_416_and_200_to_a_range_and_an_expired_cdn_url(fx: Fixture, tmp_path: Path) -> None:
+    drop_at = 5 * 1024 * 1024 + 4321
+    fx.hub.faults(drop_after_bytes=drop_at, drop_count=1, range_416=1)
+    target = tmp_path / "model"
+    result = run_module(module_args(fx, target, repo_id=BIG_REPO), tmp_path)
+    assert result["changed"] and not result.get("failed"), result.get("msg")
+    downloads = fx.hub.stats()["downloads"]
+    ranges = [(d["status"], d["range"]) for d in downloads if d["path"] == BIG_SHARD]
+    # the 416 is one failed attempt: the next one continues at the same byte
+    assert ranges == [(200, None), (206, f"bytes={drop_at}-")]
+    assert [w["status"] for w in result["hub_waits"]] == [416]
+    assert_complete(fx, target, fx.big_meta)
+
+    fx.hub.clean()
+    fx.hub.faults(drop_after_bytes=drop_at, drop_count=1, range_ignore="*")
+    again = run_module(module_args(fx, tmp_path / "again", repo_id=BIG_REPO), tmp_path)
+    assert again["changed"] and not again.get("failed"), again.get("msg")
+    assert_complete(fx, tmp_path / "again", fx.big_meta)  # the whole file taken from byte 0
+
+    fx.hub.clean()
+    fx.hub.faults(cdn_url_ttl_s=-1.0)
+    expired = run_module(module_args(fx, tmp_path / "expired", retries=2), tmp_path)
+    assert expired["failed"] and "after 2 attempts" in expired["msg"]  # retried, fresh URLs
+    assert "HTTP 403 from" in expired["msg"]
+    assert "the server the Hub redirected to" in expired["msg"]
+    assert "not a token problem" in expired["msg"] and "hf_model_token lacks" not in expired["msg"]
+
+
+def test_gated_repo_in_both_transfers_gives_the_gated_message(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(gated={REPO: ["granted-7f3a"]}, tokens=["other-2b9c"])
+    token_file = tmp_path / "token"
+    token_file.write_text("other-2b9c\n")
+    token_file.chmod(0o600)
+    for transfer in ("http", "xet"):
+        target = tmp_path / f"model-{transfer}"
+        denied = run_module(
+            module_args(fx, target, transfer=transfer, token_file=str(token_file)), tmp_path
+        )
+        assert denied["failed"] and denied["hub_status"] == 403, (transfer, denied["msg"])
+        assert "no access to the gated repo" in denied["msg"], (transfer, denied["msg"])
+        assert "accept the repo's terms" in denied["msg"] and "Force download" not in denied["msg"]
+        anonymous = run_module(module_args(fx, target, transfer=transfer), tmp_path)
+        assert anonymous["failed"] and anonymous["hub_status"] == 401, anonymous["msg"]
+        assert "is gated or private (HTTP 401)" in anonymous["msg"]
+        assert "other-2b9c" not in denied["_stdout"] + anonymous["_stdout"]
+
+
+def test_xet_transfer_that_stalls_fails_within_the_stall_timer(fx: Fixture, tmp_path: Path) -> None:
+    fx.hub.faults(rate_limit_bps=1)  # bytes trickle in far slower than anything moves
+    result = run_module(
+        module_args(fx, tmp_path / "m", repo_id=BIG_REPO, transfer="xet", stall_timeout_s=5),
+        tmp_path,
+    )
+    assert result["failed"] and "no byte of" in result["msg"], result["msg"]
+    assert "hf_model_stall_timeout_s" in result["msg"] and "xet-core#883" in result["msg"]
+
+
+def test_proxy_and_ca_settings_are_checked(fx: Fixture, tmp_path: Path) -> None:
+    with_password = module_args(fx, tmp_path / "m", proxy="http://u:pw-91@proxy:3128")
+    secret = run_module(with_password, tmp_path)
+    assert secret["failed"] and "without credentials" in secret["msg"]
+    assert "pw-91" not in secret["msg"]
+    ca = run_module(module_args(fx, tmp_path / "m", ca_bundle=str(tmp_path / "none.pem")), tmp_path)
+    assert ca["failed"] and "is not a file on this host" in ca["msg"]
+    # a proxy that is not there: the Hub is reached through it, or not at all
+    proxied = run_module(
+        module_args(fx, tmp_path / "m", proxy="http://127.0.0.1:9", retry_budget_min=1, retries=1),
+        tmp_path,
+    )
+    assert proxied["failed"] and "ConnectError" in proxied["msg"], proxied["msg"]

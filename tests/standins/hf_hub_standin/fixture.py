@@ -549,6 +549,34 @@ def build_fixture(
     return meta
 
 
+def derive_commit(src: Path, dst: Path, changes: dict[str, bytes]) -> dict[str, Any]:
+    """A second commit of the repo in ``src``, written to ``dst``: ``changes`` maps paths to
+    their new contents (a path not in ``src`` is added); every other file is hard-linked (or
+    copied) unchanged. The new commit's sha covers the parent's sha and the changes, so the same
+    changes to the same parent give the same commit. Returns the new repo.json."""
+    meta: dict[str, Any] = json.loads((src / "repo.json").read_text())
+    shutil.rmtree(dst, ignore_errors=True)
+    records = {str(r["path"]): dict(r) for r in meta["files"]}
+    for path in records:
+        target = dst / "files" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path in changes:
+            continue
+        try:
+            os.link(src / "files" / path, target)
+        except OSError:
+            shutil.copyfile(src / "files" / path, target)
+    commit = hashlib.sha1(f"parent {meta['sha']}\n".encode())
+    for path, data in sorted(changes.items()):
+        records[path] = _write_bytes(dst / "files", path, data)
+        commit.update(f"{path}\0{records[path]['git_oid']}\n".encode())
+    files = sorted(records.values(), key=lambda r: str(r["path"]))
+    derived = dict(meta, sha=commit.hexdigest(), files=files, generator={"parent": meta["sha"]})
+    derived["total_size"] = sum(int(r["size"]) for r in files)
+    (dst / "repo.json").write_text(json.dumps(derived, indent=1, sort_keys=True) + "\n")
+    return derived
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Build the synthetic model repo served by the stand-in Hugging Face Hub."

@@ -52,6 +52,7 @@ class StandinHub:
     host: str = "127.0.0.1"
     port: int = 0
     token: str | None = None
+    cdn: bool = True  # LFS files 302 to a second origin, as on huggingface.co
     url: str = ""
     log: Path = field(default_factory=Path)
     proc: subprocess.Popen[bytes] | None = None
@@ -65,6 +66,8 @@ class StandinHub:
             args += ["--repo", f"{repo_id}={directory}"]
         if self.token:
             args += ["--token", self.token]
+        if not self.cdn:
+            args.append("--no-cdn")
         args += ["--port-file", str(port_file)]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)

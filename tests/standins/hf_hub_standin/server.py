@@ -8,6 +8,7 @@ CLI::
 
     python server.py --repo REPO_ID=DIR [--repo ...] [--host 127.0.0.1] [--port 0]
                      [--token TOKEN] [--port-file PATH] [--page-size 50]
+                     [--cdn-port 0 | --no-cdn]
 
 Hub endpoints (``rev`` is ``main``, ``refs/heads/main`` or the 40-hex commit sha)::
 
@@ -17,35 +18,91 @@ Hub endpoints (``rev`` is ``main``, ``refs/heads/main`` or the 40-hex commit sha
     POST      /api/models/{repo}/paths-info/{rev}     form: paths=...&expand=...
     GET       /api/models/{repo}/refs                 branches (main)
     GET       /api/models/{repo}/commits/{rev}        one commit
-    HEAD/GET  /{repo}/resolve/{rev}/{path}            file, with Range support
+    GET       /api/models/{repo}/xet-read-token/{rev} Xet CAS URL and token (fault ``xet``)
+    HEAD/GET  /{repo}/resolve/{rev}/{path}            file (LFS: 302 to the CDN), Range support
 
-Errors carry the headers ``huggingface_hub`` maps to its exceptions: ``X-Error-Code: RepoNotFound``
-(RepositoryNotFoundError), ``RevisionNotFound``, ``EntryNotFound`` (RemoteEntryNotFoundError),
-``GatedRepo`` (a token is required and none was sent: GatedRepoError) and ``X-Error-Message:
-Invalid credentials in Authorization header`` for a wrong token (HfHubHTTPError, HTTP 401).
+A stand-in is only worth what it refuses: at every point the module depends on, this server is
+at least as strict as huggingface.co. Each point and its source (``hh:`` is huggingface_hub
+2.4.0, as installed; the audit is ``reference/field/hf-fidelity.md`` of the shared notes):
+
+* **LFS files are served by another origin.** ``/resolve/`` of an LFS file answers **302** to a
+  signed URL on a second listener (``--cdn-port``, another port: another origin), with
+  ``X-Linked-Etag``, ``X-Linked-Size``, ``X-Repo-Commit`` and ``ETag`` on the redirect, not on
+  the CDN's answer (captures in huggingface/datasets#7685 and ngxson/wllama#248; hh
+  file_download.py reads them from the 302). Small files are served 200 by the Hub. The CDN's
+  ``ETag`` is its own, not the sha256 (nullata/llamaMan#70, datasets#7931). The CDN **refuses
+  an ``Authorization`` header** (400 InvalidArgument "Only one auth mechanism allowed", as S3
+  does for a presigned URL with a second credential; hh strips the header before the CDN GET,
+  file_download.py), a bad signature (403) and an **expired URL** (403 "Request has expired";
+  ``cdn_url_ttl_s``, default 3600 s like the bridge's X-Amz-Expires). ``--no-cdn`` serves LFS
+  files directly.
+* **Rate limits.** Fixed 5-minute windows per client (IP, or token) and bucket: ``api`` (every
+  ``/api/`` call, the revision lookup included) and ``resolvers`` (``/resolve/``); anonymous
+  500 / 3,000, with a token 1,000 / 5,000 (docs/hub/rate-limits, hub-docs#1958). Every Hub answer
+  carries ``RateLimit: "BUCKET";r=LEFT;t=RESET`` and ``RateLimit-Policy: "fixed window";
+  "BUCKET";q=QUOTA;w=300``; over quota: **429** with ``Retry-After`` = t (header format: hh
+  utils/_http.py ``parse_ratelimit_headers``, huggingface_hub#3570/#3577).
+* **Gated repos** (fault ``gated``: {repo: [tokens admitted]}) list anonymously (info, revision,
+  tree: huggingface.js#945) and refuse ``/resolve/`` and the xet token: **401** ``X-Error-Code:
+  GatedRepo`` "...Please log in." without a token, **403** GatedRepo "...not in the authorized
+  list" with a valid token not admitted (diffusers#4447).
+* **Tokens.** A token the Hub does not know is refused everywhere, public repos included: **401**
+  ``X-Error-Message: Invalid credentials in Authorization header`` (sentence-transformers#3436;
+  special-cased in hh utils/_http.py). Known tokens: ``--token``/``require_token``, ``tokens``,
+  and those admitted to gated repos.
+* **Unknown and private repos** answer **401** ``RepoNotFound`` to an anonymous caller and 404
+  with a token (datasets#4472: "the hub now returns 401 instead of 404 for unauthenticated
+  requests"). ``--token``/``require_token`` make every repo private to that token.
+* **A moving ``main``.** ``POST /_standin/commit`` serves one more commit of a repo and moves
+  ``main`` to it (``fixture.derive_commit`` makes one, e.g. a same-size change in place); older
+  commits stay resolvable by sha, as on the Hub. ``--repo ID=DIR`` given twice serves both, the
+  last as ``main``.
+* **Ranges.** One range per request, 206 with ``Content-Range``, 416 past the end (RFC 9110).
+  Switches for what CDNs do: ``range_ignore`` (glob: answer a Range with 200 and the whole file,
+  as hh file_download.py expects from CloudFront) and ``range_416`` (N: answer the next N ranged
+  requests 416, as the bridge did in Eventual-Inc/Daft#4780).
+* **Xet** (fault ``xet``: true): LFS resolves add ``X-Xet-Hash`` and ``Link: <…/api/models/
+  {repo}/xet-read-token/{sha}>; rel="xet-auth"`` (hh utils/_xet.py, huggingface_hub#2920), and
+  the xet-read-token endpoint answers with ``X-Xet-Cas-Url``, ``X-Xet-Access-Token`` and
+  ``X-Xet-Token-Expiration``. The CAS itself (reconstruction terms, xorbs of content-defined
+  chunks, LZ4 / byte grouping, Merkle hashes) is **not served**: it answers 501, so a client
+  taking the Xet path fails; the ``X-Xet-Hash`` value is not a real Xet Merkle hash. This is what
+  the lab can say about Xet: how a client fails on it, not how fast it is.
+
+Errors carry the headers ``huggingface_hub`` maps to its exceptions (hh utils/_http.py
+``hf_raise_for_status``): ``X-Error-Code: RepoNotFound`` (RepositoryNotFoundError),
+``RevisionNotFound``, ``EntryNotFound`` (RemoteEntryNotFoundError), ``GatedRepo``
+(GatedRepoError) and ``X-Error-Message: Invalid credentials in Authorization header``.
 
 Control API (never behind the token, never counted in the stats)::
 
     GET    /_standin/health   {"ok": true, "repos": {id: sha}}
     GET    /_standin/stats    {"bytes_served", "requests", "files": {path: bytes},
                                "repos": {id: {path: bytes}}, "downloads": [...]}
-    POST   /_standin/reset    zero the stats
+    POST   /_standin/reset    zero the stats and the rate-limit windows
+    POST   /_standin/commit   {"repo": id, "dir": fixture dir, "main": true}: serve a commit
     GET    /_standin/faults   current fault switches
     POST   /_standin/faults   JSON object merged into the fault switches
     DELETE /_standin/faults   clear all fault switches
 
 Fault switches (also settable at start from the env var ``HF_HUB_STANDIN_FAULTS``, a JSON object):
 
-* ``drop_after_bytes`` (int): while sending a ``/resolve/`` GET body longer than this, close the
+* ``drop_after_bytes`` (int): while sending a file body longer than this, close the
   connection abruptly after this many body bytes; ``drop_count`` (int, default -1 = unlimited)
   is how many responses to drop before behaving normally again (it counts down to 0).
 * ``corrupt_once`` (file path, glob or ``"*"``): flip one byte in the middle of the next
-  ``/resolve/`` GET body of a matching file, then clear the switch.
+  file body of a matching file, then clear the switch.
 * ``rate_limit_bps`` (int): throttle each body to about that many bytes per second.
 * ``status`` ({glob: int}): answer with that HTTP status; the glob is matched against the file
   path of ``/resolve/`` requests and against the URL path of every other Hub request.
 * ``require_token`` (str): like ``--token``, set at run time (takes precedence over it).
 * ``delay_s`` (float): sleep this long before answering each Hub request.
+* ``tokens`` (list), ``gated`` ({repo: [tokens]}), ``xet`` (bool), ``cdn_url_ttl_s`` (float),
+  ``range_ignore`` (glob), ``range_416`` (int): above.
+* ``quota`` ({"api": N, "resolvers": N}) and ``window_s`` (float): the rate-limit windows.
+* ``throttle`` ({glob: {"count": N, "retry_after": S or [S, ...]}}): answer the next N matching
+  Hub requests (glob as for ``status``) 429 with ``Retry-After: S`` and ``RateLimit … r=0;t=S``
+  (a list gives one value per answer).
 
 One line per request goes to stderr (client, method, path, status, body bytes); request headers
 are never logged.
@@ -82,7 +139,27 @@ FAULT_KEYS = {
     "status": dict,
     "require_token": str,
     "delay_s": float,
+    "tokens": list,
+    "gated": dict,
+    "throttle": dict,
+    "quota": dict,
+    "window_s": float,
+    "range_ignore": str,
+    "range_416": int,
+    "cdn_url_ttl_s": float,
+    "xet": bool,
 }
+# Anonymous limits per 5-minute window (docs/hub/rate-limits): API 500, Resolvers 3,000; a free
+# account's token: 1,000 and 5,000.
+ANONYMOUS_QUOTA = {"api": 500, "resolvers": 3000}
+TOKEN_QUOTA = {"api": 1000, "resolvers": 5000}
+RATE_WINDOW_S = 300.0
+CDN_URL_TTL_S = 3600.0
+NOT_FOUND_MESSAGE = (
+    "Repository Not Found for url: {url}. Please make sure you specified the correct `repo_id` "
+    "and `repo_type`. If you are trying to access a private or gated repo, make sure you are "
+    "authenticated."
+)
 CONTENT_TYPES = {
     ".json": "application/json",
     ".md": "text/markdown; charset=utf-8",
@@ -153,12 +230,6 @@ class Repo:
             files=files,
         )
 
-    def resolve(self, revision: str) -> str | None:
-        """Commit sha of ``revision``, or None when the revision is unknown."""
-        if revision in ("main", "refs/heads/main", self.sha):
-            return self.sha
-        return None
-
     def directories(self) -> set[str]:
         """All directory paths of the repo (without the root)."""
         dirs: set[str] = set()
@@ -206,7 +277,7 @@ class Repo:
             "date": self.last_modified,
         }
 
-    def info(self, blobs: bool) -> dict[str, Any]:
+    def info(self, blobs: bool, gated: bool = False) -> dict[str, Any]:
         siblings: list[dict[str, Any]] = []
         for repo_file in self.files.values():
             sibling: dict[str, Any] = {"rfilename": repo_file.path}
@@ -237,7 +308,7 @@ class Repo:
             "lastModified": self.last_modified,
             "createdAt": self.created_at,
             "private": False,
-            "gated": False,
+            "gated": "auto" if gated else False,
             "disabled": False,
             "downloads": 0,
             "likes": 0,
@@ -275,12 +346,21 @@ class FaultState:
             kind = FAULT_KEYS[key]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"fault {key!r} must be of type bool")
+            elif not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"fault {key!r} must be of type {kind.__name__}")
             if key == "status" and isinstance(value, dict):
                 for glob, code in value.items():
                     if not isinstance(code, int) or not 100 <= code <= 599:
                         raise ValueError(f"status for {glob!r} must be an HTTP status code")
+            if key == "throttle" and isinstance(value, dict):
+                for glob, rule in value.items():
+                    if not isinstance(rule, dict) or not isinstance(rule.get("count"), int):
+                        raise ValueError(
+                            f"throttle for {glob!r} must be {{'count': N, 'retry_after': S}}"
+                        )
             checked[key] = value
         with self._lock:
             for key, value in checked.items():
@@ -317,6 +397,30 @@ class FaultState:
             if pattern is None or not (pattern == path or fnmatch.fnmatchcase(path, pattern)):
                 return False
             del self._faults["corrupt_once"]
+            return True
+
+    def claim_throttle(self, *candidates: str) -> int | None:
+        """Retry-After seconds of a throttle rule matching a candidate (counting it down)."""
+        with self._lock:
+            rules = self._faults.get("throttle") or {}
+            for glob, rule in rules.items():
+                if rule.get("count", 0) > 0 and any(
+                    fnmatch.fnmatchcase(c, glob) for c in candidates if c
+                ):
+                    rule["count"] -= 1
+                    asked = rule.get("retry_after", 1)
+                    if isinstance(asked, list):  # one value per 429, the last one repeated
+                        value = asked.pop(0) if len(asked) > 1 else asked[0]
+                        return int(value)
+                    return int(asked)
+        return None
+
+    def claim_416(self) -> bool:
+        with self._lock:
+            count = int(self._faults.get("range_416") or 0)
+            if count <= 0:
+                return False
+            self._faults["range_416"] = count - 1
             return True
 
     def status_for(self, *candidates: str) -> int | None:
@@ -386,12 +490,76 @@ class StandinServer(ThreadingHTTPServer):
         page_size: int,
         faults: FaultState,
     ) -> None:
-        self.repos = repos
+        self.repos = repos  # repo id -> the commit `main` points at
+        self.commits = {r: {repo.sha: repo} for r, repo in repos.items()}
         self.token = token
         self.page_size = page_size
         self.faults = faults
         self.stats = Stats()
+        self.windows = RateWindows()
+        self.secret = os.urandom(16)
+        self.cdn: CdnServer | None = None
         super().__init__(address, Handler)
+
+    def add_commit(self, repo_id: str, repo: Repo, main: bool = True) -> None:
+        """Serve ``repo`` as one more commit of ``repo_id`` (by sha), `main` moved to it."""
+        self.commits.setdefault(repo_id, {})[repo.sha] = repo
+        if main or repo_id not in self.repos:
+            self.repos[repo_id] = repo
+
+    def revision(self, repo_id: str, revision: str) -> Repo | None:
+        """The commit ``revision`` (main, refs/heads/main or a known sha) names, or None."""
+        if revision in ("main", "refs/heads/main"):
+            return self.repos.get(repo_id)
+        return self.commits.get(repo_id, {}).get(revision)
+
+    def valid_tokens(self) -> set[str]:
+        tokens = {str(t) for t in self.faults.get("tokens") or []}
+        required = self.faults.get("require_token") or self.token
+        if required:
+            tokens.add(str(required))
+        for allowed in (self.faults.get("gated") or {}).values():
+            tokens.update(str(t) for t in allowed or [])
+        return tokens
+
+    def sign(self, repo_id: str, sha256: str, expires: int) -> str:
+        message = f"{repo_id}/{sha256}/{expires}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+
+class RateWindows:
+    """Fixed 5-minute windows per client and bucket, as the Hub counts them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def hit(self, client: str, bucket: str, quota: int, window: float) -> tuple[int, int]:
+        """Count one request; (remaining, seconds until reset). remaining < 0: over quota."""
+        now = time.monotonic()
+        with self._lock:
+            start, used = self._windows.get((client, bucket), (now, 0))
+            if now - start >= window:
+                start, used = now, 0
+            used += 1
+            self._windows[(client, bucket)] = (start, used)
+        reset = max(1, int(start + window - now + 0.999))
+        return quota - used, reset
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows.clear()
+
+
+class CdnServer(ThreadingHTTPServer):
+    """The second origin LFS files are redirected to (huggingface.co's CDN / Xet bridge)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], hub: StandinServer) -> None:
+        self.hub = hub
+        super().__init__(address, CdnHandler)
 
 
 class HttpError(Exception):
@@ -404,8 +572,10 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
-def repo_not_found(repo_id: str) -> HttpError:
-    return HttpError(404, f"Repository {repo_id} not found", {"X-Error-Code": "RepoNotFound"})
+def repo_not_found(repo_id: str, anonymous: bool = False) -> HttpError:
+    """401 to an anonymous caller (the Hub does not say whether a repo exists), 404 otherwise."""
+    message = NOT_FOUND_MESSAGE.format(url=repo_id)
+    return HttpError(401 if anonymous else 404, message, {"X-Error-Code": "RepoNotFound"})
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -457,9 +627,12 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self._status = 0
         self._sent = 0
+        self._extra: dict[str, str] = {}
 
     @property
     def standin(self) -> StandinServer:
+        if isinstance(self.server, CdnServer):
+            return self.server.hub
         assert isinstance(self.server, StandinServer)
         return self.server
 
@@ -501,7 +674,7 @@ class Handler(BaseHTTPRequestHandler):
     def _start(self, status: int, headers: dict[str, str], length: int) -> None:
         self._status = status
         self.send_response(status)
-        for name, value in headers.items():
+        for name, value in {**self._extra, **headers}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(length))
         self.end_headers()
@@ -534,6 +707,7 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         self._status = 0
         self._sent = 0
+        self._extra = {}
         note = ""
         try:
             body = self._read_body()
@@ -572,13 +746,22 @@ class Handler(BaseHTTPRequestHandler):
     def _control(self, method: str, path: str, body: bytes) -> None:
         server = self.standin
         if path == "/_standin/health" and method in ("GET", "HEAD"):
-            repos = {r.repo_id: r.sha for r in server.repos.values()}
+            repos = {r: repo.sha for r, repo in server.repos.items()}
             self._send_json(method, 200, {"ok": True, "repos": repos})
         elif path == "/_standin/stats" and method in ("GET", "HEAD"):
             self._send_json(method, 200, server.stats.snapshot())
         elif path == "/_standin/reset" and method == "POST":
             server.stats.reset()
+            server.windows.clear()
             self._send_json(method, 200, server.stats.snapshot())
+        elif path == "/_standin/commit" and method == "POST":
+            try:
+                update = json.loads(body or b"{}")
+                repo = Repo.load(str(update["repo"]), Path(str(update["dir"])))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise HttpError(400, f"bad commit: {exc}") from exc
+            server.add_commit(repo.repo_id, repo, main=bool(update.get("main", True)))
+            self._send_json(method, 200, {"repo": repo.repo_id, "sha": repo.sha})
         elif path == "/_standin/faults":
             if method in ("GET", "HEAD"):
                 self._send_json(method, 200, server.faults.snapshot())
@@ -598,25 +781,78 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- Hub API --------------------------------------------------------------------------
 
-    def _check_token(self, repo_id: str | None) -> None:
-        server = self.standin
-        expected = server.faults.get("require_token") or server.token
-        if not expected:
-            return
+    def _bearer(self) -> str | None:
+        """The Bearer token sent, "" for a malformed Authorization header, None for none."""
         auth = self.headers.get("Authorization")
         if auth is None:
-            what = f"model {repo_id}" if repo_id else "this resource"
-            raise HttpError(
-                401,
-                f"Access to {what} is restricted. You must have access to it and be authenticated"
-                " to access it. Please log in.",
-                {"X-Error-Code": "GatedRepo"},
-            )
+            return None
         scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), str(expected).encode()
+        return given.strip() if scheme.lower() == "bearer" else ""
+
+    def _check_token(self, repo_id: str | None, exists: bool = True) -> str | None:
+        """Refuse an unknown token (401), a private or unknown repo (401 anonymous, else 404)."""
+        server = self.standin
+        token = self._bearer()
+        if token is not None and not any(
+            hmac.compare_digest(token.encode(), t.encode()) for t in server.valid_tokens()
         ):
             raise HttpError(401, INVALID_CREDENTIALS)
+        required = server.faults.get("require_token") or server.token
+        if required and (
+            token is None or not hmac.compare_digest(token.encode(), str(required).encode())
+        ):
+            raise repo_not_found(repo_id or "this resource", anonymous=token is None)
+        if not exists:
+            raise repo_not_found(repo_id or "this resource", anonymous=token is None)
+        return token
+
+    def _check_gate(self, repo_id: str, token: str | None) -> None:
+        """A gated repo lists anonymously but serves files only to tokens it admitted."""
+        gated = self.standin.faults.get("gated") or {}
+        if repo_id not in gated:
+            return
+        if token is None:
+            raise HttpError(
+                401,
+                f"Access to model {repo_id} is restricted. You must have access to it and be "
+                "authenticated to access it. Please log in.",
+                {"X-Error-Code": "GatedRepo"},
+            )
+        if token not in (gated[repo_id] or []):
+            raise HttpError(
+                403,
+                f"Access to model {repo_id} is restricted and you are not in the authorized "
+                f"list. Visit https://huggingface.co/{repo_id} to ask for access.",
+                {"X-Error-Code": "GatedRepo"},
+            )
+
+    def _limit(self, bucket: str, *candidates: str) -> None:
+        """Count the request in its rate-limit window; 429 when over quota or throttled."""
+        server = self.standin
+        faults = server.faults
+        token = self._bearer()
+        quotas = dict(TOKEN_QUOTA if token else ANONYMOUS_QUOTA)
+        quotas.update({k: int(v) for k, v in (faults.get("quota") or {}).items()})
+        window = float(faults.get("window_s") or RATE_WINDOW_S)
+        client = (
+            f"token:{hashlib.sha256(token.encode()).hexdigest()[:16]}"
+            if token
+            else (f"ip:{self.client_address[0]}")
+        )
+        remaining, reset = server.windows.hit(client, bucket, quotas[bucket], window)
+        throttled = faults.claim_throttle(*candidates)
+        if throttled is not None:
+            remaining, reset = -1, throttled
+        self._extra = {
+            "RateLimit": f'"{bucket}";r={max(0, remaining)};t={reset}',
+            "RateLimit-Policy": f'"fixed window";"{bucket}";q={quotas[bucket]};w={int(window)}',
+        }
+        if remaining < 0:
+            raise HttpError(
+                429,
+                f"You have been rate-limited; you can retry this action in {reset} seconds.",
+                {"Retry-After": str(reset)},
+            )
 
     def _fault_status(self, is_resolve: bool, *candidates: str) -> None:
         code = self.standin.faults.status_for(*candidates)
@@ -654,6 +890,11 @@ class Handler(BaseHTTPRequestHandler):
         segments = [unquote(s) for s in path.split("/")[1:]]
         if segments and segments[-1] == "":
             segments = segments[:-1]
+        if "resolve" in segments[1:]:
+            index = segments.index("resolve", 1)
+            self._limit("resolvers", path, "/".join(segments[index + 2 :]))
+        else:
+            self._limit("api", path)
         if (
             len(segments) >= 2
             and segments[0] == "api"
@@ -679,49 +920,79 @@ class Handler(BaseHTTPRequestHandler):
         body: bytes,
     ) -> None:
         repo, tail = self._find_repo(rest) if repo_type == "models" else (None, rest)
-        self._check_token("/".join(rest[:2]) if repo is None else repo.repo_id)
+        repo_id = "/".join(rest[:2]) if repo is None else repo.repo_id
+        token = self._check_token(repo_id, exists=repo is not None)
         self._fault_status(False, path)
-        if repo is None:
-            raise repo_not_found("/".join(rest[:2]))
+        assert repo is not None
+        gated = repo.repo_id in (self.standin.faults.get("gated") or {})
         if not tail and method in ("GET", "HEAD"):
-            self._send_json(method, 200, repo.info(_flag(query, "blobs")))
+            self._send_json(method, 200, repo.info(_flag(query, "blobs"), gated))
         elif len(tail) == 2 and tail[0] == "revision" and method in ("GET", "HEAD"):
-            self._require_revision(repo, tail[1])
-            self._send_json(method, 200, repo.info(_flag(query, "blobs")))
+            commit = self._require_revision(repo, tail[1])
+            self._send_json(method, 200, commit.info(_flag(query, "blobs"), gated))
         elif len(tail) >= 2 and tail[0] == "tree" and method in ("GET", "HEAD"):
             self._tree(method, repo, tail[1], "/".join(tail[2:]), query)
         elif len(tail) == 2 and tail[0] == "paths-info" and method == "POST":
             self._paths_info(method, repo, tail[1], body)
+        elif len(tail) == 2 and tail[0] == "xet-read-token" and method == "GET":
+            self._check_gate(repo.repo_id, token)
+            self._xet_token(method, repo, tail[1])
         elif tail == ["refs"] and method in ("GET", "HEAD"):
             branch = {"name": "main", "ref": "refs/heads/main", "targetCommit": repo.sha}
             self._send_json(method, 200, {"branches": [branch], "converts": [], "tags": []})
         elif len(tail) == 2 and tail[0] == "commits" and method in ("GET", "HEAD"):
-            self._require_revision(repo, tail[1])
-            commit = {
-                "id": repo.sha,
+            found = self._require_revision(repo, tail[1])
+            record = {
+                "id": found.sha,
                 "title": "Upload folder using huggingface_hub",
                 "message": "",
                 "authors": [{"user": repo.repo_id.split("/")[0], "avatar": None}],
-                "date": repo.last_modified,
+                "date": found.last_modified,
             }
-            self._send_json(method, 200, [commit])
+            self._send_json(method, 200, [record])
         else:
             raise HttpError(404, f"Not found: {method} {path}")
 
-    def _require_revision(self, repo: Repo, revision: str) -> str:
-        sha = repo.resolve(revision)
-        if sha is None:
+    def _require_revision(self, repo: Repo, revision: str) -> Repo:
+        """The commit of ``repo`` that ``revision`` names (404 RevisionNotFound otherwise)."""
+        commit = self.standin.revision(repo.repo_id, revision)
+        if commit is None:
             raise HttpError(
                 404,
                 f"Invalid rev id: {revision}",
                 {"X-Error-Code": "RevisionNotFound"},
             )
-        return sha
+        return commit
+
+    def _xet_token(self, method: str, repo: Repo, revision: str) -> None:
+        """The xet-read-token answer: where the CAS is and a short-lived token for it."""
+        self._require_revision(repo, revision)
+        cdn = self.standin.cdn
+        if cdn is None or not self.standin.faults.get("xet"):
+            raise HttpError(404, f"{repo.repo_id} is not stored in Xet")
+        expires = int(time.time()) + 3600
+        token = self.standin.sign(repo.repo_id, "xet", expires)
+        cas_url = f"http://{self._cdn_host()}:{cdn.server_address[1]}/cas"
+        headers = {
+            "X-Xet-Cas-Url": cas_url,
+            "X-Xet-Access-Token": token,
+            "X-Xet-Token-Expiration": str(expires),
+        }
+        body = {"casUrl": cas_url, "accessToken": token, "exp": expires}
+        self._send_json(method, 200, body, headers)
+
+    def _cdn_host(self) -> str:
+        cdn = self.standin.cdn
+        assert cdn is not None
+        host = str(cdn.server_address[0])
+        if host in ("0.0.0.0", "::", ""):
+            host = (self.headers.get("Host") or "127.0.0.1").rsplit(":", 1)[0]
+        return host
 
     def _tree(
         self, method: str, repo: Repo, revision: str, base: str, query: dict[str, list[str]]
     ) -> None:
-        self._require_revision(repo, revision)
+        repo = self._require_revision(repo, revision)
         recursive = _flag(query, "recursive")
         expand = _flag(query, "expand")
         dirs = repo.directories()
@@ -764,7 +1035,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(method, 200, result, headers)
 
     def _paths_info(self, method: str, repo: Repo, revision: str, body: bytes) -> None:
-        self._require_revision(repo, revision)
+        repo = self._require_revision(repo, revision)
         content_type = self.headers.get("Content-Type", "")
         paths: list[str]
         expand = False
@@ -789,47 +1060,76 @@ class Handler(BaseHTTPRequestHandler):
     def _resolve(self, method: str, path: str, repo_parts: list[str], rest: list[str]) -> None:
         repo_id = "/".join(repo_parts)
         repo = self.standin.repos.get(repo_id)
-        self._check_token(repo_id)
+        token = self._check_token(repo_id, exists=repo is not None)
         file_path = "/".join(rest[1:])
         self._fault_status(True, file_path, path)
-        if repo is None:
-            raise repo_not_found(repo_id)
+        assert repo is not None
         if method not in ("GET", "HEAD"):
             raise HttpError(405, "method not allowed")
         if not rest:
             raise HttpError(404, "Revision missing", {"X-Error-Code": "RevisionNotFound"})
-        sha = self._require_revision(repo, rest[0])
-        repo_file = repo.files.get(file_path)
+        commit = self._require_revision(repo, rest[0])
+        sha = commit.sha
+        self._check_gate(repo_id, token)
+        repo_file = commit.files.get(file_path)
         if repo_file is None:
             raise HttpError(
                 404,
                 f"Entry not found: {file_path}",
                 {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha},
             )
-        basename = file_path.split("/")[-1]
-        ascii_name = basename.encode("ascii", "replace").decode().replace('"', "_")
-        headers = {
-            "Content-Type": CONTENT_TYPES.get(
-                os.path.splitext(file_path)[1], "application/octet-stream"
-            ),
-            "Accept-Ranges": "bytes",
-            "ETag": f'"{repo_file.etag}"',
-            "X-Repo-Commit": sha,
-            "Content-Disposition": (
-                f"inline; filename*=UTF-8''{quote(basename)}; filename=\"{ascii_name}\";"
-            ),
-        }
+        headers = file_headers(repo_file)
+        headers.update({"ETag": f'"{repo_file.etag}"', "X-Repo-Commit": sha})
         if repo_file.lfs:
             headers["X-Linked-Etag"] = f'"{repo_file.sha256}"'
             headers["X-Linked-Size"] = str(repo_file.size)
+        cdn = self.standin.cdn
+        if repo_file.lfs and cdn is not None:
+            # huggingface.co answers 302 to a signed URL on another origin for LFS/Xet files;
+            # the file's facts ride on the redirect, not on the CDN's answer.
+            ttl = float(self.standin.faults.get("cdn_url_ttl_s") or CDN_URL_TTL_S)
+            expires = int(time.time() + ttl)
+            signature = self.standin.sign(repo_id, repo_file.sha256, expires)
+            location = (
+                f"http://{self._cdn_host()}:{cdn.server_address[1]}/repos/{quote(repo_id)}/"
+                f"{repo_file.sha256}?Expires={expires}&Signature={signature}"
+                f"&file={quote(file_path, safe='')}"
+            )
+            redirect = {k: v for k, v in headers.items() if k.startswith("X-") or k == "ETag"}
+            redirect["Location"] = location
+            if self.standin.faults.get("xet"):
+                xet_hash = hashlib.sha256(f"xet:{repo_file.sha256}".encode()).hexdigest()
+                refresh = (
+                    f"http://{self.headers.get('Host')}/api/models/{repo_id}/xet-read-token/{sha}"
+                )
+                redirect["X-Xet-Hash"] = xet_hash
+                redirect["Link"] = f'<{refresh}>; rel="xet-auth"'
+            self._start(302, redirect, 0)
+            return
+        self._serve_file(method, commit, repo_file, headers)
+
+    def _serve_file(
+        self, method: str, repo: Repo, repo_file: RepoFile, headers: dict[str, str]
+    ) -> None:
+        """The file's bytes with Range support, and the Range faults (200 to a Range, 416)."""
         size = repo_file.size
         byte_range = None
+        etag = headers.get("ETag", "")
         if_range = self.headers.get("If-Range")
-        if if_range is None or if_range.strip() == f'"{repo_file.etag}"':
+        faults = self.standin.faults
+        ranged = self.headers.get("Range") is not None
+        ignore = faults.get("range_ignore")
+        if ranged and ignore and fnmatch.fnmatchcase(repo_file.path, ignore):
+            ranged = False  # a server that ignores Range sends the whole file with 200
+        if ranged and faults.claim_416():
+            raise HttpError(
+                416, "Requested range not satisfiable", {"Content-Range": f"bytes */{size}"}
+            )
+        if ranged and (if_range is None or if_range.strip() == etag):
             try:
                 byte_range = parse_range(self.headers.get("Range"), size)
             except HttpError as err:
-                err.headers.update({"X-Repo-Commit": sha, "ETag": f'"{repo_file.etag}"'})
+                err.headers.update({k: v for k, v in headers.items() if k != "Content-Type"})
                 raise
         if byte_range is None:
             status, start, length = 200, 0, size
@@ -891,6 +1191,106 @@ class Handler(BaseHTTPRequestHandler):
             server.stats.log_download(record)
 
 
+def file_headers(repo_file: RepoFile) -> dict[str, str]:
+    basename = repo_file.path.split("/")[-1]
+    ascii_name = basename.encode("ascii", "replace").decode().replace('"', "_")
+    return {
+        "Content-Type": CONTENT_TYPES.get(
+            os.path.splitext(repo_file.path)[1], "application/octet-stream"
+        ),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": (
+            f"inline; filename*=UTF-8''{quote(basename)}; filename=\"{ascii_name}\";"
+        ),
+    }
+
+
+class CdnHandler(Handler):
+    """The CDN: serves signed URLs only, refuses a second credential, knows no Hub API."""
+
+    server_version = "hf-cdn-standin/1"
+
+    def _handle(self, method: str) -> None:
+        self._status = 0
+        self._sent = 0
+        self._extra = {}
+        note = ""
+        try:
+            self._read_body()
+            url = urlsplit(self.path)
+            self._cdn(method, url.path, parse_qs(url.query))
+        except HttpError as err:
+            self._send_cdn_error(method, err)
+        except DropConnection:
+            note = "dropped"
+            self._abort()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            note = "client gone"
+            self.close_connection = True
+        except Exception as exc:  # keep serving; report as a 500
+            note = f"error {type(exc).__name__}: {exc}"
+            if self._status == 0:
+                self._send_cdn_error(method, HttpError(500, "InternalError"))
+            else:
+                self._abort()
+        finally:
+            self._log(method, f"cdn {note}".strip())
+
+    def _send_cdn_error(self, method: str, err: HttpError) -> None:
+        code = err.headers.pop("X-Code", "Error")
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{err.message}</Message></Error>"
+        ).encode()
+        self._send_bytes(method, err.status, body, "application/xml", err.headers)
+
+    def _cdn(self, method: str, path: str, query: dict[str, list[str]]) -> None:
+        hub = self.standin
+        hub.stats.count_request()
+        if path.startswith("/cas/"):
+            # hf_xet's CAS (reconstruction terms, xorbs): not served by this stand-in
+            raise HttpError(
+                501,
+                "the stand-in serves no Xet CAS: Xet reconstruction is not implemented",
+                {"X-Code": "NotImplemented"},
+            )
+        if self.headers.get("Authorization") is not None:
+            # S3 and the Xet bridge refuse a request with two credentials (signed URL + header)
+            raise HttpError(
+                400,
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+                "Signature query string parameter or the Authorization header should be specified",
+                {"X-Code": "InvalidArgument"},
+            )
+        parts = [unquote(p) for p in path.split("/")[1:]]
+        if method not in ("GET", "HEAD") or len(parts) < 3 or parts[0] != "repos":
+            raise HttpError(403, "Access Denied", {"X-Code": "AccessDenied"})
+        repo_id, sha256 = "/".join(parts[1:-1]), parts[-1]
+        try:
+            expires = int((query.get("Expires") or ["0"])[0])
+        except ValueError:
+            expires = 0
+        signature = (query.get("Signature") or [""])[0]
+        if not hmac.compare_digest(signature, hub.sign(repo_id, sha256, expires)):
+            raise HttpError(403, "Access Denied", {"X-Code": "AccessDenied"})
+        if time.time() > expires:
+            raise HttpError(403, "Request has expired", {"X-Code": "AccessDenied"})
+        file_path = (query.get("file") or [""])[0]
+        found: tuple[Repo, RepoFile] | None = None
+        for commit in hub.commits.get(repo_id, {}).values():
+            candidate = commit.files.get(file_path)
+            if candidate is not None and candidate.sha256 == sha256:
+                found = (commit, candidate)
+                break
+        if found is None:
+            raise HttpError(404, "The specified key does not exist.", {"X-Code": "NoSuchKey"})
+        commit, repo_file = found
+        headers = file_headers(repo_file)
+        # the CDN's ETag is its own (an S3-style md5), never the sha256 the Hub announced
+        headers["ETag"] = f'"{hashlib.md5(sha256.encode()).hexdigest()}"'
+        self._serve_file(method, commit, repo_file, headers)
+
+
 def _flag(query: dict[str, list[str]], name: str) -> bool:
     values = query.get(name) or query.get(f"{name}[]") or []
     return bool(values) and values[0].lower() in ("1", "true", "yes")
@@ -920,14 +1320,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on Hub requests")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     parser.add_argument("--page-size", type=int, default=50, help="tree API page size")
+    parser.add_argument(
+        "--cdn-port", type=int, default=0, help="port of the CDN origin LFS files redirect to"
+    )
+    parser.add_argument(
+        "--no-cdn", action="store_true", help="serve LFS files directly (no 302 to a CDN)"
+    )
     args = parser.parse_args(argv)
 
-    repos: dict[str, Repo] = {}
+    loaded: list[tuple[str, Repo]] = []
     for repo_id, directory in args.repo:
         try:
-            repos[repo_id] = Repo.load(repo_id, directory)
+            loaded.append((repo_id, Repo.load(repo_id, directory)))
         except (OSError, ValueError, KeyError) as exc:
             parser.error(f"cannot load {repo_id} from {directory}: {exc}")
+    repos = {repo_id: repo for repo_id, repo in loaded}  # the last one given is `main`
 
     faults = FaultState()
     initial = os.environ.get("HF_HUB_STANDIN_FAULTS")
@@ -940,7 +1347,14 @@ def main(argv: list[str] | None = None) -> int:
     server = StandinServer(
         (args.host, args.port), repos, args.token, max(1, args.page_size), faults
     )
+    for repo_id, repo in loaded:
+        server.add_commit(repo_id, repo, main=repos[repo_id] is repo)
     port = server.server_address[1]
+    if not args.no_cdn:
+        server.cdn = CdnServer((args.host, args.cdn_port), server)
+        threading.Thread(
+            target=server.cdn.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        ).start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
@@ -951,7 +1365,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(f"{port}\n")
         os.replace(tmp, args.port_file)
     served = ", ".join(f"{r.repo_id}@{r.sha[:12]}" for r in repos.values())
-    sys.stderr.write(f"hf-hub-standin listening on http://{args.host}:{port} serving {served}\n")
+    cdn = f", CDN on port {server.cdn.server_address[1]}" if server.cdn else ""
+    sys.stderr.write(
+        f"hf-hub-standin listening on http://{args.host}:{port}{cdn} serving {served}\n"
+    )
     sys.stderr.flush()
     try:
         server.serve_forever(poll_interval=0.2)
@@ -959,6 +1376,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        if server.cdn is not None:
+            server.cdn.shutdown()
+            server.cdn.server_close()
     return 0
 
 
