@@ -173,8 +173,8 @@ def execute(operation: str, opts: dict[str, Any], *, rolling: bool = True) -> in
         return fleet.operation(operation, **options, **more)
 
     console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # a log or a pipe: whole lines and whole table rows
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 240))
     op = OPERATIONS[operation]
     if image is None:
         fleet.project.playbook(op.playbook, needed_by=f"sparkfleet {operation}")
