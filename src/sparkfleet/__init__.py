@@ -7,7 +7,8 @@ The Python API over the project's playbooks::
     result = Fleet("inventory/spark").deploy(limit="spark-01")
     print(result.summary())
 
-See :class:`Fleet` (operations), :class:`RunResult` / :class:`HostResult` (results) and
+See :class:`Fleet` (operations), :class:`RunOptions` / :class:`Credentials` (what a run takes),
+:class:`RunResult` / :class:`HostResult` / :class:`StatusResult` (results) and
 :mod:`sparkfleet.events` (progress events).
 """
 
@@ -30,18 +31,28 @@ from sparkfleet.events import (
     TaskStarted,
     TaskStatus,
 )
-from sparkfleet.fleet import OPERATIONS, CancelToken, Fleet, Operation
+from sparkfleet.fleet import GRACEFUL_STOP_CORE, OPERATIONS, Fleet, Operation
 from sparkfleet.inventory import InventorySource
+from sparkfleet.options import (
+    CancelToken,
+    Credentials,
+    ExecutionEnvironment,
+    RunOptions,
+    VaultId,
+)
 from sparkfleet.project import Project
-from sparkfleet.result import ExitCode, HealthResult, HostResult, RunResult
+from sparkfleet.result import ExitCode, HealthResult, HostResult, RunResult, StatusResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRACEFUL_STOP_CORE",
     "OPERATIONS",
     "AnsibleWarning",
     "CancelToken",
+    "Credentials",
     "DownloadProgress",
+    "ExecutionEnvironment",
     "ExitCode",
     "Fleet",
     "FleetError",
@@ -57,11 +68,14 @@ __all__ = [
     "PlaybookNotFoundError",
     "Project",
     "ProjectNotFoundError",
+    "RunOptions",
     "RunResult",
     "RunStatusChanged",
+    "StatusResult",
     "StopRequested",
     "TaskRetry",
     "TaskStarted",
     "TaskStatus",
+    "VaultId",
     "__version__",
 ]

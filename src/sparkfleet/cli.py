@@ -2,26 +2,41 @@
 
 In a terminal a live table shows each host's state, task, download and elapsed time; otherwise
 (a pipe, a log, CI) one plain line per host result is printed; ``--json`` prints only the result
-as JSON. Ctrl-C (or SIGTERM) stops gracefully: the tasks in flight finish, no new task starts; a
-second Ctrl-C kills the run.
+as JSON; ``sparkfleet status`` ends with a table of each host's serving state.
+
+Options follow ``ansible-playbook``'s: ``-e`` reaches Ansible as given (``@vault.yml`` decrypted
+with ``--vault-id`` / ``--vault-password-file`` / ``--ask-vault-pass``), ``-K`` asks for the
+become password. Passwords are read without echo at a terminal, else one line each from stdin
+(vault ids in the order given, then ``--ask-vault-pass``, then ``-K``); ansible-runner answers
+ansible-playbook's prompts with them, from a 0600 file in the run's private directory, which is
+removed at the end.
+
+Ctrl-C (or SIGTERM) ends the run (ansible-runner's cancel; the roles converge when the command
+runs again); with ``--graceful-stop`` the tasks in flight finish first, and a second Ctrl-C kills
+the run.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
-import yaml
 from rich.console import Console
 
 from sparkfleet import __version__
-from sparkfleet.display import HostBoard, LiveView, PlainView, print_summary
+from sparkfleet.display import HostBoard, LiveView, PlainView, print_summary, status_table
 from sparkfleet.errors import FleetError
 from sparkfleet.events import EventCallback
-from sparkfleet.fleet import OPERATIONS, Fleet
+from sparkfleet.fleet import GRACEFUL_STOP_CORE, OPERATIONS, Fleet
+from sparkfleet.options import (
+    DEFAULT_VAULT_LABEL,
+    Credentials,
+    ExecutionEnvironment,
+    RunOptions,
+    VaultId,
+)
 from sparkfleet.result import ExitCode, RunResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,39 +50,34 @@ Exit codes:
   130  stopped by Ctrl-C / SIGTERM before the end"""
 
 
-def parse_extravars(values: Sequence[str]) -> dict[str, Any]:
-    """``-e`` values as Ansible reads them: ``key=value`` (a string), ``@file`` (YAML/JSON) or
-    an inline YAML/JSON mapping; later ones win."""
-    out: dict[str, Any] = {}
-    for value in values:
-        if value.startswith("@"):
-            path = Path(value[1:])
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise click.BadParameter(f"{value}: {exc}", param_hint="-e") from exc
-            if not isinstance(loaded, dict):
-                raise click.BadParameter(f"{value}: not a mapping", param_hint="-e")
-            out.update(loaded)
-        elif value.lstrip().startswith("{"):
-            try:
-                loaded = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise click.BadParameter(f"{value!r}: {exc}", param_hint="-e") from exc
-            if not isinstance(loaded, dict):
-                raise click.BadParameter(f"{value!r}: not a mapping", param_hint="-e")
-            out.update(loaded)
-        elif "=" in value:
-            for pair in value.split():
-                key, sep, val = pair.partition("=")
-                if not sep or not key:
-                    raise click.BadParameter(f"{pair!r}: expected key=value", param_hint="-e")
-                out[key] = val
-        else:
-            raise click.BadParameter(
-                f"{value!r}: expected key=value, @file or a mapping", param_hint="-e"
-            )
-    return out
+def read_secret(prompt: str) -> str:
+    """A password: typed without echo at a terminal, else one line of stdin (without its end
+    of line), so that scripts can pipe it in. It never goes to argv or to a file of ours."""
+    if sys.stdin.isatty():
+        value: str = click.prompt(prompt, hide_input=True, show_default=False, err=True)
+        return value
+    line = sys.stdin.readline()
+    if not line:
+        raise click.UsageError(f"{prompt}: stdin ended before the password")
+    return line.rstrip("\r\n")
+
+
+def credentials(opts: Mapping[str, Any]) -> Credentials:
+    """The run's credentials from the options, prompting (in this order) for each
+    ``--vault-id LABEL@prompt``, for ``--ask-vault-pass`` and for ``--ask-become-pass``."""
+
+    def ask(label: str) -> str:
+        return read_secret(f"Vault password ({label})")
+
+    try:
+        ids = [VaultId(source=f) for f in opts["vault_password_file"]]
+        ids += [VaultId.parse(spec, prompt=ask) for spec in opts["vault_id"]]
+        if opts["ask_vault_pass"]:
+            ids.append(VaultId(label=DEFAULT_VAULT_LABEL, password=read_secret("Vault password")))
+    except FleetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--vault-id") from exc
+    become = read_secret("BECOME password") if opts["ask_become_pass"] else None
+    return Credentials(vault_ids=tuple(ids), become_password=become)
 
 
 def _split(values: Sequence[str]) -> list[str] | None:
@@ -82,13 +92,21 @@ def run_options(func: F) -> F:
                      help="Inventory path (file or directory) or a comma-separated host list "
                           "[env SPARKFLEET_INVENTORY]."),
         click.option("-l", "--limit", help="Only these hosts or groups (Ansible pattern)."),
-        click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="K=V|@FILE",
-                     help="Extra variables: key=value, @file.yml or a YAML/JSON mapping (repeat)."),
+        click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
+                     help="Extra variables, as ansible-playbook -e takes them (Ansible parses "
+                          "them): key=value pairs, @FILE (vault-encrypted or not) or YAML/JSON; "
+                          "repeat. Keep secrets in a vaulted @FILE."),
         click.option("-t", "--tags", multiple=True, help="Only tasks with these tags."),
         click.option("--skip-tags", multiple=True, help="Skip tasks with these tags."),
         click.option("-f", "--forks", type=click.IntRange(min=1), help="Hosts run in parallel."),
-        click.option("--vault-password-file", type=click.Path(exists=True, dir_okay=False),
-                     help="File (or script) that gives the vault password."),
+        click.option("--vault-id", multiple=True, metavar="[LABEL@]SOURCE",
+                     help="A vault id: LABEL@FILE (file or script) or LABEL@prompt (repeat)."),
+        click.option("--vault-password-file", "--vault-pass-file", multiple=True,
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="File (or script) that gives the vault password (repeat)."),
+        click.option("-J", "--ask-vault-pass", is_flag=True, help="Ask for the vault password."),
+        click.option("-K", "--ask-become-pass", is_flag=True,
+                     help="Ask for the privilege escalation (sudo) password."),
         click.option("--check", is_flag=True, help="Report what would change, change nothing."),
         click.option("--diff", is_flag=True, help="Show the changes made to files."),
         click.option("--json", "as_json", is_flag=True,
@@ -98,8 +116,20 @@ def run_options(func: F) -> F:
                      help="Project dir (ansible.cfg, playbooks/, roles/) [default: installed]."),
         click.option("--artifacts-dir", type=click.Path(file_okay=False),
                      help="Keep ansible-runner's artifacts (stdout, events) here."),
+        click.option("--timeout", type=click.IntRange(min=1),
+                     help="Seconds the run may take; then it is ended (status timeout)."),
+        click.option("--graceful-stop", is_flag=True,
+                     help="Ctrl-C lets the tasks in flight and their handlers finish (tested on "
+                          "ansible-core " + ", ".join(GRACEFUL_STOP_CORE) + " only); without it "
+                          "Ctrl-C ends the run, and running the command again converges."),
         click.option("--grace", type=click.FloatRange(min=0), default=120.0, show_default=True,
                      help="Seconds a graceful stop may take before the run is killed."),
+        click.option("--container-image", metavar="IMAGE",
+                     help="Run ansible-playbook in this execution environment image (it must "
+                          "hold the collection sparkfleet.spark)."),
+        click.option("--container-engine", type=click.Choice(["podman", "docker"]),
+                     default="podman", show_default=True,
+                     help="Engine that runs --container-image."),
         click.option("-v", "--verbose", count=True, help="ansible-playbook verbosity (-v..-vvvv)."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -107,52 +137,65 @@ def run_options(func: F) -> F:
     return func
 
 
-def execute(operation: str, opts: dict[str, Any], **op_kwargs: Any) -> int:
+def execute(operation: str, opts: dict[str, Any], *, rolling: bool = True) -> int:
     """Run one operation with the CLI's options and show it; returns the exit code."""
     as_json: bool = opts["as_json"]
+    image = opts["container_image"]
     fleet = Fleet(
         opts["inventory"],
-        extravars=parse_extravars(opts["extra_vars"]),
         project_dir=opts["project_dir"],
-        forks=opts["forks"],
-        vault_password_file=opts["vault_password_file"],
         artifacts_dir=opts["artifacts_dir"],
+        graceful_stop=opts["graceful_stop"],
         cancel_grace_s=opts["grace"],
+        execution_environment=(
+            ExecutionEnvironment(image=image, engine=opts["container_engine"]) if image else None
+        ),
         verbosity=opts["verbose"],
     )
-    method: Callable[..., RunResult] = getattr(fleet, operation)
-    kwargs: dict[str, Any] = {
-        "limit": opts["limit"],
-        "skip_tags": _split(opts["skip_tags"]),
-        "check": opts["check"],
-        "diff": opts["diff"],
-        "handle_signals": True,
-        **op_kwargs,
-    }
+    options = RunOptions(
+        limit=opts["limit"],
+        skip_tags=_split(opts["skip_tags"]),
+        extra_vars_args=tuple(opts["extra_vars"]),
+        forks=opts["forks"],
+        credentials=credentials(opts),
+        check=opts["check"],
+        diff=opts["diff"],
+        timeout_s=opts["timeout"],
+        handle_signals=True,
+    )
     tags = _split(opts["tags"])
     if tags is not None:
-        kwargs["tags"] = tags
+        options["tags"] = tags
+
+    def method(**more: Any) -> RunResult:
+        if operation == "restart":
+            return fleet.restart(rolling=rolling, **options, **more)
+        return fleet.operation(operation, **options, **more)
+
     console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # a log or a pipe: whole lines and whole table rows
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 240))
     op = OPERATIONS[operation]
-    fleet.project.playbook(op.playbook, needed_by=f"sparkfleet {operation}")
+    if image is None:
+        fleet.project.playbook(op.playbook, needed_by=f"sparkfleet {operation}")
     title = f"sparkfleet {operation} ({op.playbook})"
     if as_json:
-        result = method(**kwargs)
+        result = method()
         click.echo(result.to_json())
         return int(result.exit_code)
     board = HostBoard(title=title)
     if console.is_terminal and not opts["plain"]:
         with LiveView(board, console) as live:
-            result = method(on_event=live.on_event, **kwargs)
+            result = method(on_event=live.on_event)
             board.finish(result)
     else:
         plain = PlainView(sys.stdout)
         callback: EventCallback = plain.on_event
         click.echo(f"{title}: starting")
-        result = method(on_event=callback, **kwargs)
+        result = method(on_event=callback)
     print_summary(console, result)
+    if operation == "status":
+        console.print(status_table(result))
     return int(result.exit_code)
 
 
@@ -165,8 +208,8 @@ def cli() -> None:
     """Provision and operate a fleet of DGX Spark hosts serving MiniMax-M2.5 with vLLM.
 
     Each command runs one of the project's playbooks on the inventory's hosts (group
-    "spark") and reports per host. Ctrl-C stops gracefully (tasks in flight finish);
-    a second Ctrl-C kills the run.
+    "spark") and reports per host. Ctrl-C ends the run (with --graceful-stop the tasks
+    in flight finish first; a second Ctrl-C kills it).
     """
 
 
@@ -232,4 +275,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["EXIT_CODES", "cli", "main", "parse_extravars"]
+__all__ = ["EXIT_CODES", "cli", "credentials", "main", "read_secret"]

@@ -27,7 +27,7 @@ from sparkfleet.events import (
     TaskRetry,
     TaskStatus,
 )
-from sparkfleet.result import HostResult, RunResult
+from sparkfleet.result import HostResult, RunCollector, RunResult, StatusResult
 
 _STYLE = {
     "waiting": "dim",
@@ -77,9 +77,8 @@ class HostRow:
     last_result: float | None = None
     retry: str = ""
     download: DownloadProgress | None = None
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
+    counts: HostResult | None = None
+    """The host's counts: the run's so far (:class:`RunCollector`), then its result's."""
     message: str = ""
     finished: bool = False
 
@@ -94,10 +93,11 @@ class HostRow:
 
 @dataclass
 class HostBoard:
-    """Per-host rows built from a run's events."""
+    """Per-host rows built from a run's events; the counts are a :class:`RunCollector`'s."""
 
     title: str
     rows: dict[str, HostRow] = field(default_factory=dict)
+    collector: RunCollector = field(default_factory=RunCollector)
     started: float = field(default_factory=time.time)
     play: str = ""
     stopping: str = ""
@@ -105,11 +105,12 @@ class HostBoard:
     def row(self, host: str) -> HostRow:
         """The host's row (created on first use)."""
         if host not in self.rows:
-            self.rows[host] = HostRow(host)
+            self.rows[host] = HostRow(host, counts=self.collector.host(host))
         return self.rows[host]
 
     def update(self, event: FleetEvent) -> None:
         """Account for one event."""
+        self.collector.add(event)
         if isinstance(event, PlayStarted):
             self.play = event.play
         elif isinstance(event, HostTaskStarted):
@@ -147,15 +148,13 @@ class HostBoard:
             return
         if ev.status is TaskStatus.UNREACHABLE:
             row.state, row.message = "unreachable", ev.message
-            row.failed += 1
         elif ev.status is TaskStatus.FAILED and not ev.ignored:
             row.state, row.message = "failed", ev.message
-            row.failed += 1
-        elif ev.status in (TaskStatus.OK, TaskStatus.CHANGED):
-            row.ok += 1
-            row.changed += ev.status is TaskStatus.CHANGED
-            if row.state not in ("failed", "unreachable"):
-                row.state = "running"
+        elif ev.status in (TaskStatus.OK, TaskStatus.CHANGED) and row.state not in (
+            "failed",
+            "unreachable",
+        ):
+            row.state = "running"
 
     def finish(self, result: RunResult) -> None:
         """Set each row's final state from the run's result."""
@@ -165,8 +164,7 @@ class HostBoard:
             row.state = host.status
             if result.canceled and host.succeeded:
                 row.state = "stopped"
-            row.ok, row.changed = host.ok, host.changed
-            row.failed = host.failed + host.unreachable
+            row.counts = host
             if host.failed_task:
                 row.task, row.message = host.failed_task, host.message
 
@@ -191,15 +189,17 @@ class HostBoard:
             task = row.task
             if row.message and row.state in ("failed", "unreachable"):
                 task = f"{row.task}: {row.message.splitlines()[0]}"
+            counts = row.counts or HostResult(row.name)
+            failed = counts.failed + counts.unreachable
             table.add_row(
                 row.name,
                 Text(state, style=_STYLE.get(row.state, "")),
                 task,
                 _download_text(row.download),
                 format_duration(row.elapsed(now)),
-                str(row.ok),
-                str(row.changed),
-                Text(str(row.failed), style="red" if row.failed else ""),
+                str(counts.ok),
+                str(counts.changed),
+                Text(str(failed), style="red" if failed else ""),
             )
         if self.stopping:
             return Group(table, Text(self.stopping, style="yellow"))
@@ -301,8 +301,10 @@ def host_detail(host: HostResult) -> str:
     """One line of what the roles reported about a host (health, model, preflight)."""
     parts: list[str] = []
     health = host.health
-    if health is not None and health.endpoint:
-        text = f"endpoint {health.endpoint} serves {health.model}"
+    if health is not None:
+        # the endpoint a client on the controller reaches, never the host's own loopback
+        where = f"endpoint {host.endpoint} " if host.endpoint else ""
+        text = f"{where}serves {health.model}"
         if health.chat_seconds is not None:
             text += f", chat {health.chat_seconds:.2f} s"
         if health.completion_tokens is not None:
@@ -379,3 +381,57 @@ def print_summary(console: Console, result: RunResult) -> None:
             notes += [host_detail(host)] if host_detail(host) else []
             head.append(" " + "; ".join(notes))
             console.print(head)
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+_STATUS_COLUMNS = ("host", "unit", "up", "image", "model", "endpoint", "run/wait", "KV",
+                   "tokens in", "tokens out", "TTFT", "note")  # fmt: skip
+
+
+def status_table(result: RunResult) -> Table:
+    """``sparkfleet status`` as a table: one row per host that reported its state.
+
+    Columns: the unit's state, the container's uptime, the image (tag and the digest's first 12
+    hex digits), the model commit (12), the endpoint a client on the controller reaches,
+    requests running/waiting, KV-cache use in %, prompt and generation tokens since the server
+    started, mean TTFT in ms; a last column says why ``/metrics`` could not be read.
+    """
+    table = Table(title=f"{result.operation}: {len(result.hosts)} host(s)", title_justify="left")
+    for name in _STATUS_COLUMNS:
+        right = name in ("up", "run/wait", "KV", "tokens in", "tokens out", "TTFT")
+        table.add_column(name, justify="right" if right else "left", no_wrap=name != "note")
+    for host in result.hosts.values():
+        report = host.status_report
+        if report is None:
+            note = host.message.splitlines()[0] if host.message else ""
+            state = Text(host.status, style=_STYLE.get(host.status, ""))
+            table.add_row(host.name, state, *[""] * (len(_STATUS_COLUMNS) - 3), note)
+            continue
+        table.add_row(*_status_cells(host.name, report))
+    return table
+
+
+def _status_cells(name: str, report: StatusResult) -> list[RenderableType]:
+    digest = (report.digest or "").removeprefix("sha256:")[:12]
+    image = (report.image or "-") + (f" @{digest}" if digest else "")
+    kv = "-" if report.kv_cache_usage is None else f"{report.kv_cache_usage * 100:.1f} %"
+    ttft = "-" if report.ttft_mean_s is None else f"{report.ttft_mean_s * 1000:.1f} ms"
+    up = "-" if report.uptime_s is None else format_duration(report.uptime_s)
+    waiting = f"{_or_dash(report.requests_running)}/{_or_dash(report.requests_waiting)}"
+    return [
+        name,
+        Text(report.unit, style="green" if report.serving else "red"),
+        up,
+        image,
+        (report.model_commit or "-")[:12],
+        report.endpoint or "-",
+        waiting,
+        kv,
+        _or_dash(report.prompt_tokens),
+        _or_dash(report.generation_tokens),
+        ttft,
+        Text(f"metrics: {report.metrics_error}", style="red") if report.metrics_error else "",
+    ]

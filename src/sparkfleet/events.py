@@ -7,9 +7,10 @@ ansible-runner reports every step of a playbook run as a dict (``event``, ``even
 - :class:`HostTaskStarted`: a task begins on one host;
 - :class:`HostTaskResult`: a task's outcome on one host (ok, changed, failed, unreachable,
   skipped), with the failure message when there is one;
-- :class:`TaskRetry`: an ``until`` loop on one host tries again (e.g. waiting for /health);
-- :class:`DownloadProgress`: bytes done/total/rate on one host, from any result that carries
-  progress (see :data:`DEFAULT_PROGRESS_PARSERS`);
+- :class:`TaskRetry`: an ``until`` loop on one host tries again;
+- :class:`DownloadProgress`: bytes done/total/rate of the model fetch on one host, made by
+  :class:`sparkfleet.progress.ProgressPoller` from the hf_model role's progress files (no raw
+  event carries it);
 - :class:`AnsibleWarning`: a warning printed by Ansible;
 - :class:`StopRequested`, :class:`RunStatusChanged`: emitted by :class:`sparkfleet.Fleet` itself.
 
@@ -19,13 +20,10 @@ event was made, ``kind`` names the class for JSON consumers (:func:`event_to_dic
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, ClassVar, TypeAlias
@@ -201,9 +199,6 @@ FleetEvent: TypeAlias = (
 EventCallback: TypeAlias = Callable[[FleetEvent], None]
 """Signature of ``on_event`` callbacks."""
 
-ProgressParser: TypeAlias = Callable[[RawEvent], "DownloadProgress | None"]
-"""Turns one raw runner event into a :class:`DownloadProgress`, or None if it carries none."""
-
 
 def strip_ansi(text: str) -> str:
     """Text without ANSI colour codes."""
@@ -263,64 +258,6 @@ def progress_from_mapping(data: Mapping[str, Any], prog: Any) -> DownloadProgres
     )
 
 
-def progress_from_sparkfleet_key(raw: RawEvent) -> DownloadProgress | None:
-    """Progress from a ``sparkfleet_progress`` mapping in a task result (or in its facts).
-
-    Any task (a module, a ``set_fact``, an ``until`` loop polling something) may report download
-    progress by returning::
-
-        sparkfleet_progress: {bytes_done: int, bytes_total: int, rate_bps: float (optional)}
-
-    It is read from ``runner_on_ok``, ``runner_retry`` (each attempt of an ``until`` loop),
-    ``runner_on_async_poll`` and loop item results.
-    """
-    data = raw.get("event_data") or {}
-    res = data.get("res")
-    if not isinstance(res, Mapping):
-        return None
-    prog = res.get("sparkfleet_progress")
-    if prog is None and isinstance(res.get("ansible_facts"), Mapping):
-        prog = res["ansible_facts"].get("sparkfleet_progress")
-    return progress_from_mapping(data, prog)
-
-
-def progress_from_slurped_file(raw: RawEvent) -> DownloadProgress | None:
-    """Progress from a JSON progress file read on the host with ``ansible.builtin.slurp``.
-
-    The file holds ``{"bytes_done": ..., "bytes_total": ..., "rate_bps": ...}`` (or those keys
-    under ``sparkfleet_progress``). A role can follow a long download with a loop that reads it::
-
-        - name: Follow the download
-          ansible.builtin.slurp: {src: "{{ progress_file }}"}
-          register: _progress
-          until: (_progress.content | b64decode | from_json).done | default(false)
-          retries: 3600
-          delay: 5
-
-    Every attempt becomes a ``runner_retry`` event, hence a :class:`DownloadProgress`.
-    """
-    data = raw.get("event_data") or {}
-    res = data.get("res")
-    if not isinstance(res, Mapping) or res.get("encoding") != "base64":
-        return None
-    content, source = res.get("content"), str(res.get("source", ""))
-    if not isinstance(content, str) or not source.endswith(".json"):
-        return None
-    try:
-        doc = json.loads(base64.b64decode(content, validate=True))
-    except (ValueError, binascii.Error):
-        return None
-    if isinstance(doc, Mapping) and "sparkfleet_progress" in doc:
-        doc = doc["sparkfleet_progress"]
-    return progress_from_mapping(data, doc)
-
-
-DEFAULT_PROGRESS_PARSERS: tuple[ProgressParser, ...] = (
-    progress_from_sparkfleet_key,
-    progress_from_slurped_file,
-)
-"""Progress parsers every run uses; :class:`sparkfleet.Fleet` takes more (``progress_parsers``)."""
-
 _RESULT_STATUS = {
     "runner_on_ok": TaskStatus.OK,
     "runner_on_failed": TaskStatus.FAILED,
@@ -367,9 +304,7 @@ def _result_event(raw: RawEvent, data: Mapping[str, Any]) -> HostTaskResult:
     )
 
 
-def parse_event(
-    raw: RawEvent, progress_parsers: Sequence[ProgressParser] = DEFAULT_PROGRESS_PARSERS
-) -> list[FleetEvent]:
+def parse_event(raw: RawEvent) -> list[FleetEvent]:
     """Typed events for one raw ansible-runner event (often one, sometimes none or two).
 
     Loop items produce a :class:`HostTaskResult` with ``item`` set; the task's final result
@@ -426,12 +361,6 @@ def parse_event(
         text = text.removeprefix("[WARNING]:").strip()
         if text:
             out.append(AnsibleWarning(message=text))
-    if name in ("runner_on_ok", "runner_retry", "runner_on_async_poll", "runner_item_on_ok"):
-        for parser in progress_parsers:
-            prog = parser(raw)
-            if prog is not None:
-                out.append(prog)
-                break
     return out
 
 

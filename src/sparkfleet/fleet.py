@@ -2,28 +2,33 @@
 
 Example::
 
-    from sparkfleet import Fleet
+    from sparkfleet import Credentials, Fleet, VaultId
 
-    fleet = Fleet("inventory/spark", extravars={"vllm_api_key": key})
-    result = fleet.deploy(limit="spark-01,spark-02", on_event=print)
+    fleet = Fleet("inventory/spark", credentials=Credentials(vault_ids=(VaultId(source="vpw"),)))
+    result = fleet.deploy(limit="spark-01,spark-02", extra_vars_args=["@vault.yml"], on_event=print)
     for host in result.hosts.values():
-        print(host.name, host.status, host.health.endpoint if host.health else host.message)
+        print(host.name, host.status, host.endpoint or host.message)
 
-Each operation runs one playbook of the project (table :data:`OPERATIONS`); nothing the
-playbooks do is re-implemented here. A run happens in a private directory of its own (a new
-temporary one, removed afterwards unless ``artifacts_dir`` keeps ansible-runner's artifacts), so
-the project tree is never written to. Inline inventories and extra variables are written there
-as 0600 files and passed with ``-i`` / ``-e @file``, never on the command line.
+Each operation runs one playbook of the project (table :data:`OPERATIONS`) with the same
+options (:class:`~sparkfleet.options.RunOptions`); nothing the playbooks do is re-implemented
+here. A run happens in a private directory of its own (a new temporary one, removed afterwards;
+``artifacts_dir`` keeps ansible-runner's artifacts elsewhere), so the project tree is never
+written to. The inventory, extra variables and prompted passwords are handed to
+ansible-runner, which writes them there as 0600 files (``inventory/hosts.json``,
+``env/extravars``, ``env/passwords``); the recap comes from ``Runner.stats``.
 
-Stopping a run (``cancel=``, or SIGINT/SIGTERM with ``handle_signals=True``) is graceful first:
-no new task starts, the task in flight finishes on every host and the handlers it notified run
-(the ``sparkfleet_linear`` strategy, see :mod:`sparkfleet.ansible_plugins`), so a host is never
-left between a changed configuration and its restart. After ``cancel_grace_s`` seconds, or on a
-second request, ansible-runner kills the run (as its own cancel does).
+Stopping a run (``cancel=``, or SIGINT/SIGTERM with ``handle_signals=True``) is ansible-runner's
+cancel by default: the run is killed, and since every role converges, running the operation again
+finishes the job. ``graceful_stop=True`` lets the tasks in flight finish first, with the handlers
+they notified (the ``sparkfleet_linear`` strategy, see :mod:`sparkfleet.ansible_plugins`); it
+relies on ansible-core internals, so it is offered only on the releases it is tested on
+(:data:`GRACEFUL_STOP_CORE`). After ``cancel_grace_s`` seconds, or on a second request, the run is
+killed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shlex
@@ -38,22 +43,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TypeAlias
+from typing import IO, Any, Unpack
 
 import ansible_runner
 
 from sparkfleet.errors import FleetError
 from sparkfleet.events import (
-    DEFAULT_PROGRESS_PARSERS,
     EventCallback,
     FleetEvent,
-    ProgressParser,
     RawEvent,
     RunStatusChanged,
     StopRequested,
     parse_event,
 )
-from sparkfleet.inventory import InventorySource, normalize, write_inline
+from sparkfleet.inventory import InventorySource, normalize
+from sparkfleet.options import (
+    Cancel,
+    CancelToken,
+    Credentials,
+    ExecutionEnvironment,
+    PathArg,
+    RunOptions,
+    VaultId,
+)
 from sparkfleet.progress import ProgressPoller
 from sparkfleet.project import Project
 from sparkfleet.result import RunCollector, RunResult
@@ -62,8 +74,9 @@ STRATEGY_DIR = Path(__file__).resolve().parent / "ansible_plugins" / "strategy"
 STRATEGY_NAME = "sparkfleet_linear"
 KILLED_RC = 254
 """``rc`` of a run that was killed (as ansible-runner reports its own cancel)."""
-PathArg: TypeAlias = str | os.PathLike[str]
-Limit: TypeAlias = str | Sequence[str]
+GRACEFUL_STOP_CORE = ("2.19",)
+"""ansible-core releases (major.minor) the graceful-stop strategy is tested on; it overrides
+ansible-core internals, so ``graceful_stop=True`` is refused on any other release."""
 
 
 @dataclass(frozen=True)
@@ -91,42 +104,6 @@ OPERATIONS: dict[str, Operation] = {
     )
 }  # fmt: skip
 """Operations by name. ``restart(rolling=False)`` passes ``vllm_rolling_batch: "100%"``."""
-
-
-class CancelToken:
-    """A thread-safe stop request for a run (pass it as ``cancel=``).
-
-    :meth:`stop` lets the tasks in flight finish and starts no new one; :meth:`kill` ends the
-    run now (ansible-runner's cancel: the ansible-playbook process group is killed).
-    """
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._kill = threading.Event()
-
-    def stop(self) -> None:
-        """Ask for a graceful stop."""
-        self._stop.set()
-
-    def kill(self) -> None:
-        """Ask for an immediate stop."""
-        self._stop.set()
-        self._kill.set()
-
-    @property
-    def stop_requested(self) -> bool:
-        """True once :meth:`stop` or :meth:`kill` was called."""
-        return self._stop.is_set()
-
-    @property
-    def kill_requested(self) -> bool:
-        """True once :meth:`kill` was called."""
-        return self._kill.is_set()
-
-
-Cancel: TypeAlias = CancelToken | threading.Event | Callable[[], bool]
-"""A stop request: a :class:`CancelToken`, a :class:`threading.Event` (set = stop) or a callable
-polled about twice a second (True = stop)."""
 
 
 class _Control:
@@ -229,28 +206,18 @@ def _signals_stop(token: CancelToken, enabled: bool) -> Iterator[None]:
             signal.signal(sig, prev)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a 0600 file (in a 0700 directory)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
-def _join_limit(limit: Limit | None) -> str | None:
-    if limit is None:
+def _join(value: Sequence[str] | str | None) -> str | None:
+    """A ``--limit`` / ``--tags`` value: a comma-separated string, or None when empty."""
+    if value is None:
         return None
-    if isinstance(limit, str):
-        return limit or None
-    return ",".join(limit) or None
+    if isinstance(value, str):
+        return value or None
+    return ",".join(value) or None
 
 
-def _join_tags(tags: Sequence[str] | str | None) -> str | None:
-    if tags is None:
-        return None
-    if isinstance(tags, str):
-        return tags or None
-    return ",".join(tags) or None
+def ansible_core_release() -> str:
+    """The installed ansible-core's ``major.minor``."""
+    return ".".join(importlib.metadata.version("ansible-core").split(".")[:2])
 
 
 class Fleet:
@@ -258,22 +225,34 @@ class Fleet:
 
     Args:
         inventory: an inventory path, a host list or a dict (see :mod:`sparkfleet.inventory`).
-        extravars: extra variables for every run (``-e``); a run's own ``extravars`` win.
+        extravars: extra variables for every run; a run's own ``extravars`` win.
+        extra_vars_args: ``-e`` values for every run, as ``ansible-playbook -e`` takes them
+            (see :class:`~sparkfleet.options.RunOptions`); a run's own come after them.
+        credentials: vault ids and become password for every run (:class:`Credentials`).
+        vault_password_file: shorthand for one vault id read from this file (or script).
         project_dir: the project (ansible.cfg, playbooks/, roles/); default: the installed one.
         forks: parallel hosts (default: ansible.cfg's ``forks``).
-        vault_password_file: file (or executable script) giving the vault password.
+        timeout_s: default limit, in seconds, on a run's duration (None: none).
         artifacts_dir: keep ansible-runner's artifacts (stdout, job events, command) under this
             directory, one subdirectory per run; by default nothing is kept.
         event_log: append every raw ansible-runner event to this JSON-lines file.
         on_event: default callback for the typed progress events of every run.
-        cancel_grace_s: after a graceful stop request, kill the run if it has not ended after this
-            many seconds (None: wait for the task in flight, however long).
-        graceful_stop: use the ``sparkfleet_linear`` strategy so a stop lets tasks finish; when
-            False (or a strategy is chosen by ANSIBLE_STRATEGY or ansible.cfg), a stop kills
-            the run at once.
-        progress_parsers: extra functions that read download progress from raw events.
-        envvars: extra environment variables for ansible-playbook.
+        graceful_stop: a stop request lets the tasks in flight and their handlers finish (the
+            ``sparkfleet_linear`` strategy; only on :data:`GRACEFUL_STOP_CORE`, not in an
+            execution environment, and not when ANSIBLE_STRATEGY or ansible.cfg chooses a
+            strategy). Default: a stop kills the run (ansible-runner's cancel).
+        cancel_grace_s: with ``graceful_stop``, kill the run if it has not ended this many
+            seconds after the stop request (None: wait for the task in flight, however long).
+        execution_environment: run ansible-playbook in this container image
+            (:class:`ExecutionEnvironment`); the playbooks then run by their FQCN.
+        envvars: extra environment variables for ansible-playbook (no secrets: ansible-runner
+            records the environment in its ``command`` artifact).
         verbosity: ansible-playbook's ``-v`` count (0-4).
+
+    Raises:
+        FleetError: a bad argument (forks < 1, a missing vault password file, a graceful stop
+            this ansible-core or this execution mode cannot offer).
+        ProjectNotFoundError / InventoryError: no project, or a bad inventory.
     """
 
     def __init__(
@@ -281,265 +260,176 @@ class Fleet:
         inventory: InventorySource,
         *,
         extravars: Mapping[str, Any] | None = None,
+        extra_vars_args: Sequence[str] = (),
+        credentials: Credentials | None = None,
+        vault_password_file: PathArg | None = None,
         project_dir: PathArg | None = None,
         forks: int | None = None,
-        vault_password_file: PathArg | None = None,
+        timeout_s: int | None = None,
         artifacts_dir: PathArg | None = None,
         event_log: PathArg | None = None,
         on_event: EventCallback | None = None,
+        graceful_stop: bool = False,
         cancel_grace_s: float | None = 120.0,
-        graceful_stop: bool = True,
-        progress_parsers: Sequence[ProgressParser] = (),
+        execution_environment: ExecutionEnvironment | None = None,
         envvars: Mapping[str, str] | None = None,
         verbosity: int = 0,
     ) -> None:
         self.project = Project.find(project_dir)
         self.inventory = normalize(inventory)
         self.extravars: dict[str, Any] = dict(extravars or {})
+        self.extra_vars_args: tuple[str, ...] = tuple(extra_vars_args)
+        creds = credentials or Credentials()
+        if vault_password_file is not None:
+            creds = creds + Credentials(vault_ids=(VaultId(source=vault_password_file),))
+        self.credentials = creds
         self.forks = forks
-        self.vault_password_file = vault_password_file
+        self.timeout_s = timeout_s
         self.artifacts_dir = Path(artifacts_dir).resolve() if artifacts_dir else None
         self.event_log = Path(event_log) if event_log else None
         self.on_event = on_event
-        self.cancel_grace_s = cancel_grace_s
         self.graceful_stop = graceful_stop
-        self.progress_parsers: tuple[ProgressParser, ...] = (
-            *DEFAULT_PROGRESS_PARSERS,
-            *progress_parsers,
-        )
+        self.cancel_grace_s = cancel_grace_s
+        self.execution_environment = execution_environment
         self.envvars = dict(envvars or {})
         self.verbosity = verbosity
-        if forks is not None and forks < 1:
-            raise FleetError(f"forks={forks}: must be at least 1")
-        if vault_password_file is not None and not Path(vault_password_file).is_file():
-            raise FleetError(f"vault password file {vault_password_file} does not exist")
+        _check_forks(forks)
+        if graceful_stop:
+            if execution_environment is not None:
+                raise FleetError("graceful_stop needs ansible-playbook on this machine, not in "
+                                 "an execution environment")  # fmt: skip
+            release = ansible_core_release()
+            if release not in GRACEFUL_STOP_CORE:
+                raise FleetError(
+                    f"graceful_stop is tested on ansible-core {', '.join(GRACEFUL_STOP_CORE)} "
+                    f"only, and ansible-core {release} is installed; stop without it (the "
+                    "roles converge when the operation runs again)"
+                )
 
     # -- operations -------------------------------------------------------------------------
 
-    def deploy(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
-        """Take the hosts from bare to serving, health-checked (``site.yml``, every role).
+    def deploy(self, **options: Unpack[RunOptions]) -> RunResult:
+        """Take the hosts from bare to serving, health-checked (``site.yml``, every role);
+        ``tags`` narrows it to some roles (preflight, toolkit, model, service, health).
 
-        ``tags`` narrows it to some roles (preflight, toolkit, model, service, health). The other
-        arguments are those of :meth:`run`.
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
         """
-        return self._op("deploy", locals())
+        return self.operation("deploy", **options)
 
-    def preflight(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
+    def preflight(self, **options: Unpack[RunOptions]) -> RunResult:
         """Check each host and report it (``site.yml --tags preflight``); changes nothing.
-
         Each host's report is ``result.hosts[name].preflight_report``.
+
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
         """
-        return self._op("preflight", locals())
+        return self.operation("preflight", **options)
 
-    def fetch_model(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
-        """Fetch and verify the model (``site.yml --tags model``).
+    def fetch_model(self, **options: Unpack[RunOptions]) -> RunResult:
+        """Fetch and verify the model (``site.yml --tags model``); progress arrives as
+        :class:`~sparkfleet.events.DownloadProgress` events, each host's manifest is
+        ``result.hosts[name].model_manifest``.
 
-        Progress arrives as :class:`~sparkfleet.events.DownloadProgress` events; each host's
-        manifest is ``result.hosts[name].model_manifest``.
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
         """
-        return self._op("fetch_model", locals())
+        return self.operation("fetch_model", **options)
 
-    def health(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
-        """Check each endpoint: /health, /v1/models, one chat completion (``--tags health``).
+    def health(self, **options: Unpack[RunOptions]) -> RunResult:
+        """Check each endpoint: /health, /v1/models, a chat completion (``--tags health``).
+        Each host's result is ``result.hosts[name].health`` (:class:`HealthResult`).
 
-        Each host's result is ``result.hosts[name].health`` (:class:`~sparkfleet.HealthResult`).
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
         """
-        return self._op("health", locals())
+        return self.operation("health", **options)
 
-    def benchmark(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
-        """Measure each endpoint (``benchmark.yml``); numbers in ``hosts[name].benchmark``."""
-        return self._op("benchmark", locals())
+    def benchmark(self, **options: Unpack[RunOptions]) -> RunResult:
+        """Measure each endpoint (``benchmark.yml``); numbers in ``hosts[name].benchmark``.
 
-    def restart(
-        self,
-        *,
-        rolling: bool = True,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
+        """
+        return self.operation("benchmark", **options)
+
+    def uninstall(self, **options: Unpack[RunOptions]) -> RunResult:
+        """Stop and remove the service from the hosts (``uninstall.yml``).
+
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
+        """
+        return self.operation("uninstall", **options)
+
+    def status(self, **options: Unpack[RunOptions]) -> RunResult:
+        """Report each host's serving state (``status.yml``): ``hosts[name].status_report``
+        (:class:`StatusResult`).
+
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
+        """
+        return self.operation("status", **options)
+
+    def restart(self, *, rolling: bool = True, **options: Unpack[RunOptions]) -> RunResult:
         """Restart the service (``rolling_restart.yml``): one host at a time, each healthy again
         before the next, or with ``rolling=False`` all at once (``vllm_rolling_batch: 100%``).
+
+        Takes the options of :class:`~sparkfleet.options.RunOptions`.
         """
-        args = dict(locals())
-        args.pop("rolling")
         if not rolling:
-            args["extravars"] = {"vllm_rolling_batch": "100%", **(extravars or {})}
-        return self._op("restart", args)
+            options["extravars"] = {
+                "vllm_rolling_batch": "100%",
+                **(options.get("extravars") or {}),
+            }
+        return self.operation("restart", **options)
 
-    def uninstall(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
-        """Stop and remove the service from the hosts (``uninstall.yml``)."""
-        return self._op("uninstall", locals())
+    def operation(self, name: str, **options: Unpack[RunOptions]) -> RunResult:
+        """Run the operation ``name`` of :data:`OPERATIONS` (its playbook, tags and variables).
 
-    def status(
-        self,
-        *,
-        limit: Limit | None = None,
-        tags: Sequence[str] | None = None,
-        skip_tags: Sequence[str] | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
-    ) -> RunResult:
-        """Report each host's state (``status.yml``); its facts are in ``hosts[name].facts``."""
-        return self._op("status", locals())
-
-    def _op(self, name: str, args: Mapping[str, Any]) -> RunResult:
-        kwargs = {k: v for k, v in args.items() if k != "self"}
+        Raises:
+            KeyError: no such operation.
+            PlaybookNotFoundError: its playbook is not in the project.
+        """
         op = OPERATIONS[name]
-        if kwargs.get("tags") is None and op.tags:
-            kwargs["tags"] = op.tags
+        if options.get("tags") is None and op.tags:
+            options["tags"] = op.tags
         if op.extravars:
-            kwargs["extravars"] = {**op.extravars, **(kwargs.get("extravars") or {})}
+            options["extravars"] = {**op.extravars, **(options.get("extravars") or {})}
+        if self.execution_environment is not None:
+            return self.run(f"sparkfleet.spark.{Path(op.playbook).stem}", operation=name,
+                            **options)  # fmt: skip
         playbook = self.project.playbook(op.playbook, needed_by=f"{name}()")
-        return self.run(playbook, operation=name, **kwargs)
+        return self.run(playbook, operation=name, **options)
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(
-        self,
-        playbook: PathArg,
-        *,
-        operation: str | None = None,
-        limit: Limit | None = None,
-        tags: Sequence[str] | str | None = None,
-        skip_tags: Sequence[str] | str | None = None,
-        extravars: Mapping[str, Any] | None = None,
-        forks: int | None = None,
-        vault_password_file: PathArg | None = None,
-        check: bool = False,
-        diff: bool = False,
-        on_event: EventCallback | None = None,
-        cancel: Cancel | None = None,
-        handle_signals: bool = False,
+        self, playbook: PathArg, *, operation: str | None = None, **options: Unpack[RunOptions]
     ) -> RunResult:
-        """Run one playbook (a name in ``playbooks/`` or a path) and return its result.
+        """Run one playbook (a name in ``playbooks/``, a path, or in an execution environment a
+        collection playbook's FQCN) and return its result.
 
         Args:
-            playbook: ``"site.yml"`` or a path to any playbook.
+            playbook: ``"site.yml"``, a path to any playbook, or ``"sparkfleet.spark.site"``.
             operation: name recorded in the result (default: the playbook's stem).
-            limit: host pattern(s) to run on (``--limit``).
-            tags / skip_tags: ``--tags`` / ``--skip-tags``.
-            extravars: extra variables for this run (over the fleet's).
-            forks / vault_password_file: override the fleet's.
-            check / diff: ``--check`` / ``--diff``.
-            on_event: callback for this run's typed events (instead of the fleet's).
-            cancel: a stop request (:class:`CancelToken`, Event or callable).
-            handle_signals: SIGINT/SIGTERM stop the run gracefully, a second one kills it
-                (main thread only); the previous handlers are restored afterwards.
+            **options: :class:`~sparkfleet.options.RunOptions`.
 
         Raises:
             PlaybookNotFoundError: the playbook does not exist.
-            FleetError: bad arguments.
+            FleetError: bad options.
             Exception: whatever ``on_event`` raised (the run is killed first).
         """
-        path = self.project.playbook(playbook)
-        op_name = operation or path.stem
+        in_ee = self.execution_environment is not None
+        if in_ee:
+            path = Path(os.fspath(playbook))
+            op_name = operation or path.name.rsplit(".", 1)[-1]
+            shown = str(playbook)
+        else:
+            path = self.project.playbook(playbook)
+            op_name = operation or path.stem
+            shown = (str(path.relative_to(self.project.root))
+                     if path.is_relative_to(self.project.root) else str(path))  # fmt: skip
+        forks = options.get("forks")
         forks = forks if forks is not None else self.forks
-        if forks is not None and forks < 1:
-            raise FleetError(f"forks={forks}: must be at least 1")
-        vault = vault_password_file if vault_password_file is not None else self.vault_password_file
-        if vault is not None and not Path(vault).is_file():
-            raise FleetError(f"vault password file {vault} does not exist")
-        callback = on_event if on_event is not None else self.on_event
-        merged_vars = {**self.extravars, **(extravars or {})}
+        _check_forks(forks)
+        creds = self.credentials + (options.get("credentials") or Credentials())
+        secret_args, passwords = creds.ansible_args()
+        callback = options.get("on_event") or self.on_event
+        merged_vars = {**self.extravars, **(options.get("extravars") or {})}
+        timeout = options.get("timeout_s", self.timeout_s)
 
         token = CancelToken()
         collector = RunCollector()
@@ -557,34 +447,33 @@ class Fleet:
 
         private = Path(tempfile.mkdtemp(prefix=f"sparkfleet-{op_name}-"))
         # hf_model mirrors each host's download progress here; polled while the run goes on
-        (private / "progress").mkdir()
-        merged_vars.setdefault("hf_model_progress_dir", str(private / "progress"))
-        poller = ProgressPoller(Path(str(merged_vars["hf_model_progress_dir"])).expanduser(), emit)
+        progress_dir = private / "progress"
+        progress_dir.mkdir()
+        if not in_ee:
+            merged_vars.setdefault("hf_model_progress_dir", str(progress_dir))
+        poller = ProgressPoller(
+            Path(str(merged_vars.get("hf_model_progress_dir", progress_dir))).expanduser(),
+            emit,
+            task_of=lambda host: collector.host(host).last_task,
+        )
         log: IO[str] | None = None
         try:
-            inventory: str = (
-                self.inventory
-                if isinstance(self.inventory, str)
-                else str(write_inline(self.inventory, private / "inventory"))
-            )
             env = self._environment(private)
-            graceful = "ANSIBLE_STRATEGY" in env and env["ANSIBLE_STRATEGY"] == STRATEGY_NAME
+            graceful = env.get("ANSIBLE_STRATEGY") == STRATEGY_NAME
             control = _Control(
-                cancel,
+                options.get("cancel"),
                 token,
                 Path(env["SPARKFLEET_STOP_FILE"]) if graceful else None,
                 self.cancel_grace_s,
                 emit,
             )
-            cmdline: list[str] = []
-            if vault is not None:
-                cmdline += ["--vault-password-file", str(Path(vault).resolve())]
-            if check:
+            cmdline: list[str] = [*secret_args]
+            for value in (*self.extra_vars_args, *options.get("extra_vars_args", ())):
+                cmdline += ["-e", value]
+            if options.get("check"):
                 cmdline.append("--check")
-            if diff:
+            if options.get("diff"):
                 cmdline.append("--diff")
-            if merged_vars:
-                _write_private(private / "env" / "extravars", json.dumps(merged_vars, default=str))
             keep = self.artifacts_dir is not None
             if self.event_log is not None:
                 self.event_log.parent.mkdir(parents=True, exist_ok=True)
@@ -596,9 +485,9 @@ class Fleet:
                 if log is not None:
                     log.write(json.dumps(raw, default=str) + "\n")
                 collector.add_raw(raw)
-                for event in parse_event(raw, self.progress_parsers):
+                for event in parse_event(raw):
                     emit(event)
-                return keep
+                return True  # kept in job_events/, where Runner.stats reads the recap
 
             def on_tick() -> bool:
                 poller.poll()
@@ -608,30 +497,39 @@ class Fleet:
                 emit(RunStatusChanged(status=str(data.get("status", ""))))
 
             ident = f"{time.strftime('%Y%m%dT%H%M%S')}-{op_name}-{os.getpid()}"
+            where: dict[str, Any] = (
+                self.execution_environment.runner_kwargs()
+                if self.execution_environment is not None
+                else {"project_dir": str(path.parent)}
+            )
             started = time.monotonic()
-            with _signals_stop(token, handle_signals):
+            with _signals_stop(token, bool(options.get("handle_signals"))):
                 runner = ansible_runner.run(
                     private_data_dir=str(private),
-                    project_dir=str(path.parent),
-                    playbook=path.name,
-                    inventory=inventory,
-                    limit=_join_limit(limit),
-                    tags=_join_tags(tags),
-                    skip_tags=_join_tags(skip_tags),
+                    playbook=path.name if not in_ee else str(playbook),
+                    inventory=self.inventory,
+                    extravars=merged_vars or None,
+                    passwords=passwords or None,
+                    cmdline=shlex.join(cmdline) if cmdline else None,
+                    limit=_join(options.get("limit")),
+                    tags=_join(options.get("tags")),
+                    skip_tags=_join(options.get("skip_tags")),
                     forks=forks,
                     verbosity=self.verbosity or None,
-                    cmdline=shlex.join(cmdline) if cmdline else None,
                     envvars=env,
                     settings={"pexpect_timeout": 0.5, "suppress_ansible_output": True},
+                    timeout=timeout,
                     quiet=True,
                     ident=ident,
                     artifact_dir=str(self.artifacts_dir) if keep else None,
                     event_handler=on_raw,
                     cancel_callback=on_tick,
                     status_handler=on_status,
+                    **where,
                 )
             elapsed = time.monotonic() - started
             poller.poll(force=True)
+            collector.set_stats(runner.stats)
         finally:
             if log is not None:
                 log.close()
@@ -643,9 +541,7 @@ class Fleet:
             rc = KILLED_RC
         return collector.result(
             operation=op_name,
-            playbook=str(path.relative_to(self.project.root))
-            if path.is_relative_to(self.project.root)
-            else str(path),
+            playbook=shown,
             status="canceled" if control.forced else str(runner.status),
             rc=int(rc),
             elapsed_s=elapsed,
@@ -654,6 +550,8 @@ class Fleet:
 
     def _environment(self, private: Path) -> dict[str, str]:
         """ansible-playbook's extra environment for one run."""
+        if self.execution_environment is not None:
+            return dict(self.envvars)  # the image's own Ansible configuration and collection
         env = self.project.ansible_env()
         bindir = Path(sys.executable).parent
         if (bindir / "ansible-playbook").exists():
@@ -668,3 +566,8 @@ class Fleet:
             env["SPARKFLEET_STOP_FILE"] = str(private / "stop")
         env.update(self.envvars)
         return env
+
+
+def _check_forks(forks: int | None) -> None:
+    if forks is not None and forks < 1:
+        raise FleetError(f"forks={forks}: must be at least 1")

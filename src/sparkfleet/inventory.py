@@ -7,7 +7,8 @@
 - ``{"all": {...}}`` or ``{"spark": {"hosts": {...}, "vars": {...}}}``: Ansible's YAML
   inventory structure, as is.
 
-Inline inventories are written as JSON into the run's private directory, never into the project.
+An inline inventory is handed to ansible-runner, which writes it as ``inventory/hosts.json``
+(mode 0600) into the run's private directory, never into the project.
 """
 
 from __future__ import annotations
@@ -66,13 +67,3 @@ def normalize(inventory: InventorySource, group: str = DEFAULT_GROUP) -> str | d
             raise InventoryError(f"inventory list must hold host names, got {names!r}")
         return {"all": {"children": {group: {"hosts": {n: {} for n in names}}}}}
     raise InventoryError(f"unsupported inventory {inventory!r}")
-
-
-def write_inline(structure: Mapping[str, Any], directory: Path) -> Path:
-    """Write an inventory structure as ``hosts.json`` (mode 0600) under ``directory``."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / "hosts.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(structure, fh, indent=1, default=str)
-    return path

@@ -3,7 +3,8 @@
 While the role waits for a fetch, the controller mirrors each host's progress file to
 ``hf_model_progress_dir/<inventory_hostname>.json`` (schema ``sparkfleet/hf_model-progress/1``:
 ``bytes_done``, ``bytes_total``, ``rate_bps``, ...). A :class:`ProgressPoller` watches such a
-directory and turns every new version of a file into a :class:`DownloadProgress` event.
+directory and turns every new version of a file into a :class:`DownloadProgress` event, naming
+the task the host runs at the time (as the run's events reported it).
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from pathlib import Path
 
 from sparkfleet.events import DownloadProgress, progress_from_mapping
 
-FETCH_TASK = "Fetch the model"
-
 
 class ProgressPoller:
     """Emits a DownloadProgress for each progress file that changed since the last poll."""
 
     def __init__(
-        self, directory: Path, emit: Callable[[DownloadProgress], None], interval_s: float = 1.0
+        self,
+        directory: Path,
+        emit: Callable[[DownloadProgress], None],
+        interval_s: float = 1.0,
+        task_of: Callable[[str], str | None] = lambda host: None,
     ) -> None:
+        """Watch ``directory``; ``emit`` gets each event, at most one poll per ``interval_s``
+        seconds; ``task_of(host)`` names the task the host runs (None when unknown)."""
         self.directory = directory
         self.emit = emit
+        self.task_of = task_of
         self.interval_s = interval_s
         self._seen: dict[Path, int] = {}
         self._last: float | None = None  # monotonic time of the last poll; None: never polled
@@ -54,7 +60,6 @@ class ProgressPoller:
                 emitted += 1
         return emitted
 
-    @staticmethod
-    def _event(path: Path, doc: object) -> DownloadProgress | None:
-        host = doc.get("host") if isinstance(doc, dict) else None
-        return progress_from_mapping({"host": host or path.stem, "task": FETCH_TASK}, doc)
+    def _event(self, path: Path, doc: object) -> DownloadProgress | None:
+        host = str((doc.get("host") if isinstance(doc, dict) else None) or path.stem)
+        return progress_from_mapping({"host": host, "task": self.task_of(host)}, doc)

@@ -1,8 +1,10 @@
 """Results of a run: per host counts, the failing task and its message, and the roles' facts.
 
-:class:`RunCollector` folds the typed events of one run (and the raw ``playbook_on_stats`` event)
-into a :class:`RunResult`. The facts the roles publish with ``set_fact`` are kept per host; the
-known ones have typed accessors on :class:`HostResult`:
+:class:`RunCollector` folds the typed events of one run and ansible-runner's ``Runner.stats`` (the
+recap) into a :class:`RunResult`. The facts the roles publish with ``set_fact`` are kept per host,
+as the task results carried them (ansible-runner's ``Runner.get_fact_cache`` cannot read
+ansible-core 2.19's fact cache: ansible/ansible-runner#1441); the known ones have typed
+accessors on :class:`HostResult`:
 
 =====================  ================================  =========================
 accessor               fact                              set by
@@ -11,11 +13,13 @@ accessor               fact                              set by
 ``model_manifest``     ``hf_model_manifest``             ``hf_model``
 ``health``             ``vllm_health_result``            ``vllm_health``
 ``benchmark``          ``llm_benchmark_result``         ``benchmark.yml``
+``status_report``      ``fleet_status_report``           ``fleet_status``
 =====================  ================================  =========================
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +43,7 @@ PREFLIGHT_FACT = "spark_preflight_report"
 MANIFEST_FACT = "hf_model_manifest"
 HEALTH_FACT = "vllm_health_result"
 BENCHMARK_FACT = "llm_benchmark_result"
+STATUS_FACT = "fleet_status_report"
 
 
 class ExitCode(IntEnum):
@@ -56,11 +61,30 @@ class ExitCode(IntEnum):
     """The run was stopped (Ctrl-C, SIGTERM or a cancel request) before it finished."""
 
 
+def _num(value: Any, kind: type[int] | type[float]) -> Any:
+    """``value`` as an int or float (facts may hold numbers as strings), None if it is none."""
+    try:
+        return None if value in (None, "", "None") else kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return None if value in (None, "", "None") else str(value)
+
+
 @dataclass(frozen=True)
 class HealthResult:
-    """What the ``vllm_health`` role found on one host (fact ``vllm_health_result``)."""
+    """What the ``vllm_health`` role found on one host (fact ``vllm_health_result``).
+
+    ``client_endpoint`` is the OpenAI-compatible base URL a client on the controller reaches
+    (``http://ANSIBLE_HOST:PORT/v1``, role variable ``vllm_health_client_url``); ``endpoint`` is
+    the one the check used on the host itself (its loopback). ``chat_seconds`` is the chat
+    completion's latency in seconds.
+    """
 
     endpoint: str
+    client_endpoint: str | None
     model: str
     healthy: bool
     chat_seconds: float | None
@@ -70,22 +94,90 @@ class HealthResult:
     @classmethod
     def from_fact(cls, fact: Mapping[str, Any]) -> HealthResult:
         """Build from the fact's dict (values may come as strings from templating)."""
-
-        def _num(value: Any, kind: type[int] | type[float]) -> Any:
-            try:
-                return None if value in (None, "", "None") else kind(value)
-            except (TypeError, ValueError):
-                return None
-
         healthy = fact.get("healthy")
         return cls(
             endpoint=str(fact.get("endpoint", "")),
+            client_endpoint=_str(fact.get("client_endpoint")),
             model=str(fact.get("model", "")),
             healthy=healthy is True or str(healthy).lower() == "true",
             chat_seconds=_num(fact.get("chat_seconds"), float),
             completion_tokens=_num(fact.get("completion_tokens"), int),
             answer=str(fact.get("answer", "")),
         )
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """One host's serving state, as the ``fleet_status`` role read it (fact
+    ``fleet_status_report``; module ``sparkfleet.spark.vllm_status``).
+
+    Attributes:
+        unit: systemd's ``ActiveState/SubState`` of the unit, e.g. ``active/running``.
+        restarts: the unit's ``NRestarts``, None when unknown.
+        container_running: whether the container runs.
+        image: the container's image reference; ``digest`` its repo digest (``sha256:...``).
+        model_commit: the model's commit (40 hex digits) from its manifest, None without one.
+        uptime_s: seconds since the container started, None when it does not run.
+        endpoint: the base URL a client on the controller reaches (``.../v1``), if reported.
+        requests_running / requests_waiting: requests in vLLM now.
+        kv_cache_usage: KV-cache use as a fraction in [0, 1].
+        prompt_tokens / generation_tokens: tokens processed since the server started.
+        ttft_mean_s: mean time to first token since the server started, in seconds.
+        metrics_error: why ``/metrics`` could not be read (None when it was).
+    """
+
+    unit: str
+    restarts: int | None
+    container_running: bool
+    image: str | None
+    digest: str | None
+    model_commit: str | None
+    uptime_s: int | None
+    endpoint: str | None
+    requests_running: int | None
+    requests_waiting: int | None
+    kv_cache_usage: float | None
+    prompt_tokens: int | None
+    generation_tokens: int | None
+    ttft_mean_s: float | None
+    metrics_error: str | None
+
+    @property
+    def serving(self) -> bool:
+        """The unit is active, its container runs and ``/metrics`` answered."""
+        return (self.unit.startswith("active/") and self.container_running
+                and self.metrics_error is None)  # fmt: skip
+
+    @classmethod
+    def from_fact(cls, fact: Mapping[str, Any]) -> StatusResult:
+        """Build from the fact's dict."""
+        unit = fact.get("unit") or {}
+        container = fact.get("container") or {}
+        model = fact.get("model") or {}
+        metrics = fact.get("metrics") or {}
+        digests = container.get("digests") or []
+        digest = str(digests[0]).rpartition("@")[2] if digests else None
+        return cls(
+            unit=f"{unit.get('active', 'unknown')}/{unit.get('sub', 'unknown')}",
+            restarts=_num(unit.get("restarts"), int),
+            container_running=container.get("running") is True,
+            image=_str(container.get("image")),
+            digest=digest or None,
+            model_commit=_str(model.get("commit")),
+            uptime_s=_num(container.get("uptime_s"), int),
+            endpoint=_str(fact.get("endpoint")),
+            requests_running=_num(metrics.get("requests_running"), int),
+            requests_waiting=_num(metrics.get("requests_waiting"), int),
+            kv_cache_usage=_num(metrics.get("kv_cache_usage_perc"), float),
+            prompt_tokens=_num(metrics.get("prompt_tokens"), int),
+            generation_tokens=_num(metrics.get("generation_tokens"), int),
+            ttft_mean_s=_num(metrics.get("ttft_mean_s"), float),
+            metrics_error=_str(fact.get("metrics_error")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the fields, and ``serving``)."""
+        return {**dataclasses.asdict(self), "serving": self.serving}
 
 
 @dataclass
@@ -148,10 +240,20 @@ class HostResult:
         return HealthResult.from_fact(fact) if fact is not None else None
 
     @property
+    def status_report(self) -> StatusResult | None:
+        """The ``fleet_status`` report (unit, image, model, live figures), if it ran."""
+        fact = self._fact_dict(STATUS_FACT)
+        return StatusResult.from_fact(fact) if fact is not None else None
+
+    @property
     def endpoint(self) -> str | None:
-        """The OpenAI-compatible base URL the health check used, if it ran."""
+        """The OpenAI-compatible base URL a client on the controller reaches, as the health
+        check or the status report gave it (None when neither ran)."""
         health = self.health
-        return health.endpoint if health else None
+        if health is not None and health.client_endpoint:
+            return health.client_endpoint
+        status = self.status_report
+        return status.endpoint if status is not None else None
 
     @property
     def benchmark(self) -> dict[str, Any] | None:
@@ -177,6 +279,8 @@ class HostResult:
             "failed_task": self.failed_task,
             "message": self.message,
             "last_task": self.last_task,
+            "endpoint": self.endpoint,
+            "status_report": report.to_dict() if (report := self.status_report) else None,
             "facts": self.facts,
         }
 
@@ -291,9 +395,11 @@ _STATS_FIELDS = {
 class RunCollector:
     """Folds one run's events into per-host results.
 
-    Feed it every typed event (:meth:`add`) and every raw runner event (:meth:`add_raw`, for the
-    recap and the errors that belong to no host); :meth:`result` builds the :class:`RunResult`.
-    Counts come from Ansible's recap when the run reached it, else from the results seen.
+    Feed it every typed event (:meth:`add`), every raw runner event (:meth:`add_raw`, for the
+    ``set_stats`` data and the errors that belong to no host) and at the end ansible-runner's
+    ``Runner.stats`` (:meth:`set_stats`); :meth:`result` builds the :class:`RunResult`. While the
+    run goes on the counts are those of the results seen (what a live view shows); the recap
+    replaces them when the run reached it.
     """
 
     def __init__(self) -> None:
@@ -331,8 +437,6 @@ class RunCollector:
             host.facts.update(ev.facts)
         if ev.item is not None:
             return  # the task's own result follows; count that one
-        if self.stats_seen:
-            return
         if ev.status is TaskStatus.UNREACHABLE:
             host.unreachable += 1
         elif ev.status is TaskStatus.FAILED:
@@ -350,17 +454,21 @@ class RunCollector:
             host.failed_task = _task_label(ev.role, ev.task)
             host.message = ev.message
 
+    def set_stats(self, stats: Mapping[str, Any] | None) -> None:
+        """Take the counts from ``Runner.stats`` (None when the run never reached its recap)."""
+        if stats is None:
+            return
+        self.stats_seen = True
+        for host in stats.get("processed") or {}:
+            counts = self.host(host)
+            for key, attr in _STATS_FIELDS.items():
+                setattr(counts, attr, int((stats.get(key) or {}).get(host, 0)))
+
     def add_raw(self, raw: RawEvent) -> None:
-        """Account for a raw runner event: the recap, ``set_stats`` data, host-less errors."""
+        """Account for a raw runner event: ``set_stats`` data, host-less errors."""
         name = raw.get("event")
         data = raw.get("event_data") or {}
         if name == "playbook_on_stats":
-            self.stats_seen = True
-            for key, attr in _STATS_FIELDS.items():
-                for host, count in (data.get(key) or {}).items():
-                    setattr(self.host(host), attr, int(count))
-            for host in data.get("processed") or {}:
-                self.host(host)
             artifact = data.get("artifact_data")
             if isinstance(artifact, Mapping):
                 self.stats_data = dict(artifact)

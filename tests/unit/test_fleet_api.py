@@ -15,7 +15,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 
 from sparkfleet import (
@@ -34,7 +33,7 @@ from sparkfleet import (
     TaskRetry,
     TaskStarted,
 )
-from sparkfleet.cli import main, parse_extravars
+from sparkfleet.cli import main
 from sparkfleet.fleet import _Control
 from sparkfleet.inventory import normalize
 
@@ -75,16 +74,6 @@ def test_inventory_errors(bad: Any) -> None:
         normalize(bad)
 
 
-def test_extravars_parsing(tmp_path: Path) -> None:
-    varfile = tmp_path / "vars.yml"
-    varfile.write_text("vllm_port: 8001\nlist: [1, 2]\n")
-    got = parse_extravars(["a=1 b=two", f"@{varfile}", '{"c": {"d": true}}', "a=3"])
-    assert got == {"a": "3", "b": "two", "vllm_port": 8001, "list": [1, 2], "c": {"d": True}}
-    for bad in ("novalue", "=x", "@/does/not/exist", "{not: [closed"):
-        with pytest.raises(click.BadParameter):
-            parse_extravars([bad])
-
-
 # -- the project ------------------------------------------------------------------------------
 
 
@@ -120,7 +109,7 @@ def test_project_errors(tmp_path: Path) -> None:
         ["deploy"],  # no inventory
         ["nope", "-i", "x"],  # no such command
         ["deploy", "-i", "/does/not/exist"],
-        ["deploy", "-i", "a,b", "-e", "novalue"],
+        ["deploy", "-i", "a,b", "--vault-id", "lab@/does/not/exist"],
         ["deploy", "-i", "a,b", "--forks", "0"],
         ["uninstall", "-i", "a,b"],  # no --yes and no terminal
     ],
@@ -213,7 +202,7 @@ def test_graceful_stop_runs_notified_handlers_and_ends_every_play() -> None:
         if isinstance(event, HostTaskStarted) and event.task == "Change something":
             token.stop()
 
-    fleet = Fleet(local_inventory(), forks=2, extravars={"local_play_sleep": 1})
+    fleet = Fleet(local_inventory(), forks=2, extravars={"local_play_sleep": 1}, graceful_stop=True)
     result = fleet.run(PLAY, on_event=stop_at_first, cancel=token)
     assert result.canceled and result.exit_code == ExitCode.INTERRUPTED
     tasks = [(e.task, e.is_handler) for e in seen if isinstance(e, TaskStarted)]
@@ -233,7 +222,7 @@ def test_stop_through_a_signal() -> None:
         if isinstance(event, HostTaskStarted) and event.task == "Retry twice":
             os.kill(os.getpid(), signal.SIGINT)
 
-    fleet = Fleet(local_inventory(), forks=2)
+    fleet = Fleet(local_inventory(), forks=2, graceful_stop=True)
     result = fleet.run(PLAY, on_event=interrupt, handle_signals=True)
     assert result.canceled and not result.failed_hosts
     assert all(h.last_task == "Retry twice" for h in result.hosts.values())
@@ -241,9 +230,13 @@ def test_stop_through_a_signal() -> None:
 
 
 def test_a_failing_callback_stops_the_run_and_is_raised(tmp_path: Path) -> None:
+    started: set[str] = set()
+
     def broken(event: FleetEvent) -> None:
         if isinstance(event, HostTaskStarted):
-            raise RuntimeError("callback bug")
+            started.add(event.host)
+            if started == {"one", "two"}:  # the 30 s task runs on both hosts
+                raise RuntimeError("callback bug")
 
     log = tmp_path / "events.jsonl"
     fleet = Fleet(local_inventory(), extravars={"local_play_sleep": 30}, event_log=log)
@@ -300,9 +293,9 @@ def test_a_strategy_chosen_in_ansible_cfg_is_kept(tmp_path: Path) -> None:
     for name in ("roles", "playbooks"):
         (tmp_path / name).mkdir()
     (tmp_path / "ansible.cfg").write_text("[defaults]\nforks = 5\n")
-    ours = Fleet(["a"], project_dir=tmp_path)._environment(tmp_path)
+    ours = Fleet(["a"], project_dir=tmp_path, graceful_stop=True)._environment(tmp_path)
     assert ours["ANSIBLE_STRATEGY"] == "sparkfleet_linear"
     (tmp_path / "ansible.cfg").write_text("[defaults]\nstrategy = free\n")
-    theirs = Fleet(["a"], project_dir=tmp_path)._environment(tmp_path)
+    theirs = Fleet(["a"], project_dir=tmp_path, graceful_stop=True)._environment(tmp_path)
     assert "ANSIBLE_STRATEGY" not in theirs and "SPARKFLEET_STOP_FILE" not in theirs
-    assert "ANSIBLE_STRATEGY" not in Fleet(["a"], graceful_stop=False)._environment(tmp_path)
+    assert "ANSIBLE_STRATEGY" not in Fleet(["a"])._environment(tmp_path)  # opt-in

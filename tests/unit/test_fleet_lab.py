@@ -106,7 +106,7 @@ def api_host() -> Iterator[str]:
 def deployed(api_host: str) -> Deployed:
     """Deploy stopped gracefully during the toolkit role, then deployed to the end."""
     files_before = project_files()
-    fleet = Fleet(lab_inventory(), vault_password_file=VAULT)
+    fleet = Fleet(lab_inventory(), vault_password_file=VAULT, graceful_stop=True)
     token = CancelToken()
     stopped_events: list[FleetEvent] = []
 
@@ -171,7 +171,9 @@ def test_deploy_converges_and_reports_the_roles_facts(deployed: Deployed) -> Non
     assert "config.json" in manifest["files"]
     health = host.health
     assert health is not None and health.healthy
-    assert health.endpoint == "http://127.0.0.1:8000/v1"
+    assert health.endpoint == "http://127.0.0.1:8000/v1"  # where the check ran: on the host
+    # where a client on the controller reaches it: the host's address
+    assert host.endpoint == f"http://{hosts.host_address(CFG, HOST)}:8000/v1"
     assert health.completion_tokens and health.completion_tokens > 0
     assert health.answer
     # the per-host counts from the recap agree with the results the events reported
@@ -195,9 +197,9 @@ def test_health_through_the_api_with_a_failing_host(deployed: Deployed) -> None:
     assert host.succeeded and host.changed == 0
     health = host.health
     assert health is not None and health.healthy
-    # what the role reports is what the endpoint serves, seen from the controller
-    addr = hosts.host_address(CFG, HOST)
-    with urllib.request.urlopen(f"http://{addr}:8000/v1/models", timeout=30) as resp:
+    # what the role reports is what the endpoint it names serves, seen from the controller
+    assert host.endpoint == f"http://{hosts.host_address(CFG, HOST)}:8000/v1"
+    with urllib.request.urlopen(f"{host.endpoint}/models", timeout=30) as resp:
         served = [m["id"] for m in json.load(resp)["data"]]
     assert served == [health.model]
     # the failing host: its task, and a message naming the variable and the value

@@ -33,7 +33,8 @@ def _write(path: Path, doc: dict[str, object], mtime_ns: int) -> None:
 
 def test_each_new_version_of_a_file_becomes_one_event(tmp_path: Path) -> None:
     events: list[DownloadProgress] = []
-    poller = ProgressPoller(tmp_path, events.append, interval_s=0)
+    running = {"spark-01": "hf_model : Wait for the fetch, reporting its progress"}
+    poller = ProgressPoller(tmp_path, events.append, interval_s=0, task_of=running.get)
     doc = {"schema": "sparkfleet/hf_model-progress/1", "host": "spark-01", "bytes_done": 10,
            "bytes_total": 100, "rate_bps": 5.0, "phase": "fetching"}  # fmt: skip
     _write(tmp_path / "spark-01.json", doc, 1_000_000_000)
@@ -48,7 +49,9 @@ def test_each_new_version_of_a_file_becomes_one_event(tmp_path: Path) -> None:
         ("spark-01", 60, 0.6),
         ("spark-02", 1, None),
     ]
-    assert events[0].rate_bps == 5.0 and events[0].task == "Fetch the model"
+    assert events[0].rate_bps == 5.0
+    # each event names the task its host runs, as the run reported it (none known: None)
+    assert [e.task for e in events] == [running["spark-01"], running["spark-01"], None]
 
 
 def test_polls_are_spaced_unless_forced(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def main() -> None:
     one_inv = {"all": {"children": {"spark": {"vars": group_vars, "hosts": {HOST: ssh}}}}}
 
     def one() -> Fleet:
-        return Fleet(one_inv, vault_password_file=vault)
+        return Fleet(one_inv, vault_password_file=vault, graceful_stop=True)
 
     try:
         record("preflight_mixed", Fleet(mixed, vault_password_file=vault), lambda f: f.preflight())
