@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tool-call-parser", default=None)
     serve.add_argument("--reasoning-parser", default=None)
     serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction)
+    # vLLM 0.16: comma-separated paths whose requests uvicorn's access log leaves out
+    serve.add_argument("--disable-access-log-for-endpoints", default=None)
     return parser
 
 
