@@ -3,49 +3,132 @@
 project's test lab.
 
 It imitates vLLM 0.16's OpenAI-compatible server as seen from outside (CLI, start-up logs,
-refused connections while "loading", endpoints, JSON shapes, the MiniMax-M2 reasoning and
-tool-call parsers, Prometheus metrics, throughput) without a GPU or model weights. Python 3.11
-standard library only; ``tokenizers`` is used when importable and MODEL/tokenizer.json exists.
+exit statuses, refused connections while "loading", endpoints and their auth scope, JSON
+shapes, the MiniMax-M2 reasoning and tool-call parsers, Prometheus metrics, throughput) without
+a GPU or model weights: at every point the roles depend on it must refuse what vLLM 0.16
+refuses. Python 3.11 standard library only; ``tokenizers`` is used when importable and
+MODEL/tokenizer.json exists.
 
-CLI (argparse; an unknown flag exits with status 2)::
+Sources. "vLLM" below means the vllm==0.16.0 wheel from PyPI (commit g89a77b108); paths are
+package paths in it. The avarok image builds 0.16.0rc2.dev236 (commit 3b30e615), weeks from
+0.16.0; ../shared/reference/field/vllm-fidelity.md checked that each fact below held there.
 
-    server.py serve MODEL_PATH [--host 0.0.0.0] [--port 8000] [--gpu-memory-utilization F]
-        [--max-model-len N] [--max-num-seqs N] [--served-model-name NAME [NAME ...]]
-        [--api-key KEY [KEY ...]] [--trust-remote-code] [--kv-cache-dtype X]
-        [--attention-backend X] [--enable-auto-tool-choice] [--tool-call-parser X]
-        [--reasoning-parser X] [--[no-]enable-prefix-caching]
+CLI. Every ``vllm serve`` option of 0.16 is accepted (SERVE_OPTIONS: FrontendArgs in
+entrypoints/openai/cli_args.py, EngineArgs/AsyncEngineArgs.add_cli_args in engine/arg_utils.py,
+typed as get_kwargs() types them), in the forms FlexibleArgumentParser accepts
+(utils/argparse_utils.py): underscores for dashes, ``--x=v``, ``--model X``, ``-O3``, the dot
+form of JSON options (``--override-generation-config.min_p=0.01``), unambiguous prefixes.
+Anything else -- an unknown option, a value of the wrong type, a missing value -- is argparse's
+error, status 2. Given options are logged as vLLM's ``non-default args: {...}``
+(entrypoints/utils.py log_non_default_args: given values that differ from the defaults;
+``model`` and ``model_tag``; an ``--api-key`` in clear, as vLLM logs it). The stand-in acts on:
+--host, --port, --max-model-len, --max-num-seqs, --gpu-memory-utilization, --kv-cache-dtype,
+--served-model-name, --api-key (else VLLM_API_KEY), --enable-auto-tool-choice,
+--tool-call-parser, --reasoning-parser, --[no-]enable-prefix-caching,
+--disable-access-log-for-endpoints (those paths, query stripped, leave no access line:
+logging_utils/access_log_filter.py), --disable-uvicorn-access-log and --uvicorn-log-level
+(warning and above: no access lines); the others are recorded only. Checks, in vLLM's order:
+--enable-auto-tool-choice without --tool-call-parser, --enable-log-outputs without
+--enable-log-requests (TypeError, cli_args.py validate_parsed_serve_args, before any log); an
+unknown reasoning parser, or tool parser with --enable-auto-tool-choice (KeyError,
+api_server.py validate_api_server_args, after the non-default args); then the model directory.
+Uncaught exceptions end the process with status 1.
 
-``VLLM_API_KEY`` also sets the API key. Knobs, read once at start (environment)::
+Knobs, read once at start (environment)::
 
     VLLM_STANDIN_LOAD_SECONDS   simulated model load (default 5); the port refuses connections
-    VLLM_STANDIN_PREFILL_TPS    prompt tokens per second before the first token (default 920)
+    VLLM_STANDIN_PREFILL_TPS    prefill rate at a 512-token prompt (default 920, the card's);
+                                other sizes follow the card's curve (prefill_rate)
     VLLM_STANDIN_DECODE_TPS     generated tokens per second (default 28)
-    VLLM_STANDIN_OOM_ABOVE      --gpu-memory-utilization above this: CUDA OOM (default 0.93)
-    VLLM_STANDIN_FAULT          none | oom_at_start | crash_after_start:N | unhealthy
-    VLLM_STANDIN_STATE_DIR      where the crash-once marker lives (default /tmp)
+    VLLM_STANDIN_OOM_ABOVE      the fraction of GPU memory free at start (default 0.93): a
+                                --gpu-memory-utilization above it fails vLLM's free-memory check
+    VLLM_STANDIN_FAULT          a fault, below (default none)
+    VLLM_STANDIN_STATE_DIR      where the crash-once markers live (default /tmp)
     VLLM_STANDIN_CONTROL_FILE   JSON object overriding fault, load_seconds, prefill_tps,
-                                decode_tps and state_dir (default /models-control/standin.json;
-                                absent: none)
+                                decode_tps, oom_above and state_dir (default
+                                /models-control/standin.json; absent: none)
 
 A second control file, ``MODEL/.vllm-standin.json`` (same keys), is read after the first and
 wins: a deployment mounts only the model directory, so this is how the lab injects faults into
-a container it does not start itself. The real image ignores the file.
+a container it does not start itself. The real image ignores the file. vLLM's own environment
+is read too: VLLM_API_KEY, VLLM_KEEP_ALIVE_ON_ENGINE_DEATH, VLLM_NO_USAGE_STATS,
+VLLM_DO_NOT_TRACK / DO_NOT_TRACK, VLLM_CONFIG_ROOT, VLLM_DISABLE_LOG_LOGO.
 
-Faults: ``oom_at_start`` exits 1 with torch's CUDA OOM message after the load delay;
-``crash_after_start:N`` serves, then after N seconds logs an engine-died error and exits 1,
-unless the marker ``vllm-standin-crashed`` exists in the state directory (the crash creates it,
-so a restarted server stays up; with ``--ipc=host`` a state_dir under /dev/shm is the host's
-and outlives the container, so a new container started by systemd stays up too);
-``unhealthy`` serves, but /health and /ping answer 503 and generation 500.
+Faults (a ``:N`` is seconds after the server started serving; each fault that happens "once"
+creates its marker in the state directory and does not happen while the marker exists, so a
+restarted server stays up; with ``--ipc=host`` a state_dir under /dev/shm is the host's and
+outlives the container, so a new container started by systemd stays up too):
+
+- ``engine_death_after_start:N`` -- vLLM's real engine death (marker
+  ``vllm-standin-engine-died``): the engine core logs "EngineCore encountered a fatal error."
+  with its cause (v1/engine/core.py), "Engine core proc EngineCore_DP0 died unexpectedly,
+  shutting down client." (v1/engine/core_client.py), "AsyncLLM output_handler failed." and
+  ``vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace
+  (above) for the root cause.`` (v1/engine/async_llm.py). From then on /health and /ping answer
+  503 (serve/instrumentator/health.py) and generation 500 with an empty body
+  (entrypoints/launcher.py). The watchdog (launcher.py, every 5 s), or at once a request that
+  meets the dead engine, stops uvicorn ("Shutting down", "Waiting for application shutdown.",
+  "Application shutdown complete.", "Finished server process [PID]"); serve_http returns and
+  the process **exits 0** (vllm#48966). With VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1 (envs.py) it
+  stays up answering 503/500.
+- ``unready_after_start:N`` -- the same death, but the server never stops: an engine wedged
+  under KEEP_ALIVE or a build whose watchdog does not fire (vllm#39863); marker
+  ``vllm-standin-unready``.
+- ``unhealthy`` -- a dead engine from the start under KEEP_ALIVE: /health 503, generation 500
+  with an empty body, never stops; no marker.
+- ``crash_after_start:N`` -- the process dies with status 1 after logging the engine's death
+  (not what 0.16 does on an engine death: a process killed some other way); marker
+  ``vllm-standin-crashed``.
+- ``oom_at_start`` -- torch's CUDA OOM after the load, in the engine core; status 1.
+- ``startup_memory:free|cache_blocks|kv_cache`` -- vLLM 0.16's own start-up memory errors, in
+  the engine core ("EngineCore failed to start.", v1/engine/core.py) then the API server
+  (``RuntimeError: Engine core initialization failed. See root cause above. Failed core
+  proc(s): {'EngineCore_DP0': 1}``, v1/engine/utils.py), status 1: ``free`` before the load,
+  "ValueError: Free memory on device cuda:0 (F/T GiB) on startup is less than desired GPU
+  memory utilization (U, R GiB). Decrease GPU memory utilization or reduce GPU memory used by
+  other processes." (v1/worker/utils.py request_memory; on a Spark free memory is the
+  system's available memory, utils/mem_utils.py); ``cache_blocks`` after the load, "ValueError:
+  No available memory for the cache blocks. Try increasing `gpu_memory_utilization` ..." and
+  ``kv_cache`` after the load, "ValueError: To serve at least one request with the models's max
+  seq len (L), (X GiB KV cache is needed, which is larger than the available KV cache memory
+  (Y GiB). Based on the available memory, the estimated maximum model length is M. Try
+  increasing `gpu_memory_utilization` or decreasing `max_model_len` ..."
+  (v1/core/kv_cache_utils.py _check_enough_kv_cache_memory). A --gpu-memory-utilization above
+  the OOM threshold gives the ``free`` error (free = the threshold), as 0.16 does on a Spark.
+
+Stopping: SIGTERM (or SIGINT) while loading raises KeyboardInterrupt("terminated")
+(api_server.py setup_server); uncaught, CPython exits through SIGINT, which the container's
+PID 1 ignores (the avarok image has no init), so the status is **130**. While serving, a stop
+logs "Shutting down FastAPI HTTP server." (launcher.py) and uvicorn's shutdown, status 0.
+
+Routes (and the API key's scope: only paths starting with /v1 need it, scheme "bearer" in any
+case, else 401 {"error":"Unauthorized"}: entrypoints/openai/server_utils.py
+AuthenticationMiddleware; vllm#58144): /health, /ping (GET, POST), /load, /version, /metrics,
+/v1/models, /v1/chat/completions, /v1/completions, and open even with a key: POST /invocations
+(a chat or completion request by its body, application/json only: sagemaker/api_router.py),
+POST /tokenize and /detokenize (serve/tokenize), POST /inference/v1/generate (token ids in
+and out, serve/disagg). Unknown paths 404 {"detail":"Not Found"}.
+
+Output shapes: the chat message has ``reasoning`` and no ``reasoning_content`` (removed by vLLM
+PR #33402 before 0.16; chat_completion/protocol.py ChatMessage); with minimax_m2_append_think
+the reasoning is in ``content`` after "<think>" (reasoning/minimax_m2_reasoning_parser.py).
+Streamed minimax_m2 tool calls arrive as the parser sends them (ToolCallStream).
+
+Usage stats (usage/usage_lib.py), where a host can see them: unless VLLM_NO_USAGE_STATS=1,
+VLLM_DO_NOT_TRACK=1 or DO_NOT_TRACK=1, or $VLLM_CONFIG_ROOT/do_not_track exists, a JSON line is
+appended to $VLLM_CONFIG_ROOT/usage_stats.json (default ~/.config/vllm) at start-up; vLLM
+also posts it to https://stats.vllm.ai, which the stand-in does not.
 
 Prompt tokens: with ``tokenizers`` and MODEL/tokenizer.json, the tokenizer's count for each
 message's content; otherwise an approximation counting words and punctuation marks separately
 (regex ``\\w+|[^\\w\\s]``). Either way each message adds 3 tokens and the generation prompt 4
 (the chat template's markers), and ``tools`` add their JSON. Generated tokens are words with
 their leading spaces (newlines and ``</think>`` are tokens of their own). The first token comes
-after prefill (uncached prompt tokens / prefill rate, at most 120 s), each further one after
-1 / decode rate. With prefix caching (vLLM's default) whole 16-token blocks seen before are not
-prefilled again.
+after prefill (uncached prompt tokens / prefill_rate(uncached), at most 120 s), each further
+one after 1 / decode rate. With prefix caching (vLLM's default) whole 16-token blocks seen
+before are not prefilled again. The stand-in does not derive memory failures from its own
+memory model (a lab host's settings would then fail where the Spark's do not): only the faults
+and the OOM threshold make them.
 """
 
 from __future__ import annotations
@@ -1706,8 +1789,8 @@ def report_usage(args: argparse.Namespace, architecture: str) -> None:
         pass  # a thread in vLLM: its failure does not stop the server
 
 
-def schedule_crash(knobs: Knobs) -> None:
-    """crash_after_start:N: exit 1 after N seconds, once per marker file."""
+def schedule_crash(knobs: Knobs, engine: Engine) -> None:
+    """crash_after_start:N: the engine dies, then the process with status 1, once per marker."""
     marker = knobs.state_dir / CRASH_MARKER
     if knobs.crash_after is None:
         return
@@ -1718,14 +1801,7 @@ def schedule_crash(knobs: Knobs) -> None:
     def crash() -> None:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"crashed at {time.time():.0f}\n")
-        log("ERROR", "core.py:938", "EngineCore encountered a fatal error.", ENGINE_CORE)
-        log("ERROR", "async_llm.py:480", "AsyncLLM output_handler failed.")
-        print(
-            "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. "
-            "See stack trace (above) for the root cause.",
-            file=sys.stderr,
-            flush=True,
-        )
+        engine_dies(engine)
         uvicorn_log("Shutting down")
         os._exit(1)
 
@@ -1864,7 +1940,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    schedule_crash(knobs)
+    schedule_crash(knobs, engine)
     schedule_engine_death(knobs, engine)
     threading.Thread(target=watchdog, args=(engine, server), daemon=True).start()
     try:
