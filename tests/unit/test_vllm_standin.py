@@ -6,6 +6,7 @@ small model directory (config.json, safetensors index, two shards).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import requests
 import tokenizers
 
 from tests import model_profile
+from tests.standins.vllm_standin import server
 
 pytestmark = pytest.mark.nolab
 
@@ -159,6 +161,7 @@ def launch(workdir: Path, model: Path | None, extra_args: str = "", **env: str) 
         "VLLM_STANDIN_DECODE_TPS": "2000",
         "VLLM_STANDIN_STATE_DIR": str(workdir),
         "VLLM_STANDIN_CONTROL_FILE": str(workdir / "no-control.json"),
+        "VLLM_CONFIG_ROOT": str(workdir / "vllm-config"),  # usage stats stay here
         **({"MODEL": str(model)} if model else {}),
         **env,
     }
@@ -324,10 +327,28 @@ def test_oom_at_start_fault(tmp_path: Path, launcher: Launcher) -> None:
     assert "Application startup complete." not in output
 
 
-def test_memory_utilisation_above_safe_maximum_ooms(tmp_path: Path, launcher: Launcher) -> None:
+def test_memory_utilisation_above_what_is_free_fails_as_vllm_checks_it(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    """0.16 checks the requested fraction against free (on a Spark: available) memory before it
+    loads anything (v1/worker/utils.py request_memory); torch's CUDA OOM never comes."""
     standin = launcher(make_model_dir(tmp_path), GPU_MEMORY_UTIL="0.95")
     assert standin.wait_exit() == 1
-    assert "CUDA out of memory" in standin.output()
+    output = standin.output()
+    assert re.search(
+        r"ValueError: Free memory on device cuda:0 \(111\.32/119\.7 GiB\) on startup is less "
+        r"than desired GPU memory utilization \(0\.95, 113\.72 GiB\)\. Decrease GPU memory "
+        r"utilization or reduce GPU memory used by other processes\.$",
+        output,
+        re.M,
+    ), output
+    assert "EngineCore failed to start." in output
+    assert output.rstrip().endswith(
+        "RuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {'EngineCore_DP0': 1}"
+    )
+    assert "Starting to load model" not in output  # checked before the load
+    assert "CUDA out of memory" not in output
 
 
 def test_crash_after_start_happens_once_per_marker(tmp_path: Path, launcher: Launcher) -> None:
@@ -354,8 +375,7 @@ def test_control_file_makes_it_unhealthy(tmp_path: Path, launcher: Launcher) -> 
     assert standin.wait_listening().status_code == 503
     assert requests.get(f"{standin.base}/v1/models", timeout=5).status_code == 200
     response = chat(standin, {"messages": user("hi")})
-    assert response.status_code == 500
-    assert response.json()["error"]["code"] == 500
+    assert (response.status_code, response.content) == (500, b"")  # launcher.py: no body
 
 
 def test_control_file_in_the_model_dir_wins(tmp_path: Path, launcher: Launcher) -> None:
@@ -387,6 +407,254 @@ def test_crash_marker_goes_where_the_control_file_says(tmp_path: Path, launcher:
     assert second.proc.poll() is None, second.output()
 
 
+# --------------------------------------------------------------------------- flags
+
+
+CARD_OVERRIDES = (
+    "--override-generation-config.min_p=0.01 --override-generation-config.top_k 40 "
+    "--max-num-batched-tokens 8k --enforce-eager --disable-access-log-for-endpoints "
+    "/health,/metrics --disable-log-requests --max_num_partial_prefills 2 -tp 1 -O3"
+)
+
+
+def test_any_well_formed_vllm_flag_is_accepted_and_recorded(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    standin = launcher(make_model_dir(tmp_path), f"{CARD_ARGS} {CARD_OVERRIDES}")
+    standin.wait_ready()
+    line = next(x for x in standin.output().splitlines() if "non-default args: " in x)
+    recorded = ast.literal_eval(line.split("non-default args: ", 1)[1])
+    assert recorded["override_generation_config"] == {"min_p": 0.01, "top_k": 40}
+    assert recorded["max_num_batched_tokens"] == 8000  # vLLM's human-readable 8k
+    assert recorded["enforce_eager"] is True
+    assert recorded["disable_access_log_for_endpoints"] == "/health,/metrics"
+    assert recorded["max_num_partial_prefills"] == 2  # underscores read as dashes
+    assert recorded["optimization_level"] == "3"
+    assert recorded["max_num_seqs"] == 128  # from the entrypoint
+    assert recorded["tool_call_parser"] == "minimax_m2"
+    assert recorded["model_tag"] == recorded["model"]
+    # given with its default value: not a non-default arg, as in vLLM
+    assert "disable_log_requests" not in recorded
+    assert "tensor_parallel_size" not in recorded
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("--no-such-flag 1", "unrecognized arguments: --no-such-flag"),
+        ("--max-num-batched-tokens lots", "argument --max-num-batched-tokens: Value lots"),
+        ("--override-generation-config {min_p}", "argument --override-generation-config"),
+        ("--kv-cache-dtype fp9", "argument --kv-cache-dtype: invalid choice: 'fp9'"),
+        ("--enforce-eager=yes", "ignored explicit argument 'yes'"),
+        ("--port.x=1", "argument --port: Value"),
+        ("--max-num-seqs", "argument --max-num-seqs: expected one argument"),
+    ],
+)
+def test_malformed_flags_exit_2_like_argparse(
+    tmp_path: Path, launcher: Launcher, extra: str, message: str
+) -> None:
+    standin = launcher(make_model_dir(tmp_path), extra)
+    assert standin.wait_exit() == 2
+    assert message in standin.output()
+
+
+def test_api_server_validation_after_the_non_default_args(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    standin = launcher(make_model_dir(tmp_path), "--reasoning-parser nope")
+    assert standin.wait_exit() == 1
+    output = standin.output()
+    assert "KeyError: 'invalid reasoning parser: nope (chose from { deepseek_r1," in output
+    assert output.index("non-default args") < output.index("KeyError")
+    # without --enable-auto-tool-choice vLLM 0.16 does not check the tool parser's name
+    other = launcher(make_model_dir(tmp_path / "b"), "--tool-call-parser nope")
+    other.wait_ready()
+
+
+def test_access_log_skips_the_excluded_endpoints(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(
+        make_model_dir(tmp_path), "--disable-access-log-for-endpoints /health,/metrics"
+    )
+    standin.wait_ready()
+    for path in ("/health", "/metrics?x=1", "/version"):
+        requests.get(f"{standin.base}{path}", timeout=5)
+    standin.wait_output('"GET /version HTTP/1.1" 200 OK')
+    access = [line for line in standin.output().splitlines() if '"GET /' in line]
+    assert len(access) == 1, access
+    assert re.fullmatch(
+        r"\(APIServer pid=\d+\) INFO:     127\.0\.0\.1:\d+ - \"GET /version HTTP/1\.1\" 200 OK",
+        access[0],
+    )
+    # without the flag every request has its line, in uvicorn's format
+    plain = launcher(make_model_dir(tmp_path / "b"))
+    plain.wait_ready()
+    requests.get(f"{plain.base}/metrics", timeout=5)
+    plain.wait_output('"GET /metrics HTTP/1.1" 200 OK')
+
+
+# --------------------------------------------------------------------------- life cycle
+
+
+def test_stop_during_the_load_exits_130(tmp_path: Path, launcher: Launcher) -> None:
+    """api_server.py setup_server: SIGTERM while loading raises KeyboardInterrupt("terminated");
+    uncaught, it ends the container's PID 1 with 130 (Python's exit through SIGINT)."""
+    model = make_model_dir(tmp_path)
+    for signum, line in ((signal.SIGTERM, "KeyboardInterrupt: terminated"),
+                         (signal.SIGINT, "KeyboardInterrupt")):  # fmt: skip
+        standin = launcher(model, VLLM_STANDIN_LOAD_SECONDS="30")
+        standin.wait_output("Starting to load model")
+        standin.proc.send_signal(signum)
+        assert standin.wait_exit() == 130, standin.output()
+        assert standin.output().rstrip().endswith(line)
+        assert "Application startup complete." not in standin.output()
+
+
+def test_stop_after_the_load_is_clean(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(make_model_dir(tmp_path))
+    standin.wait_ready()
+    standin.proc.send_signal(signal.SIGTERM)
+    assert standin.wait_exit() == 0
+    output = standin.output()
+    for line in ("Shutting down FastAPI HTTP server.", "Application shutdown complete."):
+        assert line in output
+
+
+def test_engine_death_exits_0_once_per_marker(tmp_path: Path, launcher: Launcher) -> None:
+    """vllm#48966: the watchdog (launcher.py, every 5 s) stops uvicorn, serve_http returns and
+    the process exits 0 -- after the real log lines."""
+    model = make_model_dir(tmp_path)
+    first = launcher(model, VLLM_STANDIN_FAULT="engine_death_after_start:0.3")
+    first.wait_output("EngineDeadError")
+    assert first.wait_listening().status_code == 503  # until the watchdog fires (<= 5 s)
+    assert first.wait_exit(15) == 0
+    output = first.output()
+    order = [
+        "Application startup complete.",
+        "EngineCore encountered a fatal error.",
+        "Engine core proc EngineCore_DP0 died unexpectedly, shutting down client.",
+        "AsyncLLM output_handler failed.",
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+        "Application shutdown complete.",
+        "Finished server process",
+    ]
+    positions = [output.index(line) for line in order]
+    assert positions == sorted(positions), output
+    assert (tmp_path / "vllm-standin-engine-died").exists()
+    second = launcher(model, VLLM_STANDIN_FAULT="engine_death_after_start:0.3")
+    second.wait_ready()
+    assert "engine_death_after_start marker" in second.output()
+    time.sleep(0.6)
+    assert requests.get(f"{second.base}/health", timeout=5).status_code == 200
+
+
+def test_a_request_to_a_dead_engine_stops_the_server_at_once(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    standin = launcher(make_model_dir(tmp_path), VLLM_STANDIN_FAULT="engine_death_after_start:0")
+    standin.wait_output("EngineDeadError")
+    response = chat(standin, {"messages": user("hi")})
+    assert (response.status_code, response.content) == (500, b"")  # launcher.py
+    started = time.monotonic()
+    assert standin.wait_exit(15) == 0
+    assert time.monotonic() - started < 4  # not at the watchdog's next tick
+
+
+def test_engine_death_with_keep_alive_stays_up_at_503(tmp_path: Path, launcher: Launcher) -> None:
+    standin = launcher(
+        make_model_dir(tmp_path),
+        VLLM_STANDIN_FAULT="engine_death_after_start:0",
+        VLLM_KEEP_ALIVE_ON_ENGINE_DEATH="1",
+    )
+    standin.wait_output("EngineDeadError")
+    assert standin.wait_listening().status_code == 503
+    for _ in range(2):
+        response = chat(standin, {"messages": user("hi")})
+        assert (response.status_code, response.content) == (500, b"")
+    assert requests.get(f"{standin.base}/v1/models", timeout=5).status_code == 200
+    time.sleep(5.5)  # past the watchdog's tick
+    assert standin.proc.poll() is None, standin.output()
+    assert requests.get(f"{standin.base}/health", timeout=5).status_code == 503
+
+
+def test_unready_after_start_is_503_until_restarted(tmp_path: Path, launcher: Launcher) -> None:
+    model = make_model_dir(tmp_path)
+    first = launcher(model, VLLM_STANDIN_FAULT="unready_after_start:0.5")
+    first.wait_ready()
+    first.wait_output("EngineDeadError")
+    assert requests.get(f"{first.base}/health", timeout=5).status_code == 503
+    assert chat(first, {"messages": user("hi")}).status_code == 500
+    assert first.proc.poll() is None  # wedged: nothing stops it (no KEEP_ALIVE needed)
+    assert (tmp_path / "vllm-standin-unready").exists()
+    first.stop()
+    second = launcher(model, VLLM_STANDIN_FAULT="unready_after_start:0.2")
+    second.wait_ready()
+    time.sleep(0.5)
+    assert requests.get(f"{second.base}/health", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "after_load"),
+    [
+        ("free", r"ValueError: Free memory on device cuda:0 \(\d+\.\d+/119\.7 GiB\) on startup "
+         r"is less than desired GPU memory utilization \(0\.93, 111\.32 GiB\)\. Decrease GPU "
+         r"memory utilization or reduce GPU memory used by other processes\.$", False),
+        ("cache_blocks", r"ValueError: No available memory for the cache blocks\. Try increasing "
+         r"`gpu_memory_utilization` when initializing the engine\. See "
+         r"https://docs\.vllm\.ai/en/latest/configuration/conserving_memory/ for more "
+         r"details\.$", True),
+        ("kv_cache", r"ValueError: To serve at least one request with the models's max seq len "
+         r"\(65536\), \(15\.5 GiB KV cache is needed, which is larger than the available KV "
+         r"cache memory \(3\.88 GiB\)\. Based on the available memory, the estimated maximum "
+         r"model length is 16384\. Try increasing `gpu_memory_utilization` or decreasing "
+         r"`max_model_len` when initializing the engine\. See "
+         r"https://docs\.vllm\.ai/en/latest/configuration/conserving_memory/ for more "
+         r"details\.$", True),
+    ],
+)  # fmt: skip
+def test_startup_memory_errors_in_vllm_016s_words(
+    tmp_path: Path, launcher: Launcher, kind: str, message: str, after_load: bool
+) -> None:
+    control = {"fault": f"startup_memory:{kind}"}
+    model = make_model_dir(tmp_path)
+    (model / ".vllm-standin.json").write_text(json.dumps(control))
+    standin = launcher(model)
+    assert standin.wait_exit() == 1
+    output = standin.output()
+    assert re.search(message, output, re.M), output
+    assert ("Loading weights took" in output) is after_load
+    assert output.index("EngineCore failed to start.") < output.index("ValueError")
+    assert output.rstrip().endswith(
+        "RuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {'EngineCore_DP0': 1}"
+    )
+
+
+@pytest.mark.parametrize("fault", ["bogus", "startup_memory:disk", "engine_death_after_start:x"])
+def test_unknown_faults_are_refused(tmp_path: Path, launcher: Launcher, fault: str) -> None:
+    standin = launcher(make_model_dir(tmp_path), VLLM_STANDIN_FAULT=fault)
+    assert standin.wait_exit() == 1
+    assert "ValueError:" in standin.output()
+
+
+def test_usage_stats_unless_turned_off(tmp_path: Path, launcher: Launcher) -> None:
+    """usage/usage_lib.py: a JSON line in $VLLM_CONFIG_ROOT/usage_stats.json unless
+    VLLM_NO_USAGE_STATS=1 or DO_NOT_TRACK=1."""
+    model = make_model_dir(tmp_path)
+    for name, env in (("on", {}), ("no-stats", {"VLLM_NO_USAGE_STATS": "1"}),
+                      ("dnt", {"DO_NOT_TRACK": "1"})):  # fmt: skip
+        root = tmp_path / name
+        standin = launcher(model, VLLM_CONFIG_ROOT=str(root), **env)
+        standin.wait_ready()
+        stats = root / "usage_stats.json"
+        if env:
+            assert not stats.exists(), name
+        else:
+            report = json.loads(stats.read_text().splitlines()[0])
+            assert report["model_architecture"] == "MiniMaxM2ForCausalLM"
+            assert report["context"] == "OPENAI_API_SERVER"
+        standin.stop()
+
+
 # --------------------------------------------------------------------------- endpoints
 
 
@@ -415,7 +683,7 @@ def test_chat_answers_the_coherence_question(card_server: Standin) -> None:
     assert THINK_ANSWER.match(message["content"]), message
     assert "Paris" in message["content"].split("</think>", 1)[1]
     assert message["reasoning"] is None
-    assert message["reasoning_content"] is None
+    assert "reasoning_content" not in message  # removed before 0.16 (vllm PR #33402)
     assert choice["finish_reason"] == "stop"
     usage = data["usage"]
     assert usage["prompt_tokens"] > 10
@@ -491,9 +759,26 @@ def test_tool_call_streamed(card_server: Standin) -> None:
     )
     chunks = [json.loads(data) for _, data in stream_events(response) if data != "[DONE]"]
     calls = [d["tool_calls"] for c in chunks if "tool_calls" in (d := c["choices"][0]["delta"])]
-    assert len(calls) == 1
-    assert calls[0][0]["function"]["name"] == "get_weather"
-    assert json.loads(calls[0][0]["function"]["arguments"])["location"] == "Oslo"
+    # as vLLM 0.16's minimax_m2 parser streams a call: the header (id, type, name, empty
+    # arguments), "{", one '"key": value' per parameter, "}" -- one delta per token
+    assert all(len(call) == 1 and call[0]["index"] == 0 for call in calls)
+    header, *rest = [call[0] for call in calls]
+    assert re.fullmatch(r"call_[0-9a-f]{24}", header["id"])
+    assert header["type"] == "function"
+    assert header["function"] == {"name": "get_weather", "arguments": ""}
+    assert all(set(d) == {"index", "function"} for d in rest)
+    fragments = [d["function"]["arguments"] for d in rest]
+    assert fragments == [
+        "{",
+        '"location": "Oslo"',
+        ', "unit": "celsius"',
+        ', "days": 1',
+        ', "alerts": true',
+        "}",
+    ]
+    body["stream"] = False
+    whole = chat(card_server, body).json()["choices"][0]["message"]["tool_calls"][0]
+    assert "".join(fragments) == whole["function"]["arguments"]  # the same JSON text
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
@@ -573,6 +858,48 @@ def test_api_key_guards_v1_only(key_server: Standin) -> None:
     assert ok.status_code == 200
 
 
+def test_routes_outside_v1_are_open_even_with_a_key(key_server: Standin) -> None:
+    """vLLM 0.16 checks the key on /v1/* only (server_utils.AuthenticationMiddleware):
+    /invocations serves chat completions without it, and /tokenize, /detokenize and
+    /inference/v1/generate are open too (vllm#58144)."""
+    base, name = key_server.base, '"minimax"'
+    chat_body: dict[str, Any] = {"model": name, "messages": user("What is the capital of France?")}
+    assert chat(key_server, chat_body).status_code == 401
+    invoked = requests.post(f"{base}/invocations", json=chat_body, timeout=30)
+    assert invoked.status_code == 200
+    assert invoked.json()["object"] == "chat.completion"
+    assert "Paris" in invoked.json()["choices"][0]["message"]["content"]
+    completion = requests.post(f"{base}/invocations", json={"prompt": "Hi", "max_tokens": 3},
+                               timeout=30)  # fmt: skip
+    assert completion.json()["object"] == "text_completion"
+    neither = requests.post(f"{base}/invocations", json={"input": "x"}, timeout=30)
+    assert neither.status_code == 400
+    assert "Cannot find suitable handler for request" in neither.json()["error"]["message"]
+    not_json = requests.post(f"{base}/invocations", data=b"{}", timeout=30)
+    assert not_json.status_code == 400  # validate_json_request: only application/json
+
+    tokens = requests.post(f"{base}/tokenize", json={"prompt": "Hello world"}, timeout=5).json()
+    assert tokens["count"] == len(tokens["tokens"]) == 2
+    assert tokens["max_model_len"] == 65536
+    text = requests.post(f"{base}/detokenize", json={"tokens": tokens["tokens"]}, timeout=5)
+    assert text.json() == {"prompt": "Hello world"}
+    generated = requests.post(
+        f"{base}/inference/v1/generate",
+        json={"token_ids": tokens["tokens"], "sampling_params": {"max_tokens": 4}},
+        timeout=30,
+    ).json()
+    assert len(generated["choices"][0]["token_ids"]) == 4
+    assert generated["choices"][0]["finish_reason"] == "length"
+
+    for path in ("/v1/models", "/v1/tokenize", "/v1/whatever"):
+        assert requests.get(f"{base}{path}", timeout=5).status_code == 401, path
+    assert requests.get(f"{base}/load", timeout=5).json() == {"server_load": 0}
+    assert requests.get(f"{base}/nowhere", timeout=5).json() == {"detail": "Not Found"}
+    # the scheme is case-insensitive, as in vLLM
+    lower = {"Authorization": "bearer sekret"}
+    assert requests.get(f"{base}/v1/models", headers=lower, timeout=5).status_code == 200
+
+
 def test_quotes_in_extra_args_reach_the_server(key_server: Standin) -> None:
     headers = {"Authorization": "Bearer sekret"}
     models = requests.get(f"{key_server.base}/v1/models", headers=headers, timeout=5).json()
@@ -647,10 +974,12 @@ def test_prefill_and_decode_follow_the_configured_rates(tokenizer_server: Standi
         "vllm:prefix_cache_queries_total": prompt_tokens,
         "vllm:prefix_cache_hits_total": 0,
     }
-    # ...and paced: the first token after prompt_tokens / prefill_tps, the n-th 1 / decode_tps
+    # ...and paced: the first token after the prefill, the n-th 1 / decode_tps
     # after the one before. Lower bounds only: a busy machine only makes tokens later.
+    prefill_s = prompt_tokens / server.prefill_rate(prefill_tps, prompt_tokens)
+    assert prefill_s > prompt_tokens / prefill_tps  # shorter than 512 tokens: slower
     for n, arrived in enumerate(times):
-        assert arrived >= prompt_tokens / prefill_tps + n / decode_tps - 0.001, (n, times)
+        assert arrived >= prefill_s + n / decode_tps - 0.001, (n, times)
     # The same prompt again: prefix caching finds every whole 16-token block of it, so only
     # the last, partial block is prefilled.
     _, counted = timed()
@@ -660,3 +989,15 @@ def test_prefill_and_decode_follow_the_configured_rates(tokenizer_server: Standi
         "vllm:prefix_cache_queries_total": prompt_tokens,
         "vllm:prefix_cache_hits_total": cached,
     }
+
+
+def test_prefill_rate_grows_with_the_prompt_as_the_cards_table() -> None:
+    """The card: 920 tok/s at 512 prompt tokens, 1916 at 4096; VLLM_STANDIN_PREFILL_TPS is the
+    rate at 512 and scales the whole curve."""
+    assert server.prefill_rate(920, 512) == pytest.approx(920)
+    assert server.prefill_rate(920, 4096) == pytest.approx(1916)
+    assert server.prefill_rate(1000, 4096) == pytest.approx(1916 * 1000 / 920)
+    assert server.prefill_rate(920, 65536) == server.prefill_rate(920, 4096)  # no faster
+    times = [n / server.prefill_rate(920, n) for n in (1, 10, 100, 512, 2048, 4096, 8192, 65536)]
+    assert times == sorted(times)  # a longer prompt never prefills sooner
+    assert times[3] == pytest.approx(512 / 920)

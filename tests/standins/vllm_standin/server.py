@@ -3,49 +3,132 @@
 project's test lab.
 
 It imitates vLLM 0.16's OpenAI-compatible server as seen from outside (CLI, start-up logs,
-refused connections while "loading", endpoints, JSON shapes, the MiniMax-M2 reasoning and
-tool-call parsers, Prometheus metrics, throughput) without a GPU or model weights. Python 3.11
-standard library only; ``tokenizers`` is used when importable and MODEL/tokenizer.json exists.
+exit statuses, refused connections while "loading", endpoints and their auth scope, JSON
+shapes, the MiniMax-M2 reasoning and tool-call parsers, Prometheus metrics, throughput) without
+a GPU or model weights: at every point the roles depend on it must refuse what vLLM 0.16
+refuses. Python 3.11 standard library only; ``tokenizers`` is used when importable and
+MODEL/tokenizer.json exists.
 
-CLI (argparse; an unknown flag exits with status 2)::
+Sources. "vLLM" below means the vllm==0.16.0 wheel from PyPI (commit g89a77b108); paths are
+package paths in it. The avarok image builds 0.16.0rc2.dev236 (commit 3b30e615), weeks from
+0.16.0; ../shared/reference/field/vllm-fidelity.md checked that each fact below held there.
 
-    server.py serve MODEL_PATH [--host 0.0.0.0] [--port 8000] [--gpu-memory-utilization F]
-        [--max-model-len N] [--max-num-seqs N] [--served-model-name NAME [NAME ...]]
-        [--api-key KEY [KEY ...]] [--trust-remote-code] [--kv-cache-dtype X]
-        [--attention-backend X] [--enable-auto-tool-choice] [--tool-call-parser X]
-        [--reasoning-parser X] [--[no-]enable-prefix-caching]
+CLI. Every ``vllm serve`` option of 0.16 is accepted (SERVE_OPTIONS: FrontendArgs in
+entrypoints/openai/cli_args.py, EngineArgs/AsyncEngineArgs.add_cli_args in engine/arg_utils.py,
+typed as get_kwargs() types them), in the forms FlexibleArgumentParser accepts
+(utils/argparse_utils.py): underscores for dashes, ``--x=v``, ``--model X``, ``-O3``, the dot
+form of JSON options (``--override-generation-config.min_p=0.01``), unambiguous prefixes.
+Anything else -- an unknown option, a value of the wrong type, a missing value -- is argparse's
+error, status 2. Given options are logged as vLLM's ``non-default args: {...}``
+(entrypoints/utils.py log_non_default_args: given values that differ from the defaults;
+``model`` and ``model_tag``; an ``--api-key`` in clear, as vLLM logs it). The stand-in acts on:
+--host, --port, --max-model-len, --max-num-seqs, --gpu-memory-utilization, --kv-cache-dtype,
+--served-model-name, --api-key (else VLLM_API_KEY), --enable-auto-tool-choice,
+--tool-call-parser, --reasoning-parser, --[no-]enable-prefix-caching,
+--disable-access-log-for-endpoints (those paths, query stripped, leave no access line:
+logging_utils/access_log_filter.py), --disable-uvicorn-access-log and --uvicorn-log-level
+(warning and above: no access lines); the others are recorded only. Checks, in vLLM's order:
+--enable-auto-tool-choice without --tool-call-parser, --enable-log-outputs without
+--enable-log-requests (TypeError, cli_args.py validate_parsed_serve_args, before any log); an
+unknown reasoning parser, or tool parser with --enable-auto-tool-choice (KeyError,
+api_server.py validate_api_server_args, after the non-default args); then the model directory.
+Uncaught exceptions end the process with status 1.
 
-``VLLM_API_KEY`` also sets the API key. Knobs, read once at start (environment)::
+Knobs, read once at start (environment)::
 
     VLLM_STANDIN_LOAD_SECONDS   simulated model load (default 5); the port refuses connections
-    VLLM_STANDIN_PREFILL_TPS    prompt tokens per second before the first token (default 920)
+    VLLM_STANDIN_PREFILL_TPS    prefill rate at a 512-token prompt (default 920, the card's);
+                                other sizes follow the card's curve (prefill_rate)
     VLLM_STANDIN_DECODE_TPS     generated tokens per second (default 28)
-    VLLM_STANDIN_OOM_ABOVE      --gpu-memory-utilization above this: CUDA OOM (default 0.93)
-    VLLM_STANDIN_FAULT          none | oom_at_start | crash_after_start:N | unhealthy
-    VLLM_STANDIN_STATE_DIR      where the crash-once marker lives (default /tmp)
+    VLLM_STANDIN_OOM_ABOVE      the fraction of GPU memory free at start (default 0.93): a
+                                --gpu-memory-utilization above it fails vLLM's free-memory check
+    VLLM_STANDIN_FAULT          a fault, below (default none)
+    VLLM_STANDIN_STATE_DIR      where the crash-once markers live (default /tmp)
     VLLM_STANDIN_CONTROL_FILE   JSON object overriding fault, load_seconds, prefill_tps,
-                                decode_tps and state_dir (default /models-control/standin.json;
-                                absent: none)
+                                decode_tps, oom_above and state_dir (default
+                                /models-control/standin.json; absent: none)
 
 A second control file, ``MODEL/.vllm-standin.json`` (same keys), is read after the first and
 wins: a deployment mounts only the model directory, so this is how the lab injects faults into
-a container it does not start itself. The real image ignores the file.
+a container it does not start itself. The real image ignores the file. vLLM's own environment
+is read too: VLLM_API_KEY, VLLM_KEEP_ALIVE_ON_ENGINE_DEATH, VLLM_NO_USAGE_STATS,
+VLLM_DO_NOT_TRACK / DO_NOT_TRACK, VLLM_CONFIG_ROOT, VLLM_DISABLE_LOG_LOGO.
 
-Faults: ``oom_at_start`` exits 1 with torch's CUDA OOM message after the load delay;
-``crash_after_start:N`` serves, then after N seconds logs an engine-died error and exits 1,
-unless the marker ``vllm-standin-crashed`` exists in the state directory (the crash creates it,
-so a restarted server stays up; with ``--ipc=host`` a state_dir under /dev/shm is the host's
-and outlives the container, so a new container started by systemd stays up too);
-``unhealthy`` serves, but /health and /ping answer 503 and generation 500.
+Faults (a ``:N`` is seconds after the server started serving; each fault that happens "once"
+creates its marker in the state directory and does not happen while the marker exists, so a
+restarted server stays up; with ``--ipc=host`` a state_dir under /dev/shm is the host's and
+outlives the container, so a new container started by systemd stays up too):
+
+- ``engine_death_after_start:N`` -- vLLM's real engine death (marker
+  ``vllm-standin-engine-died``): the engine core logs "EngineCore encountered a fatal error."
+  with its cause (v1/engine/core.py), "Engine core proc EngineCore_DP0 died unexpectedly,
+  shutting down client." (v1/engine/core_client.py), "AsyncLLM output_handler failed." and
+  ``vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace
+  (above) for the root cause.`` (v1/engine/async_llm.py). From then on /health and /ping answer
+  503 (serve/instrumentator/health.py) and generation 500 with an empty body
+  (entrypoints/launcher.py). The watchdog (launcher.py, every 5 s), or at once a request that
+  meets the dead engine, stops uvicorn ("Shutting down", "Waiting for application shutdown.",
+  "Application shutdown complete.", "Finished server process [PID]"); serve_http returns and
+  the process **exits 0** (vllm#48966). With VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1 (envs.py) it
+  stays up answering 503/500.
+- ``unready_after_start:N`` -- the same death, but the server never stops: an engine wedged
+  under KEEP_ALIVE or a build whose watchdog does not fire (vllm#39863); marker
+  ``vllm-standin-unready``.
+- ``unhealthy`` -- a dead engine from the start under KEEP_ALIVE: /health 503, generation 500
+  with an empty body, never stops; no marker.
+- ``crash_after_start:N`` -- the process dies with status 1 after logging the engine's death
+  (not what 0.16 does on an engine death: a process killed some other way); marker
+  ``vllm-standin-crashed``.
+- ``oom_at_start`` -- torch's CUDA OOM after the load, in the engine core; status 1.
+- ``startup_memory:free|cache_blocks|kv_cache`` -- vLLM 0.16's own start-up memory errors, in
+  the engine core ("EngineCore failed to start.", v1/engine/core.py) then the API server
+  (``RuntimeError: Engine core initialization failed. See root cause above. Failed core
+  proc(s): {'EngineCore_DP0': 1}``, v1/engine/utils.py), status 1: ``free`` before the load,
+  "ValueError: Free memory on device cuda:0 (F/T GiB) on startup is less than desired GPU
+  memory utilization (U, R GiB). Decrease GPU memory utilization or reduce GPU memory used by
+  other processes." (v1/worker/utils.py request_memory; on a Spark free memory is the
+  system's available memory, utils/mem_utils.py); ``cache_blocks`` after the load, "ValueError:
+  No available memory for the cache blocks. Try increasing `gpu_memory_utilization` ..." and
+  ``kv_cache`` after the load, "ValueError: To serve at least one request with the models's max
+  seq len (L), (X GiB KV cache is needed, which is larger than the available KV cache memory
+  (Y GiB). Based on the available memory, the estimated maximum model length is M. Try
+  increasing `gpu_memory_utilization` or decreasing `max_model_len` ..."
+  (v1/core/kv_cache_utils.py _check_enough_kv_cache_memory). A --gpu-memory-utilization above
+  the OOM threshold gives the ``free`` error (free = the threshold), as 0.16 does on a Spark.
+
+Stopping: SIGTERM (or SIGINT) while loading raises KeyboardInterrupt("terminated")
+(api_server.py setup_server); uncaught, CPython exits through SIGINT, which the container's
+PID 1 ignores (the avarok image has no init), so the status is **130**. While serving, a stop
+logs "Shutting down FastAPI HTTP server." (launcher.py) and uvicorn's shutdown, status 0.
+
+Routes (and the API key's scope: only paths starting with /v1 need it, scheme "bearer" in any
+case, else 401 {"error":"Unauthorized"}: entrypoints/openai/server_utils.py
+AuthenticationMiddleware; vllm#58144): /health, /ping (GET, POST), /load, /version, /metrics,
+/v1/models, /v1/chat/completions, /v1/completions, and open even with a key: POST /invocations
+(a chat or completion request by its body, application/json only: sagemaker/api_router.py),
+POST /tokenize and /detokenize (serve/tokenize), POST /inference/v1/generate (token ids in
+and out, serve/disagg). Unknown paths 404 {"detail":"Not Found"}.
+
+Output shapes: the chat message has ``reasoning`` and no ``reasoning_content`` (removed by vLLM
+PR #33402 before 0.16; chat_completion/protocol.py ChatMessage); with minimax_m2_append_think
+the reasoning is in ``content`` after "<think>" (reasoning/minimax_m2_reasoning_parser.py).
+Streamed minimax_m2 tool calls arrive as the parser sends them (ToolCallStream).
+
+Usage stats (usage/usage_lib.py), where a host can see them: unless VLLM_NO_USAGE_STATS=1,
+VLLM_DO_NOT_TRACK=1 or DO_NOT_TRACK=1, or $VLLM_CONFIG_ROOT/do_not_track exists, a JSON line is
+appended to $VLLM_CONFIG_ROOT/usage_stats.json (default ~/.config/vllm) at start-up; vLLM
+also posts it to https://stats.vllm.ai, which the stand-in does not.
 
 Prompt tokens: with ``tokenizers`` and MODEL/tokenizer.json, the tokenizer's count for each
 message's content; otherwise an approximation counting words and punctuation marks separately
 (regex ``\\w+|[^\\w\\s]``). Either way each message adds 3 tokens and the generation prompt 4
 (the chat template's markers), and ``tools`` add their JSON. Generated tokens are words with
 their leading spaces (newlines and ``</think>`` are tokens of their own). The first token comes
-after prefill (uncached prompt tokens / prefill rate, at most 120 s), each further one after
-1 / decode rate. With prefix caching (vLLM's default) whole 16-token blocks seen before are not
-prefilled again.
+after prefill (uncached prompt tokens / prefill_rate(uncached), at most 120 s), each further
+one after 1 / decode rate. With prefix caching (vLLM's default) whole 16-token blocks seen
+before are not prefilled again. The stand-in does not derive memory failures from its own
+memory model (a lab host's settings would then fail where the Spark's do not): only the faults
+and the OOM threshold make them.
 """
 
 from __future__ import annotations
@@ -53,6 +136,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import re
 import signal
@@ -72,6 +156,7 @@ from typing import Any, NoReturn, cast
 from urllib.parse import urlsplit
 
 VERSION = "0.16.0rc2.dev0+standin"
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B"  # vllm serve without a model
 CRASH_MARKER = "vllm-standin-crashed"
 MODEL_CONTROL_FILE = ".vllm-standin.json"
 GPU_TOTAL_GIB = 119.7  # what torch reports for a GB10
@@ -79,15 +164,15 @@ WEIGHTS_AND_OVERHEAD_GIB = 96.0  # the 99 GB checkpoint plus activations and CUD
 BLOCK_SIZE = 16
 MAX_PREFILL_SECONDS = 120.0
 GENERATION_PROMPT = ["]~b]ai", "\n", "<think>", "\n"]
-KV_CACHE_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla"]
-REASONING_PARSER_NAMES = (
-    "deepseek_r1 deepseek_v3 ernie45 glm45 gpt_oss granite hunyuan_a13b kimi_k2 minimax_m2 "
-    "minimax_m2_append_think mistral olmo3 qwen3 seed_oss step3"
+REASONING_PARSER_NAMES = (  # vllm/reasoning/__init__.py, in registration order
+    "deepseek_r1 deepseek_v3 ernie45 glm45 openai_gptoss granite holo2 hunyuan_a13b kimi_k2 "
+    "minimax_m2 minimax_m2_append_think mistral olmo3 qwen3 seed_oss step3 step3p5"
 )
-TOOL_PARSER_NAMES = (
-    "deepseek_v3 deepseek_v31 ernie45 glm45 granite hermes hunyuan_a13b internlm jamba kimi_k2 "
-    "llama3_json llama4_json llama4_pythonic longcat minimax minimax_m2 mistral olmo3 openai "
-    "phi4_mini_json pythonic qwen3_coder qwen3_xml seed_oss step3 xlam"
+TOOL_PARSER_NAMES = (  # vllm/tool_parsers/__init__.py, in registration order
+    "deepseek_v3 deepseek_v31 deepseek_v32 ernie45 glm45 glm47 granite hermes hunyuan_a13b "
+    "internlm jamba kimi_k2 llama3_json llama4_json llama4_pythonic longcat minimax_m2 minimax "
+    "mistral olmo3 openai phi4_mini_json pythonic qwen3_coder qwen3_xml seed_oss step3 step3p5 "
+    "xlam gigachat3 functiongemma"
 )
 APPEND_THINK = "minimax_m2_append_think"
 TOOL_START, TOOL_END = "<minimax:tool_call>", "</minimax:tool_call>"
@@ -134,15 +219,43 @@ def uvicorn_log(message: str) -> None:
     print(f"(APIServer pid={os.getpid()}) INFO:     {message}", flush=True)
 
 
-def die(exception_line: str, frames: list[str]) -> NoReturn:
-    """Print a Python-style traceback ending in ``exception_line`` to stderr and exit 1."""
+def traceback(exception_line: str, frames: list[str], proc: str | None = None) -> None:
+    """A Python-style traceback ending in ``exception_line`` on stderr; with ``proc``, each
+    line prefixed as vLLM's decorate_logs prefixes a process's output."""
     lines = ["Traceback (most recent call last):"]
     lines += [f'  File "/opt/venv/lib/python3.12/site-packages/vllm/{f}"' for f in frames]
-    print("\n".join([*lines, exception_line]), file=sys.stderr, flush=True)
-    sys.exit(1)
+    lines += exception_line.split("\n")
+    prefix = f"({proc} pid={os.getpid()}) " if proc else ""
+    print("\n".join(prefix + line for line in lines), file=sys.stderr, flush=True)
+
+
+DECORATED: list[str] = []  # "APIServer" once run_server has called decorate_logs
+
+
+def die(exception_line: str, frames: list[str], status: int = 1) -> NoReturn:
+    """A traceback ending in ``exception_line``, then exit (1: an uncaught exception)."""
+    traceback(exception_line, frames, DECORATED[0] if DECORATED else None)
+    sys.exit(status)
 
 
 # --------------------------------------------------------------------------- knobs
+
+
+FAULTS = {  # name: whether it takes a number of seconds
+    "none": False,
+    "oom_at_start": False,
+    "crash_after_start": True,
+    "engine_death_after_start": True,
+    "unready_after_start": True,
+    "unhealthy": False,
+    "startup_memory": False,  # takes free | cache_blocks | kv_cache instead
+}
+STARTUP_MEMORY_KINDS = ("free", "cache_blocks", "kv_cache")
+MARKERS = {  # fault: its crash-once marker in the state directory
+    "crash_after_start": CRASH_MARKER,
+    "engine_death_after_start": "vllm-standin-engine-died",
+    "unready_after_start": "vllm-standin-unready",
+}
 
 
 @dataclass(frozen=True)
@@ -150,12 +263,17 @@ class Knobs:
     """Simulation settings: the environment, overridden by the control file."""
 
     fault: str
-    crash_after: float | None
+    after: float | None  # the N of crash_after_start:N, engine_death_after_start:N, ...
+    memory: str | None  # the kind of startup_memory:KIND
     load_seconds: float
     prefill_tps: float
     decode_tps: float
     oom_above: float
     state_dir: Path
+
+    @property
+    def crash_after(self) -> float | None:
+        return self.after if self.fault == "crash_after_start" else None
 
 
 def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
@@ -180,15 +298,25 @@ def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
         except (OSError, ValueError, AttributeError) as exc:
             die(f"ValueError: stand-in control file {control}: {exc}", [])
         log("INFO", "standin", f"control file {control}: {overrides}")
-    fault = str(values["fault"]).strip() or "none"
-    crash_after: float | None = None
+    spec = str(values["fault"]).strip() or "none"
+    fault, _, argument = spec.partition(":")
+    if fault not in FAULTS:
+        die(f"ValueError: unknown VLLM_STANDIN_FAULT {spec!r}", [])
+    after: float | None = None
+    memory: str | None = None
     try:
-        if fault.startswith("crash_after_start:"):
-            fault, seconds = fault.split(":", 1)
-            crash_after = float(seconds)
+        if FAULTS[fault]:
+            after = float(argument)
+        elif fault == "startup_memory":
+            if argument not in STARTUP_MEMORY_KINDS:
+                raise ValueError(f"startup_memory takes one of {', '.join(STARTUP_MEMORY_KINDS)}")
+            memory = argument
+        elif argument:
+            raise ValueError(f"{fault} takes no argument")
         knobs = Knobs(
             fault=fault,
-            crash_after=crash_after,
+            after=after,
+            memory=memory,
             load_seconds=float(values["load_seconds"]),
             prefill_tps=float(values["prefill_tps"]),
             decode_tps=float(values["decode_tps"]),
@@ -196,9 +324,7 @@ def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
             state_dir=Path(str(values["state_dir"])),
         )
     except ValueError as exc:
-        die(f"ValueError: stand-in settings: {exc}", [])
-    if fault not in {"none", "oom_at_start", "crash_after_start", "unhealthy"}:
-        die(f"ValueError: unknown VLLM_STANDIN_FAULT {fault!r}", [])
+        die(f"ValueError: stand-in settings: fault {spec!r}: {exc}", [])
     if min(knobs.prefill_tps, knobs.decode_tps) <= 0:
         die("ValueError: stand-in prefill_tps and decode_tps must be positive", [])
     return knobs
@@ -207,50 +333,347 @@ def load_knobs(env: Mapping[str, str], model: str | None = None) -> Knobs:
 # --------------------------------------------------------------------------- CLI
 
 
+# vLLM 0.16's `vllm serve` options, by the shape argparse gives them, read from the 0.16.0 wheel:
+# FrontendArgs (entrypoints/openai/cli_args.py), EngineArgs.add_cli_args and
+# AsyncEngineArgs.add_cli_args (engine/arg_utils.py), whose types come from the config dataclasses
+# through get_kwargs(): bool -> --x/--no-x (BooleanOptionalAction), a config dataclass or a dict ->
+# JSON (which also takes the dot form --x.key=value), list -> one or more values, int/float ->
+# number, Literal -> choices, anything else -> a string. Short aliases follow "|".
+SERVE_OPTIONS = """
+str:
+    --runner --convert --tokenizer --tokenizer-mode --hf-config-path --allowed-local-media-path
+    --revision --code-revision --tokenizer-revision --quantization|-q --config-format
+    --logits-processor-pattern --generation-config --model-impl --override-attention-dtype
+    --io-processor-plugin --load-format --download-dir --safetensors-load-strategy
+    --attention-backend --reasoning-parser --reasoning-parser-plugin
+    --distributed-executor-backend --master-addr --data-parallel-address|-dpa
+    --data-parallel-backend|-dpb --worker-cls --worker-extension-cls --mm-encoder-attn-backend
+    --show-hidden-metrics-for-version --otlp-traces-endpoint --scheduler-cls
+    --optimization-level --config --host --uds --disable-access-log-for-endpoints
+    --chat-template --response-role --ssl-keyfile --ssl-certfile --ssl-ca-certs --ssl-ciphers
+    --root-path --tool-call-parser --tool-parser-plugin --tool-server --log-config-file
+bool:
+    --trust-remote-code --allow-deprecated-quantization --enforce-eager
+    --enable-return-routed-experts --disable-sliding-window --disable-cascade-attn
+    --skip-tokenizer-init --enable-prompt-embeds --enable-sleep-mode --use-tqdm-on-load
+    --data-parallel-hybrid-lb|-dph --data-parallel-external-lb|-dpe --enable-expert-parallel|-ep
+    --enable-dbo --disable-nccl-for-dp-synchronization --enable-eplb --ray-workers-use-nsight
+    --disable-custom-all-reduce --enable-prefix-caching --calculate-kv-scales
+    --kv-sharing-fast-prefill --enable-mm-embeds --mm-encoder-only --interleave-mm-strings
+    --skip-mm-profiling --enable-lora --enable-tower-connector-lora --fully-sharded-loras
+    --specialize-active-lora --kv-cache-metrics --cudagraph-metrics
+    --enable-layerwise-nvtx-tracing --enable-mfu-metrics --enable-logging-iteration-details
+    --enable-chunked-prefill --disable-chunked-mm-input --disable-hybrid-kv-cache-manager
+    --async-scheduling --enable-flashinfer-autotune --enable-log-requests --disable-log-requests
+    --disable-uvicorn-access-log --allow-credentials --trust-request-chat-template
+    --enable-ssl-refresh --return-tokens-as-token-ids --disable-frontend-multiprocessing
+    --enable-request-id-headers --enable-auto-tool-choice --exclude-tools-when-tool-choice-none
+    --disable-fastapi-docs --enable-prompt-tokens-details --enable-server-load-tracking
+    --enable-force-include-usage --enable-tokenizer-info-endpoint --enable-log-outputs
+    --enable-log-deltas --log-error-stack --tokens-only --enable-offline-docs
+int:
+    --seed --max-logprobs --pipeline-parallel-size|-pp --master-port --nnodes|-n --node-rank|-r
+    --tensor-parallel-size|-tp --decode-context-parallel-size|-dcp
+    --dcp-kv-cache-interleave-size --cp-kv-cache-interleave-size
+    --prefill-context-parallel-size|-pcp --data-parallel-size|-dp --data-parallel-rank|-dpn
+    --data-parallel-start-rank|-dpr --data-parallel-size-local|-dpl
+    --data-parallel-rpc-port|-dpp --ubatch-size --dbo-decode-token-threshold
+    --dbo-prefill-token-threshold --max-parallel-loading-workers --num-gpu-blocks-override
+    --mamba-block-size --mm-shm-cache-max-object-size-mb --max-loras --max-cpu-loras
+    --max-num-seqs --max-num-partial-prefills --max-long-partial-prefills
+    --long-prefill-token-threshold --stream-interval --max-cudagraph-capture-size
+    --api-server-count|-asc --port --ssl-cert-reqs --max-log-len --h11-max-incomplete-event-size
+    --h11-max-header-count
+human_int:
+    --kv-cache-memory-bytes --max-num-batched-tokens
+human_int_or_auto:
+    --max-model-len
+float:
+    --gpu-memory-utilization --swap-space --cpu-offload-gb --kv-offloading-size
+    --mm-processor-cache-gb --video-pruning-rate --kv-cache-metrics-sample
+list:
+    --allowed-media-domains --served-model-name --logits-processors --ignore-patterns
+    --collect-detailed-traces --api-key --lora-modules
+int_list:
+    --cudagraph-capture-sizes
+append:
+    --middleware
+store_true:
+    --disable-log-stats --aggregate-engine-logging --headless
+optional_value:
+    --hf-token
+json_or_str:
+    --hf-overrides --pt-load-map-location --additional-config
+json:
+    --pooler-config --override-generation-config --model-loader-extra-config --eplb-config
+    --limit-mm-per-prompt --media-io-kwargs --mm-processor-kwargs --default-mm-loras
+    --speculative-config --kv-transfer-config --kv-events-config --ec-transfer-config
+    --compilation-config|-cc --attention-config|-ac --kernel-config --structured-outputs-config
+    --profiler-config --weight-transfer-config --allowed-origins --allowed-methods
+    --allowed-headers --default-chat-template-kwargs
+choices --dtype auto bfloat16 float float16 float32 half
+choices --logprobs-mode processed_logits processed_logprobs raw_logits raw_logprobs
+choices --all2all-backend allgather_reducescatter deepep_high_throughput deepep_low_latency
+    flashinfer_all2allv mori naive pplx
+choices --expert-placement-strategy linear round_robin
+int_choices --block-size 1 8 16 32 64 128 256
+choices --kv-cache-dtype auto bfloat16 fp8 fp8_ds_mla fp8_e4m3 fp8_e5m2 fp8_inc
+choices --prefix-caching-hash-algo sha256 sha256_cbor xxhash xxhash_cbor
+choices --mamba-cache-dtype auto float16 float32
+choices --mamba-ssm-cache-dtype auto float16 float32
+choices --mamba-cache-mode align all none
+choices --kv-offloading-backend lmcache native
+choices --mm-processor-cache-type lru shm
+choices --mm-encoder-tp-mode data weights
+int_choices --max-lora-rank 1 8 16 32 64 128 256 320 512
+choices --lora-dtype auto bfloat16 float16
+choices --scheduling-policy fcfs priority
+choices --uvicorn-log-level critical debug error info trace warning
+choices --chat-template-content-format auto openai string
+"""
+# Defaults that are not None or False (a flag given with its default is not a "non-default arg").
+SERVE_DEFAULTS: dict[str, Any] = {
+    "runner": "auto", "convert": "auto", "tokenizer_mode": "auto", "dtype": "auto",
+    "allowed_local_media_path": "", "max_logprobs": 20, "logprobs_mode": "raw_logprobs",
+    "config_format": "auto", "generation_config": "auto", "model_impl": "auto",
+    "load_format": "auto", "safetensors_load_strategy": "lazy", "use_tqdm_on_load": True,
+    "pt_load_map_location": "cpu", "reasoning_parser": "", "reasoning_parser_plugin": "",
+    "pipeline_parallel_size": 1, "master_addr": "127.0.0.1", "master_port": 29501, "nnodes": 1,
+    "tensor_parallel_size": 1, "decode_context_parallel_size": 1,
+    "dcp_kv_cache_interleave_size": 1, "cp_kv_cache_interleave_size": 1,
+    "prefill_context_parallel_size": 1, "data_parallel_size": 1, "data_parallel_backend": "mp",
+    "all2all_backend": "allgather_reducescatter", "dbo_decode_token_threshold": 32,
+    "dbo_prefill_token_threshold": 512, "expert_placement_strategy": "linear",
+    "worker_cls": "auto", "worker_extension_cls": "", "gpu_memory_utilization": 0.9,
+    "swap_space": 4, "kv_cache_dtype": "auto", "prefix_caching_hash_algo": "sha256",
+    "mamba_cache_dtype": "auto", "mamba_ssm_cache_dtype": "auto", "mamba_cache_mode": "none",
+    "kv_offloading_backend": "native", "mm_processor_cache_gb": 4,
+    "mm_processor_cache_type": "lru", "mm_shm_cache_max_object_size_mb": 128,
+    "mm_encoder_tp_mode": "weights", "max_loras": 1, "max_lora_rank": 16, "lora_dtype": "auto",
+    "kv_cache_metrics_sample": 0.01, "max_num_partial_prefills": 1,
+    "max_long_partial_prefills": 1, "scheduling_policy": "fcfs", "stream_interval": 1,
+    "port": 8000, "uvicorn_log_level": "info", "chat_template_content_format": "auto",
+    "response_role": "assistant", "tool_parser_plugin": "", "enable_log_deltas": True,
+    "disable_log_requests": True, "allowed_origins": ["*"], "allowed_methods": ["*"],
+    "allowed_headers": ["*"], "middleware": [],
+}  # fmt: skip
+
+
 def human_int(text: str) -> int:
-    """vLLM's human-readable integers: 65536, 64k (x1000), 64K (x1024), 1m, 1M."""
-    scale = {"k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}.get(text[-1:], 1)
-    try:
-        return int(float(text[:-1] if scale > 1 else text) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    """vLLM's human_readable_int: 65536, 64k / 1.5m (x1000), 64K / 1M (x1024, no decimals)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", text.strip())
+    if match:
+        number, suffix = match.groups()
+        if suffix.islower():
+            return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
+        if "." in number:
+            raise argparse.ArgumentTypeError(
+                f"Decimals are not allowed with binary suffixes like {suffix}. Did you mean to "
+                f"use {number}{suffix.lower()} instead?"
+            )
+        return int(number) * int(1024 ** ("KMGT".index(suffix) + 1))
+    return int(text)
+
+
+def converter(kind: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """vLLM's optional_type(parse_type(...)): "" and "None" are None, bad values an error."""
+
+    def parse(text: str) -> Any:
+        if text in ("", "None"):
+            return None
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"Value {text} cannot be converted to {kind}."
+            ) from None
+
+    return parse
+
+
+def json_or_str(text: str) -> Any:
+    return json.loads(text) if re.match(r"(?s)^\s*{.*}\s*$", text) else text
+
+
+CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": converter("int", int),
+    "human_int": converter("human_readable_int", human_int),
+    "human_int_or_auto": converter(
+        "human_readable_int_or_auto",
+        lambda t: -1 if t.strip().lower() in ("-1", "auto") else human_int(t),
+    ),
+    "float": converter("float", float),
+    "json": converter("json.loads", json.loads),
+    "json_or_str": converter("json.loads", json_or_str),
+}
+
+
+def serve_options() -> list[tuple[str, list[str], list[str]]]:
+    """SERVE_OPTIONS as (kind, option names, choices)."""
+    entries: list[tuple[str, list[str], list[str]]] = []
+    kind = ""
+    for line in SERVE_OPTIONS.strip().splitlines():
+        words = line.split()
+        if line.endswith(":"):
+            kind = line[:-1]
+        elif words[0] in ("choices", "int_choices"):
+            kind = words[0]
+            entries.append((kind, words[1].split("|"), words[2:]))
+        elif kind in ("choices", "int_choices"):
+            entries[-1][2].extend(words)  # a choices line continued
+        else:
+            entries += [(kind, names.split("|"), []) for names in words]
+    return entries
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """`vllm serve` with every 0.16 option (SERVE_OPTIONS); only given options are set."""
     parser = argparse.ArgumentParser(prog="vllm", description="vLLM CLI")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="subparser", required=False)
     serve = commands.add_parser("serve", usage="vllm serve [model_tag] [options]")
-    serve.add_argument("model_tag")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    serve.add_argument("--max-model-len", type=human_int, default=None)
-    serve.add_argument("--max-num-seqs", type=int, default=256)
-    serve.add_argument("--served-model-name", nargs="+", default=None)
-    serve.add_argument("--api-key", nargs="+", default=None)
-    serve.add_argument("--trust-remote-code", action="store_true")
-    serve.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
-    serve.add_argument("--attention-backend", default=None)
-    serve.add_argument("--enable-auto-tool-choice", action="store_true")
-    serve.add_argument("--tool-call-parser", default=None)
-    serve.add_argument("--reasoning-parser", default=None)
-    serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction)
-    # vLLM 0.16: comma-separated paths whose requests uvicorn's access log leaves out
-    serve.add_argument("--disable-access-log-for-endpoints", default=None)
+    serve.add_argument("model_tag", nargs="?", default=None)
+    unset = argparse.SUPPRESS
+    for kind, names, choices in serve_options():
+        if kind in ("choices", "int_choices"):
+            convert: Callable[[str], Any] = str
+            values: list[Any] = choices
+            if kind == "int_choices":
+                values, convert = [int(c) for c in choices], CONVERTERS["int"]
+            serve.add_argument(*names, type=convert, choices=values, default=unset)
+        elif kind == "bool":
+            serve.add_argument(*names, action=argparse.BooleanOptionalAction, default=unset)
+        elif kind == "store_true":
+            serve.add_argument(*names, action="store_true", default=unset)
+        elif kind == "list":
+            serve.add_argument(*names, nargs="+", default=unset)
+        elif kind == "int_list":
+            serve.add_argument(*names, nargs="+", type=CONVERTERS["int"], default=unset)
+        elif kind == "append":
+            serve.add_argument(*names, action="append", default=unset)
+        elif kind == "optional_value":
+            serve.add_argument(*names, nargs="?", const=True, default=unset)
+        else:
+            serve.add_argument(*names, type=CONVERTERS[kind], default=unset)
     return parser
 
 
+def flexible_args(argv: list[str]) -> list[str]:
+    """What vLLM's FlexibleArgumentParser.parse_args does to argv before argparse sees it.
+
+    (utils/argparse_utils.py) `--model X` moves to the model_tag position; underscores in option
+    names become dashes; -O3 / -O 3 mean --optimization-level 3; the dot form of JSON options
+    (--override-generation-config.min_p=0.01, --x.key value, --x.list+ a,b) is merged into one
+    JSON value per option, passed last.
+    """
+    if argv and argv[0] == "serve":
+        for i, arg in enumerate(argv):
+            if arg == "--model" and i + 1 < len(argv):
+                argv = ["serve", argv[i + 1], *argv[1:i], *argv[i + 2 :]]
+                break
+            if arg.startswith("--model="):
+                argv = ["serve", arg.removeprefix("--model="), *argv[1:i], *argv[i + 1 :]]
+                break
+    processed: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            key, eq, value = arg.partition("=")
+            head, dot, tail = key.partition(".")
+            processed.append(head.replace("_", "-") + dot + tail + eq + value)
+        elif arg.startswith("-O") and arg != "-O":
+            processed += ["--optimization-level", arg[3:] if arg[2:3] == "=" else arg[2:]]
+        elif arg == "-O" and i + 1 < len(argv) and argv[i + 1] in {"0", "1", "2", "3"}:
+            processed.append("--optimization-level")
+        else:
+            processed.append(arg)
+    merged: dict[str, dict[str, Any]] = {}
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(processed):
+        if skip:
+            skip = False
+            continue
+        if not (arg.startswith("-") and "." in arg.partition("=")[0]):
+            out.append(arg)
+            continue
+        key, eq, value = arg.partition("=")
+        if not eq:
+            if i + 1 >= len(processed):
+                out.append(arg)  # argparse reports it
+                continue
+            value, skip = processed[i + 1], True
+        if key.endswith("+"):
+            key, value = key[:-1], json.dumps(value.split(","))
+        option, *path = key.split(".")
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        for part in reversed(path):
+            parsed = {part: parsed}
+        merge(merged.setdefault(option, {}), parsed)
+    for option, nested in merged.items():
+        out += [option, json.dumps(nested)]
+    return out
+
+
+def merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        elif isinstance(value, list) and isinstance(into.get(key), list):
+            into[key] += value
+        else:
+            into[key] = value
+
+
+def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """(args with the stand-in's defaults filled in, the non-default args as vLLM logs them)."""
+    given = build_parser().parse_args(flexible_args(argv))
+    if getattr(given, "subparser", None) != "serve":
+        build_parser().error("the stand-in only has the serve subcommand")
+    values = {k: v for k, v in vars(given).items() if k != "subparser"}
+    if values.get("model_tag") is not None:
+        values["model"] = values["model_tag"]
+    non_default = {k: v for k, v in values.items() if v != SERVE_DEFAULTS.get(k) and v is not None}
+    defaults: dict[str, Any] = {
+        "model_tag": DEFAULT_MODEL, "host": None, "port": 8000, "gpu_memory_utilization": 0.9,
+        "max_model_len": None, "max_num_seqs": 256, "served_model_name": None, "api_key": None,
+        "kv_cache_dtype": "auto", "enable_auto_tool_choice": False, "tool_call_parser": None,
+        "reasoning_parser": "", "enable_prefix_caching": None,
+        "disable_access_log_for_endpoints": None, "disable_uvicorn_access_log": False,
+        "uvicorn_log_level": "info", "enable_log_outputs": False, "enable_log_requests": False,
+        "chat_template": None,
+    }  # fmt: skip
+    args = argparse.Namespace(**{**defaults, **{k: v for k, v in values.items() if v is not None}})
+    if args.max_model_len == -1:
+        args.max_model_len = None  # "auto": the stand-in takes the model's own length
+    return args, non_default
+
+
 def validate_args(args: argparse.Namespace) -> None:
-    """The checks vLLM's validate_parsed_serve_args makes before anything else."""
-    frames = ["entrypoints/openai/cli_args.py"]
+    """vLLM's validate_parsed_serve_args (before anything is logged)."""
+    frames = [
+        "entrypoints/cli/main.py",
+        "entrypoints/cli/serve.py",
+        "entrypoints/openai/cli_args.py",
+    ]
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         die("TypeError: Error: --enable-auto-tool-choice requires --tool-call-parser", frames)
-    for kind, name, known in (
-        ("tool call", args.tool_call_parser, TOOL_PARSER_NAMES.split()),
-        ("reasoning", args.reasoning_parser, REASONING_PARSER_NAMES.split()),
-    ):
-        if name and name not in known:
-            choices = ", ".join(sorted(known))
+    if args.enable_log_outputs and not args.enable_log_requests:
+        die("TypeError: Error: --enable-log-outputs requires --enable-log-requests", frames)
+
+
+def validate_api_server_args(args: argparse.Namespace) -> None:
+    """vLLM's validate_api_server_args (after the non-default args line)."""
+    frames = ["entrypoints/cli/serve.py", "entrypoints/openai/api_server.py"]
+    for kind, name, known, checked in (
+        ("tool call", args.tool_call_parser, TOOL_PARSER_NAMES.split(),
+         args.enable_auto_tool_choice),
+        ("reasoning", args.reasoning_parser, REASONING_PARSER_NAMES.split(), True),
+    ):  # fmt: skip
+        if checked and name and name not in known:
+            choices = ",".join(known)
             die(f"KeyError: 'invalid {kind} parser: {name} (chose from {{ {choices} }})'", frames)
 
 
@@ -385,6 +808,23 @@ class Metrics:
 
 # --------------------------------------------------------------------------- engine
 
+PREFILL_REFERENCE_TOKENS = 512  # VLLM_STANDIN_PREFILL_TPS is the rate at this prompt size
+PREFILL_PLATEAU_TOKENS = 4096  # the card's largest measured prompt: no faster beyond it
+PREFILL_GROWTH = math.log(1916 / 920) / math.log(4096 / 512)  # the card: 920 @512, 1916 @4096
+
+
+def prefill_rate(rate_at_512: float, tokens: int) -> float:
+    """Prompt tokens per second for a prefill of ``tokens``: the card's power law.
+
+    rate = rate_at_512 * (tokens / 512) ** 0.353, which goes through both rows of the card's
+    table (920 tok/s at 512, 1916 at 4096) at the default rate; held at the 4096-token rate for
+    longer prompts (the card measures nothing longer; attention only slows long prefills down)
+    and continued below 512 (a short prompt is latency-bound: its prefill time still grows with
+    its size, n ** 0.647).
+    """
+    size = min(max(tokens, 1), PREFILL_PLATEAU_TOKENS)
+    return rate_at_512 * math.pow(size / PREFILL_REFERENCE_TOKENS, PREFILL_GROWTH)
+
 
 class Engine:
     """Timing, concurrency, prefix cache and metrics of the simulated model."""
@@ -395,7 +835,20 @@ class Engine:
         self.kv_capacity = kv_capacity
         self.served_names: list[str] = args.served_model_name or [args.model_tag]
         self.api_keys: list[str] = args.api_key or []
-        self.healthy = knobs.fault != "unhealthy"
+        # A dead engine (EngineDeadError): /health 503, generation 500 with an empty body.
+        self.dead = knobs.fault == "unhealthy"
+        self.keep_alive = os.environ.get("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "0") not in ("", "0")
+        self.should_exit = threading.Event()  # uvicorn's server.should_exit
+        self.quiet_paths: set[str] = set()  # --disable-access-log-for-endpoints
+        self.access_log = not args.disable_uvicorn_access_log and args.uvicorn_log_level in (
+            "info",
+            "debug",
+            "trace",
+        )
+        if args.disable_access_log_for_endpoints:
+            paths = str(args.disable_access_log_for_endpoints).split(",")
+            self.quiet_paths = {p.strip() for p in paths if p.strip()}
+        self.token_pieces: dict[int, str] = {}  # for /detokenize without a tokenizer
         self.slots = threading.BoundedSemaphore(args.max_num_seqs)
         self.lock = threading.Lock()
         self.metrics = Metrics()
@@ -411,6 +864,27 @@ class Engine:
                 self.tokenizer = None
         how = f"tokenizer {tokenizer_file}" if self.tokenizer else "approximation (regex)"
         log("INFO", "standin", f"prompt token counting: {how}")
+
+    def terminate_if_errored(self) -> None:
+        """vLLM's launcher.terminate_if_errored: a dead engine stops the server unless
+        VLLM_KEEP_ALIVE_ON_ENGINE_DEATH is set."""
+        if self.dead and not self.keep_alive:
+            self.should_exit.set()
+
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids for /tokenize (the tokenizer's, or a stable hash of each piece)."""
+        if self.tokenizer is not None:
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        ids = []
+        for piece in APPROX_TOKEN_RE.findall(text):
+            ids.append(self.token_id(piece))
+            self.token_pieces[ids[-1]] = piece
+        return ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        if self.tokenizer is not None:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+        return " ".join(self.token_pieces.get(i, "") for i in ids)
 
     def tokenize(self, text: str) -> list[str | int]:
         if self.tokenizer is not None:
@@ -457,7 +931,8 @@ class Engine:
         produced = 0
         try:
             cached = self.cached_prefix(prompt)
-            prefill = (len(prompt) - cached) / self.knobs.prefill_tps
+            uncached = len(prompt) - cached
+            prefill = uncached / prefill_rate(self.knobs.prefill_tps, uncached)
             time.sleep(min(MAX_PREFILL_SECONDS, prefill))
             first = last = time.monotonic()
             with self.lock:
@@ -595,6 +1070,52 @@ class Plan:
         return None, text
 
 
+class ToolCallStream:
+    """The deltas of vLLM 0.16's minimax_m2 tool parser while it streams one call.
+
+    tool_parsers/minimax_m2_tool_parser.py, extract_tool_calls_streaming: at most one delta per
+    generated token, in this order: once `<invoke name="...">` is complete, the header (id
+    call_<24 hex>, type, name, arguments ""); on the next token "{"; one '"key": value'
+    fragment (", " between them, values typed by the tool's schema) per complete
+    </parameter>; "}" once </invoke> has come and every parameter was sent.
+    """
+
+    def __init__(self, name: str, arguments: dict[str, Any]) -> None:
+        self.name = name
+        self.arguments = list(arguments.items())
+        self.text = ""
+        self.sent_header = self.opened = self.closed = False
+        self.sent_params = 0
+
+    def feed(self, piece: str) -> dict[str, Any] | None:
+        self.text += piece
+        if not self.sent_header:
+            start = self.text.find("<invoke name=")
+            if start == -1 or ">" not in self.text[start:]:
+                return None
+            self.sent_header = True
+            function = {"name": self.name, "arguments": ""}
+            call_id = f"call_{uuid.uuid4().hex[:24]}"
+            return {"id": call_id, "type": "function", "index": 0, "function": function}
+        if not self.opened:
+            self.opened = True
+            return {"index": 0, "function": {"arguments": "{"}}
+        if self.closed:
+            return None
+        if "</invoke>" in self.text and self.sent_params >= len(self.arguments):
+            self.closed = True
+            return {"index": 0, "function": {"arguments": "}"}}
+        if self.sent_params < len(self.arguments) and (
+            self.text.count("</parameter>") > self.sent_params
+        ):
+            key, value = self.arguments[self.sent_params]
+            fragment = f'"{key}": {json.dumps(value, ensure_ascii=False)}'
+            self.sent_params += 1
+            return {"index": 0, "function": {"arguments": fragment if self.sent_params == 1
+                                             else ", " + fragment}}  # fmt: skip
+        return None
+
+
 def compact_json(payload: Any) -> str:
     """JSON as vLLM's pydantic models serialise it (no spaces)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
@@ -634,6 +1155,10 @@ class Handler(BaseHTTPRequestHandler):
         return "uvicorn"
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """uvicorn's access line, unless the access log is off or the path is excluded."""
+        engine = self.engine
+        if not engine.access_log or urlsplit(self.path).path in engine.quiet_paths:
+            return
         try:
             phrase = HTTPStatus(int(code)).phrase
         except ValueError:
@@ -690,22 +1215,34 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         self.route("POST", self.rfile.read(length) if length > 0 else b"")
 
+    def authorized(self) -> bool:
+        """vLLM's AuthenticationMiddleware: scheme "bearer" in any case, one of the keys."""
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and token in self.engine.api_keys
+
     def route(self, method: str, body: bytes) -> None:
         path = urlsplit(self.path).path
-        keys = self.engine.api_keys
-        auth = self.headers.get("authorization", "")
-        if keys and path.startswith("/v1") and auth not in {f"Bearer {k}" for k in keys}:
+        # Only paths under /v1 need the key (server_utils.AuthenticationMiddleware, vllm#58144):
+        # /invocations, /tokenize, /detokenize and /inference/v1/generate are open.
+        if self.engine.api_keys and path.startswith("/v1") and not self.authorized():
             self.send_json(401, {"error": "Unauthorized"})
             return
         handlers: dict[tuple[str, str], Callable[[], None]] = {
             ("GET", "/health"): self.health,
             ("GET", "/ping"): self.health,
             ("POST", "/ping"): self.health,
+            ("GET", "/load"): lambda: self.send_json(200, {"server_load": 0}),
             ("GET", "/version"): lambda: self.send_json(200, {"version": VERSION}),
             ("GET", "/metrics"): self.metrics,
             ("GET", "/v1/models"): lambda: self.send_json(200, self.models()),
             ("POST", "/v1/chat/completions"): lambda: self.generation(body, self.chat),
             ("POST", "/v1/completions"): lambda: self.generation(body, self.completion),
+            ("POST", "/invocations"): lambda: self.generation(body, self.invocations, True),
+            ("POST", "/tokenize"): lambda: self.generation(body, self.tokenize, engine=False),
+            ("POST", "/detokenize"): lambda: self.generation(body, self.detokenize, engine=False),
+            ("POST", "/inference/v1/generate"): lambda: self.generation(
+                body, self.generate_tokens, True
+            ),
         }
         handler = handlers.get((method, path))
         if handler is not None:
@@ -716,7 +1253,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"detail": "Not Found"})
 
     def health(self) -> None:
-        self.send_body(200 if self.engine.healthy else 503, b"", None)
+        self.send_body(503 if self.engine.dead else 200, b"", None)
 
     def metrics(self) -> None:
         engine = self.engine
@@ -757,8 +1294,21 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- generation endpoints
 
-    def generation(self, body: bytes, endpoint: Callable[[dict[str, Any]], None]) -> None:
+    def generation(
+        self,
+        body: bytes,
+        endpoint: Callable[[dict[str, Any]], None],
+        json_only: bool = False,
+        engine: bool = True,
+    ) -> None:
         try:
+            media_type = self.headers.get("content-type", "").lower().split(";", 1)[0].strip()
+            if json_only and media_type != "application/json":
+                raise RequestError(
+                    400,
+                    "[\"Unsupported Media Type: Only 'application/json' is allowed\"]",
+                    "Bad Request",
+                )
             try:
                 request = json.loads(body)
             except json.JSONDecodeError as exc:
@@ -773,17 +1323,82 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(
                     404, f"The model `{model}` does not exist.", "NotFoundError", "model"
                 )
-            if not self.engine.healthy:
-                raise RequestError(
-                    500,
-                    "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                    "InternalServerError",
-                )
+            if engine and self.engine.dead:
+                # launcher.py: EngineDeadError -> an empty 500, and the server stops unless
+                # VLLM_KEEP_ALIVE_ON_ENGINE_DEATH is set
+                self.engine.terminate_if_errored()
+                self.send_body(500, b"", None)
+                return
             endpoint(request)
         except RequestError as exc:
             self.send_json(exc.status, exc.payload)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def invocations(self, request: dict[str, Any]) -> None:
+        """sagemaker/api_router.py: the first request type the body validates as."""
+        if isinstance(request.get("messages"), list):
+            self.chat(request)
+        elif "prompt" in request:
+            self.completion(request)
+        else:
+            raise RequestError(
+                400,
+                "Cannot find suitable handler for request. Expected one of: "
+                "['ChatCompletionRequest', 'CompletionRequest']",
+            )
+
+    def tokenize(self, request: dict[str, Any]) -> None:
+        """serve/tokenize: {"prompt"} or {"messages"} -> count, max_model_len, tokens."""
+        if isinstance(request.get("messages"), list):
+            text = "\n".join(text_of(m.get("content")) for m in request["messages"])
+        elif isinstance(request.get("prompt"), str):
+            text = request["prompt"]
+        else:
+            raise RequestError(400, "Field required: prompt or messages", "Bad Request")
+        tokens = self.engine.token_ids(text)
+        self.send_json(
+            200,
+            {
+                "count": len(tokens),
+                "max_model_len": self.engine.args.max_model_len,
+                "tokens": tokens,
+                "token_strs": None,
+            },
+        )
+
+    def detokenize(self, request: dict[str, Any]) -> None:
+        tokens = request.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise RequestError(400, "Field required: tokens (a list of integers)", "Bad Request")
+        self.send_json(200, {"prompt": self.engine.detokenize(tokens)})
+
+    def generate_tokens(self, request: dict[str, Any]) -> None:
+        """serve/disagg: /inference/v1/generate, token ids in, token ids out."""
+        prompt = request.get("token_ids")
+        params = request.get("sampling_params")
+        if not isinstance(prompt, list) or not prompt or not isinstance(params, dict):
+            raise RequestError(400, "Field required: token_ids and sampling_params", "Bad Request")
+        max_tokens = self.max_tokens(params, len(prompt), 16)
+        pieces, finish = plan_pieces(" " + reasoning_and_answer("")[1], params, max_tokens)
+        for _ in self.engine.generate(list(prompt), pieces):
+            pass
+        self.engine.finished(finish)
+        choice = {
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": finish,
+            "token_ids": [self.engine.token_id(p) for p in pieces],
+        }
+        self.send_json(
+            200,
+            {
+                "request_id": str(request.get("request_id") or uuid.uuid4().hex),
+                "choices": [choice],
+                "prompt_logprobs": None,
+                "kv_transfer_params": None,
+            },
+        )
 
     def max_tokens(self, request: dict[str, Any], prompt_len: int, default: int | None) -> int:
         max_len: int = self.engine.args.max_model_len
@@ -892,8 +1507,7 @@ class Handler(BaseHTTPRequestHandler):
             "audio": None,
             "function_call": None,
             "tool_calls": tool_calls,
-            "reasoning": reasoning,
-            "reasoning_content": reasoning,
+            "reasoning": reasoning,  # no reasoning_content: removed before 0.16 (PR #33402)
         }
         choice = {
             "index": 0,
@@ -943,7 +1557,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_event({**head, "choices": [choice]})
 
         in_reasoning = plan.reasoning_parser not in (None, APPEND_THINK)
-        in_tool = False
+        tool_stream: ToolCallStream | None = None
         finish = "tool_calls" if plan.tool is not None else plan.finish_reason
         self.start_stream()
         generation = self.engine.generate(prompt, plan.pieces)
@@ -961,25 +1575,11 @@ class Handler(BaseHTTPRequestHandler):
                 if in_reasoning:
                     delta = {} if piece == "</think>" else {"reasoning": text}
                     in_reasoning = piece != "</think>"
-                elif plan.tool is not None and (in_tool or piece == TOOL_START):
-                    in_tool, delta = True, {}
-                    if piece == TOOL_END:
-                        name, arguments = plan.tool
-                        function = {
-                            "name": name,
-                            "arguments": json.dumps(arguments, ensure_ascii=False),
-                        }
-                        call_id = f"call_{uuid.uuid4().hex[:24]}"
-                        delta = {
-                            "tool_calls": [
-                                {
-                                    "index": 0,
-                                    "id": call_id,
-                                    "type": "function",
-                                    "function": function,
-                                }
-                            ]
-                        }
+                elif plan.tool is not None and (tool_stream is not None or piece == TOOL_START):
+                    if tool_stream is None:
+                        tool_stream = ToolCallStream(*plan.tool)
+                    call = tool_stream.feed(piece)
+                    delta = {"tool_calls": [call]} if call else {}
                 if delta or last:
                     chunk(delta or {"content": ""}, finish if last else None, piece)
         finally:
@@ -1047,17 +1647,48 @@ class Handler(BaseHTTPRequestHandler):
 def kv_cache(args: argparse.Namespace, config: dict[str, Any]) -> tuple[float, int]:
     """(KV cache GiB, tokens) the real checkpoint would leave at this memory utilisation."""
     kv_gib = max(0.5, args.gpu_memory_utilization * GPU_TOTAL_GIB - WEIGHTS_AND_OVERHEAD_GIB)
+    return kv_gib, int(kv_gib * 1024**3 // kv_bytes_per_token(args, config))
+
+
+def kv_bytes_per_token(args: argparse.Namespace, config: dict[str, Any]) -> int:
     dtype_bytes = 1 if str(args.kv_cache_dtype).startswith("fp8") else 2
     layers = int(config.get("num_hidden_layers", 62))
     per_token = 2 * dtype_bytes * layers * int(config.get("num_key_value_heads", 8))
-    per_token *= int(config.get("head_dim", 128))
-    return kv_gib, int(kv_gib * 1024**3 // per_token)
+    return per_token * int(config.get("head_dim", 128))
+
+
+def gib(value: float) -> str:
+    """vLLM's format_gib: GiB rounded to 2 decimals, as Python prints the float."""
+    return str(round(value, 2))
+
+
+ENGINE_CORE = "EngineCore_DP0"
+CONSERVING_MEMORY = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
+
+
+def engine_core_failed(exception_line: str, frames: list[str]) -> NoReturn:
+    """vLLM 0.16's start-up failure in the engine core, then in the API server: exit 1.
+
+    v1/engine/core.py run_engine_core logs "EngineCore failed to start." with the traceback
+    (the engine core process exits 1); v1/engine/utils.py wait_for_engine_startup then raises
+    "Engine core initialization failed ..." in the API server, which ends the process with
+    status 1.
+    """
+    log("ERROR", "core.py:1006", "EngineCore failed to start.", ENGINE_CORE)
+    traceback(exception_line, ["v1/engine/core.py", "v1/engine/core.py", *frames], proc=ENGINE_CORE)
+    die(
+        "RuntimeError: Engine core initialization failed. See root cause above. "
+        f"Failed core proc(s): {{'{ENGINE_CORE}': 1}}",
+        ["entrypoints/cli/main.py", "entrypoints/cli/serve.py",
+         "entrypoints/openai/api_server.py", "v1/engine/async_llm.py",
+         "v1/engine/core_client.py", "v1/engine/utils.py"],
+    )  # fmt: skip
 
 
 def out_of_memory(util: float) -> NoReturn:
+    """oom_at_start: torch's CUDA OOM during the load (a real failure, not 0.16's checks)."""
     free = max(0.1, (1 - util) * GPU_TOTAL_GIB - 7.5)
-    log("ERROR", "core.py:866", "EngineCore failed to start.", "EngineCore_DP0")
-    die(
+    engine_core_failed(
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
         f"total capacity of {GPU_TOTAL_GIB:.2f} GiB of which {free:.2f} GiB is free. Including "
         f"non-PyTorch memory, this process has {GPU_TOTAL_GIB - free:.2f} GiB memory in use. Of "
@@ -1065,15 +1696,101 @@ def out_of_memory(util: float) -> NoReturn:
         "PyTorch but unallocated. If reserved but unallocated memory is large try setting "
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See "
         "documentation for Memory Management  "
-        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)\n"
-        "RuntimeError: Engine core initialization failed. See root cause above. "
-        "Failed core proc(s): {}",
-        ["v1/engine/core.py", "v1/worker/gpu_worker.py", "v1/worker/gpu_model_runner.py"],
+        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
+        ["v1/worker/gpu_worker.py", "v1/worker/gpu_model_runner.py"],
     )
 
 
-def schedule_crash(knobs: Knobs) -> None:
-    """crash_after_start:N: exit 1 after N seconds, once per marker file."""
+def free_memory_too_low(util: float, free_fraction: float) -> NoReturn:
+    """v1/worker/utils.py request_memory, called by gpu_worker.init_device before the load.
+
+    On a Spark (SM 12.1, unified memory) free memory is psutil's available system memory
+    (utils/mem_utils.py MemorySnapshot.measure), so page cache and other processes count.
+    """
+    total = GPU_TOTAL_GIB
+    requested = math.ceil(total * 1024**3 * util) / 1024**3
+    free = max(0.0, free_fraction) * total
+    engine_core_failed(
+        f"ValueError: Free memory on device cuda:0 ({gib(free)}/{gib(total)} GiB) on startup "
+        f"is less than desired GPU memory utilization ({util}, {gib(requested)} GiB). Decrease "
+        "GPU memory utilization or reduce GPU memory used by other processes.",
+        ["v1/executor/uniproc_executor.py", "v1/worker/worker_base.py",
+         "v1/worker/gpu_worker.py", "v1/worker/utils.py"],
+    )  # fmt: skip
+
+
+def no_cache_blocks() -> NoReturn:
+    """v1/core/kv_cache_utils.py _check_enough_kv_cache_memory: nothing left for the KV cache."""
+    log("INFO", "gpu_worker.py:373", f"Available KV cache memory: {gib(-2.35)} GiB", ENGINE_CORE)
+    engine_core_failed(
+        "ValueError: No available memory for the cache blocks. Try increasing "
+        "`gpu_memory_utilization` when initializing the engine. See "
+        f"{CONSERVING_MEMORY} for more details.",
+        ["v1/core/kv_cache_utils.py", "v1/core/kv_cache_utils.py"],
+    )
+
+
+def kv_cache_too_small(max_model_len: int, per_token: int) -> NoReturn:
+    """v1/core/kv_cache_utils.py _check_enough_kv_cache_memory: max_model_len does not fit."""
+    needed = max_model_len * per_token
+    available = needed // 4
+    estimated = available // per_token // BLOCK_SIZE * BLOCK_SIZE
+    log("INFO", "gpu_worker.py:373", f"Available KV cache memory: {gib(available / 1024**3)} GiB",
+        ENGINE_CORE)  # fmt: skip
+    engine_core_failed(
+        "ValueError: To serve at least one request with the models's max seq len "
+        f"({max_model_len}), ({gib(needed / 1024**3)} GiB KV cache is needed, which is larger "
+        f"than the available KV cache memory ({gib(available / 1024**3)} GiB). Based on the "
+        f"available memory, the estimated maximum model length is {estimated}. Try increasing "
+        "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine. "
+        f"See {CONSERVING_MEMORY} for more details.",
+        ["v1/core/kv_cache_utils.py", "v1/core/kv_cache_utils.py"],
+    )
+
+
+def report_usage(args: argparse.Namespace, architecture: str) -> None:
+    """vLLM's usage stats (usage/usage_lib.py), as far as a host can observe them.
+
+    Unless VLLM_NO_USAGE_STATS=1, VLLM_DO_NOT_TRACK=1 (or, without it, DO_NOT_TRACK=1) or the
+    file $VLLM_CONFIG_ROOT/do_not_track, the worker appends a JSON line to
+    $VLLM_CONFIG_ROOT/usage_stats.json (VLLM_CONFIG_ROOT: default $XDG_CONFIG_HOME/vllm, else
+    ~/.config/vllm) and posts it to VLLM_USAGE_STATS_SERVER (https://stats.vllm.ai). The
+    stand-in writes the file and posts nothing.
+    """
+    env = os.environ
+    config_home = env.get("XDG_CONFIG_HOME", os.path.join(os.path.expanduser("~"), ".config"))
+    root = Path(os.path.expanduser(env.get("VLLM_CONFIG_ROOT", os.path.join(config_home, "vllm"))))
+    do_not_track = (env.get("VLLM_DO_NOT_TRACK") or env.get("DO_NOT_TRACK") or "0") == "1"
+    if do_not_track or env.get("VLLM_NO_USAGE_STATS", "0") == "1":
+        return
+    if (root / "do_not_track").exists():
+        return
+    data = {
+        "uuid": str(uuid.uuid4()),
+        "provider": "UNKNOWN",
+        "num_cpu": os.cpu_count(),
+        "gpu_count": 1,
+        "gpu_type": "NVIDIA GB10",
+        "architecture": "aarch64",
+        "model_architecture": architecture,
+        "vllm_version": VERSION,
+        "context": "OPENAI_API_SERVER",
+        "log_time": time.time_ns(),
+        "source": env.get("VLLM_USAGE_SOURCE", "production"),
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "kv_cache_dtype": str(args.kv_cache_dtype),
+        "enable_prefix_caching": args.enable_prefix_caching is not False,
+    }
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with (root / "usage_stats.json").open("a") as out:
+            out.write(json.dumps(data) + "\n")
+    except OSError:
+        pass  # a thread in vLLM: its failure does not stop the server
+
+
+def schedule_crash(knobs: Knobs, engine: Engine) -> None:
+    """crash_after_start:N: the engine dies, then the process with status 1, once per marker."""
     marker = knobs.state_dir / CRASH_MARKER
     if knobs.crash_after is None:
         return
@@ -1084,14 +1801,7 @@ def schedule_crash(knobs: Knobs) -> None:
     def crash() -> None:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"crashed at {time.time():.0f}\n")
-        log("ERROR", "core.py:938", "EngineCore encountered a fatal error.", "EngineCore_DP0")
-        log("ERROR", "async_llm.py:480", "AsyncLLM output_handler failed.")
-        print(
-            "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. "
-            "See stack trace (above) for the root cause.",
-            file=sys.stderr,
-            flush=True,
-        )
+        engine_dies(engine)
         uvicorn_log("Shutting down")
         os._exit(1)
 
@@ -1100,27 +1810,90 @@ def schedule_crash(knobs: Knobs) -> None:
     timer.start()
 
 
-def on_signal(signum: int, frame: FrameType | None) -> None:
-    uvicorn_log("Shutting down")
-    uvicorn_log("Application shutdown complete.")
-    uvicorn_log(f"Finished server process [{os.getpid()}]")
-    raise SystemExit(0)
+def engine_dies(engine: Engine) -> None:
+    """What vLLM 0.16 logs when its engine core dies while serving; the engine is dead after.
+
+    v1/engine/core.py:1008 logs the fatal error with its root cause (here a CUDA illegal
+    address, the likely one on a GB10), the engine core process exits, core_client.py:617
+    notices, and async_llm.py:710's output handler fails with EngineDeadError
+    (v1/engine/exceptions.py).
+    """
+    log("ERROR", "core.py:1008", "EngineCore encountered a fatal error.", ENGINE_CORE)
+    traceback(
+        "torch.AcceleratorError: CUDA error: an illegal memory access was encountered\n"
+        "CUDA kernel errors might be asynchronously reported at some other API call, so the "
+        "stacktrace below might be incorrect.",
+        ["v1/engine/core.py", "v1/engine/core.py", "v1/engine/core.py",
+         "v1/executor/uniproc_executor.py", "v1/worker/gpu_worker.py",
+         "v1/worker/gpu_model_runner.py"],
+        proc=ENGINE_CORE,
+    )  # fmt: skip
+    log("ERROR", "core_client.py:617",
+        f"Engine core proc {ENGINE_CORE} died unexpectedly, shutting down client.")  # fmt: skip
+    log("ERROR", "async_llm.py:710", "AsyncLLM output_handler failed.")
+    traceback(
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack "
+        "trace (above) for the root cause.",
+        ["v1/engine/async_llm.py", "v1/engine/core_client.py"],
+        proc="APIServer",
+    )
+    engine.dead = True
+
+
+def schedule_engine_death(knobs: Knobs, engine: Engine) -> None:
+    """engine_death_after_start:N and unready_after_start:N, once per marker file."""
+    if knobs.fault not in ("engine_death_after_start", "unready_after_start"):
+        return
+    marker = knobs.state_dir / MARKERS[knobs.fault]
+    if marker.exists():
+        log("INFO", "standin", f"{knobs.fault} marker {marker} present: not failing this time")
+        return
+
+    def die_now() -> None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{knobs.fault} at {time.time():.0f}\n")
+        if knobs.fault == "unready_after_start":
+            engine.keep_alive = True  # wedged: the watchdog never stops the server
+        engine_dies(engine)
+
+    timer = threading.Timer(knobs.after or 0.0, die_now)
+    timer.daemon = True
+    timer.start()
+
+
+WATCHDOG_SECONDS = 5.0  # launcher.py watchdog_loop: VLLM_WATCHDOG_TIME_S
+
+
+def watchdog(engine: Engine, server: StandinServer) -> None:
+    """launcher.py's watchdog: every 5 s, a dead engine stops the server (unless
+    VLLM_KEEP_ALIVE_ON_ENGINE_DEATH); a request that met the dead engine stops it at once."""
+    while not engine.should_exit.wait(WATCHDOG_SECONDS):
+        engine.terminate_if_errored()
+    server.shutdown()
+
+
+class Stop(Exception):
+    """SIGTERM or SIGINT while serving."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if os.environ.get("VLLM_API_KEY") and not args.api_key:
-        args.api_key = [os.environ["VLLM_API_KEY"]]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    knobs = load_knobs(os.environ, args.model_tag)
-    log("INFO", "api_server.py:1351", f"vLLM API server version {VERSION}")
-    defaults = vars(build_parser().parse_args(["serve", args.model_tag]))
-    changed = {k: v for k, v in vars(args).items() if v != defaults[k] or k == "model_tag"}
-    if "api_key" in changed:
-        changed["api_key"] = ["***"]
-    log("INFO", "utils.py:328", f"non-default args: {changed}")
+    args, non_default = parse_serve_args(sys.argv[1:] if argv is None else argv)
     validate_args(args)
+    if not args.api_key and os.environ.get("VLLM_API_KEY"):
+        args.api_key = [os.environ["VLLM_API_KEY"]]
+    knobs = load_knobs(os.environ, args.model_tag)
+    DECORATED.append("APIServer")  # api_server.py run_server: decorate_logs("APIServer")
+    if os.environ.get("VLLM_DISABLE_LOG_LOGO", "0") not in ("", "0"):
+        log("INFO", "utils.py:299", f"vLLM server version {VERSION}, serving model {args.model}")
+    else:
+        log("INFO", "utils.py:299", "")
+        for line in ("       █     █     █▄   ▄█",
+                     f" ▄▄ ▄█ █     █     █ ▀▄▀ █  version {VERSION}",
+                     f"  █▄█▀ █     █     █     █  model   {args.model_tag}",
+                     "   ▀▀  ▀▀▀▀▀ ▀▀▀▀▀ ▀     ▀", ""):  # fmt: skip
+            print(f"(APIServer pid={os.getpid()}) {line}", flush=True)
+    log("INFO", "utils.py:233", f"non-default args: {non_default}")
+    validate_api_server_args(args)
     config, shards = validate_model_dir(args.model_tag)
     if args.max_model_len is None:
         args.max_model_len = int(config.get("max_position_embeddings", 2048))
@@ -1133,16 +1906,83 @@ def main(argv: list[str] | None = None) -> int:
     server = StandinServer((host, args.port), engine)
     server.server_bind()  # as vLLM: the port is bound early but listens only once loaded
 
-    core = "EngineCore_DP0"
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt("terminated")  # api_server.py setup_server's handler
+
+    signal.signal(signal.SIGTERM, interrupt)  # SIGINT raises KeyboardInterrupt anyway
+    try:
+        load(args, knobs, config, shards, kv_gib, kv_tokens, architecture)
+    except KeyboardInterrupt as exc:
+        # uncaught: CPython ends through SIGINT (exit_sigint), which as the container's PID 1
+        # (no init, the avarok image) is ignored, so the process exits with 128 + 2 = 130
+        line = f"KeyboardInterrupt: {exc}" if str(exc) else "KeyboardInterrupt"
+        die(line, ["entrypoints/cli/main.py", "entrypoints/cli/serve.py",
+                   "entrypoints/openai/api_server.py"], status=130)  # fmt: skip
+    log("INFO", "api_server.py:1094", f"Starting vLLM API server 0 on http://{host}:{args.port}")
+    log("INFO", "launcher.py:38", "Available routes are:")
+    for route, methods in (("/health", "GET"), ("/load", "GET"), ("/ping", "GET, POST"),
+                           ("/invocations", "POST"), ("/tokenize", "POST"),
+                           ("/detokenize", "POST"), ("/inference/v1/generate", "POST"),
+                           ("/version", "GET"), ("/v1/models", "GET"),
+                           ("/v1/chat/completions", "POST"), ("/v1/completions", "POST"),
+                           ("/metrics", "GET")):  # fmt: skip
+        log("INFO", "launcher.py:46", f"Route: {route}, Methods: {methods}")
+    server.server_activate()
+    uvicorn_log(f"Started server process [{os.getpid()}]")
+    uvicorn_log("Waiting for application startup.")
+    uvicorn_log("Application startup complete.")
+    stopped_by_signal = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # launcher.py serve_http: the signal cancels the server task
+        stopped_by_signal.set()
+        engine.should_exit.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    schedule_crash(knobs, engine)
+    schedule_engine_death(knobs, engine)
+    threading.Thread(target=watchdog, args=(engine, server), daemon=True).start()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    if stopped_by_signal.is_set():
+        log("INFO", "launcher.py:117", "Shutting down FastAPI HTTP server.")
+    uvicorn_log("Shutting down")
+    uvicorn_log("Waiting for application shutdown.")
+    uvicorn_log("Application shutdown complete.")
+    if not stopped_by_signal.is_set():
+        uvicorn_log(f"Finished server process [{os.getpid()}]")
+    return 0  # serve_http returns normally, whatever stopped it (vllm#48966)
+
+
+def load(
+    args: argparse.Namespace,
+    knobs: Knobs,
+    config: dict[str, Any],
+    shards: list[str],
+    kv_gib: float,
+    kv_tokens: int,
+    architecture: str,
+) -> None:
+    """The engine core's start-up, as logged by vLLM 0.16, with the start-up faults."""
     log(
         "INFO",
         "core.py:97",
         f"Initializing a V1 LLM engine (v{VERSION}) with config: "
         f"model='{args.model_tag}', max_seq_len={args.max_model_len}, "
         f"kv_cache_dtype={args.kv_cache_dtype}",
-        core,
+        ENGINE_CORE,
     )
-    log("INFO", "gpu_model_runner.py:3461", f"Starting to load model {args.model_tag}...", core)
+    util = args.gpu_memory_utilization
+    if util > knobs.oom_above:
+        free_memory_too_low(util, knobs.oom_above)
+    if knobs.memory == "free":
+        free_memory_too_low(util, util - 0.05)
+    report_usage(args, architecture)
+    log("INFO", "gpu_model_runner.py:3461", f"Starting to load model {args.model_tag}...",
+        ENGINE_CORE)  # fmt: skip
     started = time.monotonic()
     for done in range(1, len(shards) + 1):
         time.sleep(knobs.load_seconds / len(shards))
@@ -1152,35 +1992,28 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     took = time.monotonic() - started
-    log("INFO", "default_loader.py:314", f"Loading weights took {took:.2f} seconds", core)
-    if knobs.fault == "oom_at_start" or args.gpu_memory_utilization > knobs.oom_above:
-        out_of_memory(args.gpu_memory_utilization)
+    log("INFO", "default_loader.py:314", f"Loading weights took {took:.2f} seconds", ENGINE_CORE)
+    if knobs.fault == "oom_at_start":
+        out_of_memory(util)
     log(
         "INFO",
         "gpu_model_runner.py:3560",
         f"Model loading took 93.47 GiB memory and {took:.2f} seconds",
-        core,
+        ENGINE_CORE,
     )
-    log("INFO", "gpu_worker.py:298", f"Available KV cache memory: {kv_gib:.2f} GiB", core)
-    log("INFO", "kv_cache_utils.py:1087", f"GPU KV cache size: {kv_tokens:,} tokens", core)
+    if knobs.memory == "cache_blocks":
+        no_cache_blocks()
+    if knobs.memory == "kv_cache":
+        kv_cache_too_small(args.max_model_len, kv_bytes_per_token(args, config))
+    log("INFO", "gpu_worker.py:373", f"Available KV cache memory: {gib(kv_gib)} GiB", ENGINE_CORE)
+    log("INFO", "kv_cache_utils.py:1087", f"GPU KV cache size: {kv_tokens:,} tokens", ENGINE_CORE)
     log(
         "INFO",
         "kv_cache_utils.py:1091",
         f"Maximum concurrency for {args.max_model_len:,} "
         f"tokens per request: {kv_tokens / args.max_model_len:.2f}x",
-        core,
+        ENGINE_CORE,
     )
-    log("INFO", "api_server.py:1750", f"Starting vLLM API server 0 on http://{host}:{args.port}")
-    server.server_activate()
-    uvicorn_log(f"Started server process [{os.getpid()}]")
-    uvicorn_log("Waiting for application startup.")
-    uvicorn_log("Application startup complete.")
-    schedule_crash(knobs)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-    return 0
 
 
 if __name__ == "__main__":
