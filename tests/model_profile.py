@@ -43,17 +43,21 @@ class ModelProfile:
         return "/models/" + os.path.basename(self.model_dir.rstrip("/"))
 
     def container_env(self, *, port: int = 8000, served: bool = True) -> dict[str, str]:
-        """The container environment vllm_service writes for this profile with no overrides
-        (no API key, no extra env): the card's kernel settings, then the image's variables."""
+        """The container environment vllm_service writes for this profile with its defaults
+        (no API key, no extra env): the card's kernel settings, the image's variables, usage
+        reporting off, and the access log quiet for /health and /metrics."""
         args = list(self.extra_args)
         if served:
             args += ["--served-model-name", self.served_model_name]
+        args += ["--disable-access-log-for-endpoints", "/health,/metrics"]
         return {
             **self.kernel_env,
             "MODEL": self.model_mount,
             "PORT": str(port),
             "MAX_MODEL_LEN": str(self.max_model_len),
             "GPU_MEMORY_UTIL": str(self.gpu_memory_util),
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
             "VLLM_EXTRA_ARGS": " ".join(args),
         }
 

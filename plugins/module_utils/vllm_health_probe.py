@@ -208,7 +208,10 @@ PATTERNS = [
     (
         "out_of_memory",
         r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|"
-        r"Not enough memory|status=137|oom-kill",
+        r"Not enough memory|status=137|oom-kill|"
+        # vLLM 0.16's own start-up checks (vllm/v1/worker/utils.py, vllm/v1/core/kv_cache_utils.py)
+        r"is less than desired GPU memory utilization|No available memory for the cache blocks|"
+        r"KV cache is needed, which is larger than the available KV cache memory",
         "out of memory at start-up: lower vllm_gpu_memory_util (now {gpu_memory_util}; 0.93 is "
         "the card's safe maximum, 0.95 fails) or vllm_max_model_len (now {max_model_len}), and "
         "consider vllm_drop_caches: true (on unified memory the page cache counts against the "
@@ -229,8 +232,8 @@ PATTERNS = [
     (
         "engine_died",
         r"EngineDeadError|EngineCore encountered a fatal error|Engine core initialization failed",
-        "the vLLM engine died: the lines above it name the cause. After a crash systemd restarts "
-        "the unit (Restart=on-failure).",
+        "the vLLM engine died: the lines above it name the cause. systemd restarts the unit "
+        "whatever the exit status (Restart=always; vLLM 0.16 exits 0 when its engine dies).",
     ),
 ]
 

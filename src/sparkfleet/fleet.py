@@ -469,7 +469,7 @@ class Fleet:
             )
             cmdline: list[str] = [*secret_args]
             for value in (*self.extra_vars_args, *options.get("extra_vars_args", ())):
-                cmdline += ["-e", value]
+                cmdline += ["-e", _absolute_at_file(value)]
             if options.get("check"):
                 cmdline.append("--check")
             if options.get("diff"):
@@ -571,3 +571,17 @@ class Fleet:
 def _check_forks(forks: int | None) -> None:
     if forks is not None and forks < 1:
         raise FleetError(f"forks={forks}: must be at least 1")
+
+
+def _absolute_at_file(value: str) -> str:
+    """``-e @FILE`` with FILE made absolute against the caller's working directory.
+
+    ansible-runner runs ansible-playbook from the project's playbook directory, where a relative
+    ``@vault.yml`` (as a user types it for ``ansible-playbook -e``) would not be found; every
+    other ``-e`` value is passed unchanged.
+    """
+    if value.startswith("@") and len(value) > 1:
+        path = Path(value[1:]).expanduser()
+        if not path.is_absolute():
+            return "@" + str(Path.cwd() / path)
+    return value

@@ -75,7 +75,9 @@ def encrypt(path: Path, data: dict[str, Any], vault_id: str) -> Path:
     return path
 
 
-def cli(here: Path, *args: str, stdin: str = "") -> tuple[int, dict[str, Any], str]:
+def cli(
+    here: Path, *args: str, stdin: str = "", cwd: Path | None = None
+) -> tuple[int, dict[str, Any], str]:
     """``sparkfleet preflight --json`` on the echo project in a new process (stdin piped): the
     exit code, the JSON result and stderr."""
     env = {
@@ -85,7 +87,7 @@ def cli(here: Path, *args: str, stdin: str = "") -> tuple[int, dict[str, Any], s
     proc = subprocess.run(
         [sys.executable, "-m", "sparkfleet.cli", "preflight", "-i", str(here / "hosts.yml"),
          "--project-dir", str(PROJECT), "--json", *args],
-        input=stdin, capture_output=True, text=True, env=env, timeout=300, check=False,
+        input=stdin, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=cwd,
     )  # fmt: skip
     out = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
     return proc.returncode, out, proc.stderr
@@ -110,6 +112,16 @@ def test_extra_vars_are_parsed_by_ansible_encrypted_file_and_password_file(here:
     # quotes kept a value with a space; the encrypted file was decrypted and, coming later,
     # overrode n; JSON kept its types
     assert echo(out) == {"msg": "a b", "n": 2, "c": {"d": True}, "secret": "s3cret"}
+
+
+def test_relative_files_are_found_where_the_user_typed_them(here: Path) -> None:
+    """``-e @vault.yml`` and ``--vault-password-file pw`` relative to the working directory, as
+    with ansible-playbook (ansible-runner itself runs from the project's playbook directory)."""
+    password_file(here, "pw", "relative horse")
+    encrypt(here / "vault.yml", {"secret": "relative"}, str(here / "pw"))
+    code, out, err = cli(here, "-e", "@vault.yml", "--vault-password-file", "pw", cwd=here)
+    assert code == ExitCode.OK, err
+    assert echo(out)["secret"] == "relative"
 
 
 def test_encrypted_file_with_a_labelled_vault_id(here: Path) -> None:

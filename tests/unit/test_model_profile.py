@@ -106,6 +106,7 @@ RESOLVE_PLAY = """
     - {role: llm_benchmark, when: false}
     - {role: spark_preflight, when: false}
     - {role: fleet_status, when: false}
+    - {role: nvidia_container_toolkit, when: false}
   tasks:
     - name: Write the variables that come from the profile
       ansible.builtin.copy:
@@ -129,6 +130,7 @@ RESOLVE_PLAY = """
             'spark_preflight_model_dir': spark_preflight_model_dir,
             'spark_preflight_model_size_gb': spark_preflight_model_size_gb,
             'fleet_status_model_dir': fleet_status_model_dir,
+            'nvidia_container_toolkit_verify_image': nvidia_container_toolkit_verify_image,
           } | to_json }}
 """
 
@@ -172,6 +174,7 @@ def test_roles_take_the_cards_values_from_the_profile(tmp_path: Path) -> None:
         "spark_preflight_model_dir": PROFILE.model_dir,
         "spark_preflight_model_size_gb": PROFILE.size_gb,
         "fleet_status_model_dir": PROFILE.model_dir,
+        "nvidia_container_toolkit_verify_image": PROFILE.image,
     }
 
 
@@ -190,6 +193,7 @@ def test_an_override_of_the_profile_reaches_every_role(tmp_path: Path) -> None:
     dirs = {got[k] for k in got if k.endswith("model_dir") or k == "hf_model_dir"}
     assert dirs == {"/srv/models/Other-Model"}
     assert got["vllm_model_mount"] == "/models/Other-Model"
+    assert got["vllm_image"] == got["nvidia_container_toolkit_verify_image"]
     assert got["vllm_image"] == "registry.example:5000/vllm:other"
     names = {got["vllm_served_model_name"], got["vllm_health_model"]}
     assert names | {got["llm_benchmark_served_model_name"]} == {"other"}

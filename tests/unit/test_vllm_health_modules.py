@@ -152,11 +152,6 @@ def test_out_of_memory_hint_names_the_setting_and_its_value(tmp_path: Path, laun
     assert [h["pattern"] for h in hints][-1] == "engine_died"  # the consequence comes last
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 part 3: the diagnosis does not know vLLM 0.16's own start-up memory errors "
-    "yet (the roles' side; remove this marker with the patterns)",
-)
 @pytest.mark.parametrize(
     ("args", "fault"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -38,15 +39,22 @@ def test_unit_enabled_and_active(host: Any) -> None:
     assert text.startswith("#\n# Ansible managed")
     exec_start = " ".join(text.split("ExecStart=", 1)[1].split("\n#", 1)[0].split())
     exec_start = exec_start.replace(" \\ ", " ")
+    labels = _json(host, "docker inspect -f '{{json .Config.Labels}}' minimax")
+    label = labels["sparkfleet.config"]
+    assert re.fullmatch(r"[0-9a-f]{64}", label)  # the keyed configuration digest
+    cache = "/var/cache/sparkfleet/vllm"
     assert exec_start.startswith(
         "/usr/bin/docker run --rm --name minimax --pull=never "
+        f"--label sparkfleet.config={label} "
         "--device nvidia.com/gpu=all --ipc=host "
-        f"-v {MODEL_DIR}:{PROFILE.model_mount}:ro -p 8000:8000 "
-        "--env-file /etc/vllm/vllm.env "
+        f"-v {MODEL_DIR}:{PROFILE.model_mount}:ro -v {cache}/vllm:/root/.cache/vllm "
+        f"-v {cache}/flashinfer:/root/.cache/flashinfer -v {cache}/triton:/root/.triton "
+        "-p 8000:8000 --env-file /etc/vllm/vllm.env "
+        "--log-driver json-file --log-opt max-size=50m --log-opt max-file=3 "
     )
     assert exec_start.endswith(" " + PROFILE.image)
     assert "127.0.0.1:8000/health" in exec_start
-    for line in ["Restart=on-failure", "TimeoutStartSec=900", "SuccessExitStatus=143"]:
+    for line in ["Restart=always", "TimeoutStartSec=900", "SuccessExitStatus=130 143"]:
         assert f"\n{line}\n" in text
     assert host.run("systemd-analyze verify /etc/systemd/system/vllm.service").rc == 0
 
@@ -85,11 +93,18 @@ def test_container_runs_with_exactly_the_card_environment(host: Any) -> None:
     assert requests == [("cdi", ["nvidia.com/gpu=all"])]
 
 
-def test_model_mounted_read_only(host: Any) -> None:
+def test_model_mounted_read_only_and_the_caches_kept_on_the_host(host: Any) -> None:
     mounts = _json(host, "docker inspect minimax")[0]["Mounts"]
-    assert [(m["Source"], m["Destination"], m["RW"]) for m in mounts] == [
-        (MODEL_DIR, PROFILE.model_mount, False)
-    ]
+    cache = "/var/cache/sparkfleet/vllm"
+    assert sorted((m["Source"], m["Destination"], m["RW"]) for m in mounts) == sorted(
+        [
+            (MODEL_DIR, PROFILE.model_mount, False),
+            (f"{cache}/vllm", "/root/.cache/vllm", True),
+            (f"{cache}/flashinfer", "/root/.cache/flashinfer", True),
+            (f"{cache}/triton", "/root/.triton", True),
+        ]
+    )
+    assert host.file(cache).mode == 0o700
 
 
 def test_model_files_present(host: Any) -> None:

@@ -15,6 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.lab import services
+from tests.lab.config import LabConfig
+
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
@@ -177,3 +180,38 @@ def test_uninstall_keeps_the_model_and_site_converges_again() -> None:
     for host in HOSTS:
         assert on(host, "systemctl", "is-active", "vllm").strip() == "active"
         assert container(host)["Config"]["Image"] == f"{IMAGE}:v23"
+
+
+def hub_bytes_served() -> int:
+    """Bytes the lab's stand-in Hub has served since it started."""
+    return int(str(services.hub_stats(LabConfig())["bytes_served"]))
+
+
+def test_site_restarts_in_batches_and_the_peer_fetch_costs_the_hub_one_copy() -> None:
+    """A changed setting reaches the fleet batch by batch (vllm_rolling_batch, 25 % of 3 hosts:
+    one at a time, each health-checked before the next); the model, fetched again in peer mode,
+    comes from the Hub once for the whole fleet."""
+    manifest = json.loads(on("fleet-1", "cat", f"{MODEL_DIR}/.sparkfleet-manifest.json"))
+    total = sum(int(f["size"]) for f in manifest["files"].values())
+    for host in HOSTS:  # the model gone everywhere: the fetch has to bring all of it again
+        on(host, "rm", "-rf", MODEL_DIR)
+    before_bytes = hub_bytes_served()
+    started = {h: container(h)["State"]["StartedAt"] for h in HOSTS}
+    run = playbook("site.yml", "-e", "hf_model_source=peer", "-e", "vllm_max_model_len=32768")
+    assert run.returncode == 0, run.stdout[-3000:]
+    served = hub_bytes_served() - before_bytes
+    assert served == total, (served, total)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout)
+    serve_part = plain.split("PLAY [Serve", 1)[1]
+    batches = ["PLAY [Serve" + b for b in serve_part.split("PLAY [Serve")]
+    assert len(batches) == 3, plain[-3000:]
+    # each batch stops, starts and checks exactly one host, in inventory order
+    for host, batch in zip(HOSTS, batches, strict=True):
+        before_start = batch.split("TASK [vllm_service : Start the service]")[0]
+        assert re.search(rf"changed: \[{host}\]", before_start)
+        assert f"ok: [{host}]" in batch.split("TASK [vllm_health", 1)[1]
+        assert not any(f"[{other}]" in batch for other in HOSTS if other != host)
+    for host in HOSTS:
+        info = container(host)
+        assert "MAX_MODEL_LEN=32768" in info["Config"]["Env"]
+        assert info["State"]["StartedAt"] != started[host]

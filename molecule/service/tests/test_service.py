@@ -10,11 +10,13 @@ after start, out of memory at start-up, a model directory emptied under a deploy
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
@@ -159,11 +161,21 @@ def wait_for(what: str, predicate: Any, timeout: float = 120, every: float = 0.5
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def restart_and_wait_until_active() -> None:
+    """The unit cleared and restarted; returns once it is active (serving). A first start may
+    fail while Docker releases the port of the container before; Restart= then retries."""
+    sh("systemctl reset-failed vllm.service; systemctl restart --no-block vllm.service")
+    wait_for(
+        "the service to be active",
+        lambda: unit_props("ActiveState")["ActiveState"] == "active",
+        300,
+    )
+
+
 def restore_service() -> None:
     """No fault injected (a quick load), the unit cleared and restarted; returns once it serves."""
     inject({"load_seconds": 1})
-    sh("systemctl reset-failed vllm.service; systemctl restart vllm.service", timeout=300)
-    assert unit_props("ActiveState")["ActiveState"] == "active"
+    restart_and_wait_until_active()
 
 
 def inject(control: dict[str, Any]) -> None:
@@ -194,7 +206,8 @@ def test_unit_file_runs_the_cards_launch(host: Any) -> None:
     for part in [
         "/usr/bin/docker run --rm --name minimax --pull=never",
         "--device nvidia.com/gpu=all --ipc=host",
-        f"-v {MODEL_DIR}:{MOUNT}:ro -p 8000:8000 --env-file /etc/vllm/vllm.env",
+        f"-v {MODEL_DIR}:{MOUNT}:ro -v /var/cache/sparkfleet/vllm/vllm:/root/.cache/vllm",
+        "-p 8000:8000 --env-file /etc/vllm/vllm.env --log-driver json-file",
         'u.urlopen(\\"http://127.0.0.1:8000/health\\", timeout=5)',
         f"--health-start-period=900s --health-retries=3 {ref}",
     ]:
@@ -202,7 +215,7 @@ def test_unit_file_runs_the_cards_launch(host: Any) -> None:
     for line in [
         "ExecStartPre=-/bin/sh -c '/usr/bin/docker rm -f minimax 2>/dev/null'",
         "ExecStop=/usr/bin/docker stop -t 60 minimax",
-        "Restart=on-failure",
+        "Restart=always",
         "RestartSec=3",
         "TimeoutStartSec=900",
         "TimeoutStopSec=90",
@@ -232,8 +245,14 @@ def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> No
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     added = {k: v for k, v in env.items() if inherited.get(k) != v}
     assert added == {**CARD_ENV, "VLLM_API_KEY": API_KEY}
-    mounts = [(m["Source"], m["Destination"], m["RW"]) for m in info["Mounts"]]
-    assert mounts == [(MODEL_DIR, MOUNT, False)]
+    mounts = {(m["Source"], m["Destination"], m["RW"]) for m in info["Mounts"]}
+    assert (MODEL_DIR, MOUNT, False) in mounts  # read-only; the others are the caches
+    assert {m[1] for m in mounts} == {
+        MOUNT,
+        "/root/.cache/vllm",
+        "/root/.cache/flashinfer",
+        "/root/.triton",
+    }
     assert info["HostConfig"]["IpcMode"] == "host"
     # the GPU through CDI (the toolkit's spec), which a systemd daemon-reload cannot take away
     requests = [(r["Driver"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"]]
@@ -432,7 +451,8 @@ def test_out_of_memory_at_start_fails_fast_with_a_hint() -> None:
             r"loading: \d+ s of 900 s; vllm.service activating \(start-post\)", run.output
         )
         assert "Hint: out of memory at start-up" in run.output
-        assert "torch.OutOfMemoryError: CUDA out of memory" in run.output
+        journal = sh("journalctl -u vllm.service --no-pager -o cat -n 400")
+        assert "torch.OutOfMemoryError: CUDA out of memory" in journal
         assert "Journal of vllm.service (last 30 lines):" in run.output
     finally:
         restore_service()
@@ -470,3 +490,132 @@ def test_port_clash_is_diagnosed() -> None:
     finally:
         sh("systemctl stop sparklab-squatter", check=False)
         restore_service()
+
+
+# ------------------------------------------------------------------------ the service's life cycle
+
+
+def _serves() -> bool:
+    cmd = "curl -fs -o /dev/null -m 5 http://127.0.0.1:8000/health && echo ok"
+    return sh(cmd, check=False).strip() == "ok"
+
+
+def _restarted_since(before: int) -> bool:
+    props = unit_props("NRestarts", "SubState")
+    return int(props["NRestarts"]) > before and props["SubState"] in ("start-post", "running")
+
+
+@contextlib.contextmanager
+def serving_with_fault(fault: str) -> Iterator[int]:
+    """The service restarted with ``fault`` (once: its marker lives in a fresh state dir under
+    /dev/shm, the host's with --ipc=host); yields the restart count once it serves, and puts the
+    service back without a fault afterwards."""
+    state_dir = f"/dev/shm/sparklab-fault-{uuid.uuid4().hex[:8]}"
+    try:
+        inject({"fault": fault, "load_seconds": 1, "state_dir": state_dir})
+        restart_and_wait_until_active()
+        yield int(unit_props("NRestarts")["NRestarts"])
+    finally:
+        sh(f"rm -rf {state_dir}", check=False)
+        restore_service()
+
+
+def test_an_engine_that_exits_0_is_restarted_by_design() -> None:
+    """vLLM 0.16 exits 0 when its engine dies after start-up (vllm#48966): Restart=on-failure
+    would leave the service dead; Restart=always brings it back."""
+    with serving_with_fault("engine_death_after_start:8") as before:
+        wait_for("systemd to restart the service after exit 0", lambda: _restarted_since(before))
+        journal = sh("journalctl -u vllm.service --no-pager -o cat -n 300")
+        after_death = journal.rsplit("EngineCore encountered a fatal error", 1)[1]
+        # a clean exit (systemd logs no failure for status 0), then a restart all the same
+        assert "Finished server process" in after_death
+        restart = after_death.index("Scheduled restart job")
+        assert "status=" not in after_death[:restart]  # no failure status before the restart
+        wait_for("the restarted server to serve", _serves)
+
+
+def test_a_server_stuck_answering_503_after_readiness_is_restarted() -> None:
+    with serving_with_fault("unready_after_start:4") as before:
+        wait_for("the watch to have the server restarted", lambda: _restarted_since(before))
+        watch = sh("journalctl -u vllm-watch.service --no-pager -o cat -n 50")
+        assert "has not answered /health with 200 for" in watch
+        wait_for("the restarted server to serve", _serves)
+        run = converge("--tags", "health")
+        assert run.rc == 0 and run.result["unit"]["restarts"] > before, run.output[-3000:]
+
+
+def _served_len() -> int:
+    status, body = curl(
+        f"-m 10 -H 'Authorization: Bearer {API_KEY}' http://127.0.0.1:8000/v1/models"
+    )
+    assert status == 200, body
+    return int(json.loads(body)["data"][0]["max_model_len"])
+
+
+def test_a_deploy_killed_after_the_environment_write_is_finished_by_the_next_run() -> None:
+    env_file = "/etc/vllm/vllm.env"
+    try:
+        digest = image_digest()
+        proc = subprocess.Popen(
+            ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO / "converge.yml"),
+             "-e", f"sparklab_image_digest={digest}", "-e", "vllm_max_model_len=32768",
+             "--tags", "service"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(
+                "the run to write the new environment",
+                lambda: "MAX_MODEL_LEN=32768" in sh(f"cat {env_file}"),
+                timeout=300,
+                every=0.1,
+            )
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # killed before it restarted anything: the server still runs the old setting
+        assert _served_len() == PROFILE.max_model_len
+        # the next run writes nothing new, but finds the container started with another
+        # configuration and restarts it
+        run = converge("-e", "vllm_max_model_len=32768", "--tags", "service", json_output=True)
+        assert run.rc == 0, run.output[-3000:]
+        changed = run.changed_tasks()
+        # (a kill that came after the stop leaves the unit stopped: then the start finishes it)
+        restarted = ("Stop the service that runs another", "Start the service")
+        assert any(name.startswith(restarted) for name in changed), list(changed)
+        assert not any(name.startswith("Write the container environment") for name in changed)
+        run = converge("-e", "vllm_max_model_len=32768", "--tags", "health")
+        assert run.rc == 0, run.output[-3000:]
+        assert _served_len() == 32768
+        again = converge("-e", "vllm_max_model_len=32768", json_output=True)
+        assert again.rc == 0, again.output[-3000:]
+        assert again.json_output()["stats"][HOST]["changed"] == 0, again.changed_tasks()
+    finally:
+        converge()
+        assert _served_len() == PROFILE.max_model_len
+
+
+def _listening(port: int) -> bool:
+    return sh(f"ss -Hltn 'sport = :{port}' | wc -l").strip() != "0"
+
+
+def test_renamed_unit_container_and_port_replace_the_old_instance_and_back() -> None:
+    moved = ["-e", "vllm_service_name=vllm-b", "-e", "vllm_container_name=minimax-b",
+             "-e", "vllm_port=8001"]  # fmt: skip
+    try:
+        run = converge(*moved)
+        assert run.rc == 0, run.output[-3000:]
+        containers = sh("docker ps --format '{{.Names}}'").split()
+        assert containers == ["minimax-b"]
+        assert sh("test -e /etc/systemd/system/vllm.service; echo $?").strip() == "1"
+        assert sh("systemctl is-active vllm-b.service").strip() == "active"
+        assert not _listening(8000) and _listening(8001)
+        assert unit_props("LoadState")["LoadState"] == "not-found"  # vllm.service is gone
+    finally:
+        back = converge()
+        assert back.rc == 0, back.output[-3000:]
+    assert sh("docker ps --format '{{.Names}}'").split() == ["minimax"]
+    assert _listening(8000) and not _listening(8001)
+    assert sh("systemctl show -p LoadState --value vllm-b.service").strip() == "not-found"
+    record = json.loads(sh("cat /var/lib/sparkfleet/vllm-instance.json"))
+    assert record == {"service": "vllm", "container": "minimax", "port": 8000,
+                      "config_dir": "/etc/vllm"}  # fmt: skip
