@@ -27,6 +27,7 @@ class ModelProfile:
     model_dir: str
     size_gb: float
     image: str
+    image_size_gb: float
     served_model_name: str
     context_len: int
     max_model_len: int
@@ -81,6 +82,7 @@ def load(path: Path = PROFILE_FILE) -> ModelProfile:
         model_dir=v["dir"],
         size_gb=float(v["size_gb"]),
         image=v["image"],
+        image_size_gb=float(v["image_size_gb"]),
         served_model_name=v["served_model_name"],
         context_len=int(v["context_len"]),
         max_model_len=int(v["max_model_len"]),

@@ -6,19 +6,33 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: spark_host_report
-short_description: Report architecture, OS, GPU, driver, Docker, disk and port of a DGX Spark host
+short_description: Report architecture, OS, GPU, driver, Docker, unified memory, disk and port of a DGX Spark host
 version_added: 0.1.0
 description:
   - Reads the host's state without changing anything and lists every requirement not met, each
     with the numbers and the variable that sets the requirement. The role decides to fail.
-  - "GPU name and driver version come from C(nvidia-smi --query-gpu). Memory figures are read but
-    never judged: on GB10 memory is unified and they read C([N/A]) or C(Not Supported)."
+  - "GPU name and driver version come from C(nvidia-smi --query-gpu). Its C(memory.total) is read
+    but not judged: on GB10 memory is unified and it reads C([N/A]) or C(Not Supported); the
+    unified memory is judged from the host's figures (below)."
   - Docker counts as running when C(docker.service) is active (the socket alone is not enough,
     and the module never starts Docker through it) and the engine answers C(docker version).
+  - "Unified memory (GB10: the CPU, the page cache and the GPU share one pool): C(MemTotal),
+    C(MemFree) and C(MemAvailable) from O(meminfo_path) and the GPU's compute processes
+    (C(nvidia-smi --query-compute-apps)) against O(gpu_memory_util) x C(MemTotal), what vLLM asks
+    for at start-up. Free is C(MemAvailable) when the page cache is dropped before each start
+    (O(drop_caches)), C(MemFree) when it is not (the page cache then counts as used, as
+    C(cudaMemGetInfo) counts it on GB10). Processes of O(container_name) (found by their cgroup)
+    are our own server: their memory counts as free for it, so a serving host passes a re-run.
+    Not judged when C(nvidia-smi) gives the GPU a memory of its own (not unified)."
   - "Disk: what the model fetch still needs is the size of the files listed in the model dir's
     C(.sparkfleet-manifest.json) that are missing or of another size; without a manifest it is
-    O(model_size_bytes) less what the model dir already holds. When something must be fetched,
-    O(disk_margin_bytes) more must be free."
+    O(model_size_bytes) less what the model dir already holds. The serving image O(image), when
+    Docker does not hold it, needs O(image_size_bytes) in Docker's data root (C(docker info);
+    with Docker stopped, C(data-root) of C(/etc/docker/daemon.json) or C(/var/lib/docker);
+    C(/var/lib/containerd) when Docker stores images in containerd). Each filesystem something
+    lands on must have its needs plus O(disk_margin_bytes) free; nothing to put there, no margin."
+  - Reads /proc/meminfo itself rather than Ansible's memory facts, which have no C(MemAvailable)
+    (vLLM 0.16's free figure on unified memory) and are not gathered by every play.
 options:
   expected_arch:
     description: Architecture the host must have (C(uname -m)).
@@ -54,9 +68,32 @@ options:
     type: int
     required: true
   container_name:
-    description: Container that may own the port.
+    description: Container that may own the port; its GPU processes are our own server's.
     type: str
     required: true
+  gpu_memory_util:
+    description: Fraction of the unified memory vLLM asks for at start-up (its C(--gpu-memory-utilization)).
+    type: float
+    required: true
+  drop_caches:
+    description:
+      - Whether the page cache is dropped right before each start of the server; C(auto) is true
+        when the GPU's name contains C(GB10). Decides whether C(MemAvailable) or C(MemFree) is free.
+    type: str
+    choices: [auto, "true", "false"]
+    default: auto
+  meminfo_path:
+    description: File in the format of C(/proc/meminfo) to read the memory figures from.
+    type: path
+    default: /proc/meminfo
+  image:
+    description: The serving image (reference as C(docker image inspect) takes it); empty to leave it out.
+    type: str
+    default: ""
+  image_size_bytes:
+    description: Bytes the serving image takes in Docker's data root once pulled, when Docker does not hold it.
+    type: int
+    default: 0
 author: sparkfleet maintainers (!UNKNOWN)
 """
 
@@ -71,8 +108,12 @@ EXAMPLES = r"""
     model_dir: /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4
     model_size_bytes: "{{ (99 * 1e9) | int }}"
     disk_margin_bytes: "{{ (5 * 1e9) | int }}"
+    image: avarok/dgx-vllm-nvfp4-kernel:v23
+    image_size_bytes: "{{ (26 * 1e9) | int }}"
     port: 8000
     container_name: minimax
+    gpu_memory_util: 0.93
+    drop_caches: auto
   register: host_report
 
 - name: Fail when a requirement is not met
@@ -174,7 +215,10 @@ report:
           type: str
           returned: always
     disk:
-      description: Free space against what the model fetch still needs.
+      description: >-
+        What the model fetch and the serving image need, against the free space of the
+        filesystems they land on. C(path), C(free_bytes) and C(required_bytes) are the model dir's
+        filesystem's; RV(report.disk.filesystems) has each filesystem.
       type: dict
       returned: always
       contains:
@@ -187,7 +231,7 @@ report:
           type: str
           returned: always
         free_bytes:
-          description: Bytes free for an unprivileged user on that filesystem.
+          description: Bytes free for an unprivileged user on the model dir's filesystem.
           type: int
           returned: always
         present_bytes:
@@ -199,7 +243,10 @@ report:
           type: int
           returned: always
         required_bytes:
-          description: Bytes that must be free (needed plus O(disk_margin_bytes); 0 when nothing is needed).
+          description: >-
+            Bytes that must be free on the model dir's filesystem: everything landing there (the
+            model, and the image when Docker's data root shares it) plus O(disk_margin_bytes); 0
+            when nothing lands there.
           type: int
           returned: always
         basis:
@@ -210,6 +257,148 @@ report:
         detail:
           description: One line explaining that computation.
           type: str
+          returned: always
+        image:
+          description: The serving image and what it needs.
+          type: dict
+          returned: always
+          contains:
+            ref:
+              description: O(image).
+              type: str
+              returned: always
+            present:
+              description: Whether Docker holds it (false when Docker does not answer).
+              type: bool
+              returned: always
+            size_bytes:
+              description: Its size as Docker reports it when present, else O(image_size_bytes).
+              type: int
+              returned: always
+            needed_bytes:
+              description: Bytes its pull needs (0 when present or O(image) is empty).
+              type: int
+              returned: always
+            store:
+              description: Directory Docker pulls images into (the data root, or containerd's root); "" without O(image).
+              type: str
+              returned: always
+              sample: /var/lib/docker
+            store_source:
+              description: Where that directory was read (C(docker info), C(daemon.json), C(default)).
+              type: str
+              returned: always
+        filesystems:
+          description: Each filesystem something lands on, with its free space and needs.
+          type: list
+          elements: dict
+          returned: always
+          contains:
+            mount:
+              description: Mount point of the filesystem.
+              type: str
+              returned: always
+            paths:
+              description: The directories measured on it (model dir, image store).
+              type: list
+              elements: str
+              returned: always
+            free_bytes:
+              description: Bytes free for an unprivileged user.
+              type: int
+              returned: always
+            needs:
+              description: What lands there, C(what) and C(bytes) each.
+              type: list
+              elements: dict
+              returned: always
+            required_bytes:
+              description: The needs plus O(disk_margin_bytes) (0 with no need).
+              type: int
+              returned: always
+            ok:
+              description: Whether C(free_bytes) is at least C(required_bytes).
+              type: bool
+              returned: always
+    memory:
+      description: Unified memory against what vLLM asks for at start-up (all figures in bytes).
+      type: dict
+      returned: always
+      contains:
+        checked:
+          description: Whether the figures were judged (false when the GPU has a memory of its own or none was read).
+          type: bool
+          returned: always
+        source:
+          description: O(meminfo_path).
+          type: str
+          returned: always
+        error:
+          description: Why the figures could not be read ("" when they were).
+          type: str
+          returned: always
+        total_bytes:
+          description: C(MemTotal).
+          type: int
+          returned: always
+        free_bytes:
+          description: C(MemFree).
+          type: int
+          returned: always
+        available_bytes:
+          description: C(MemAvailable).
+          type: int
+          returned: always
+        page_cache_bytes:
+          description: C(Buffers) + C(Cached) - C(Shmem), what dropping the page cache can free.
+          type: int
+          returned: always
+        util:
+          description: O(gpu_memory_util).
+          type: float
+          returned: always
+        needed_bytes:
+          description: O(gpu_memory_util) x C(MemTotal).
+          type: int
+          returned: always
+        drop_caches:
+          description: Whether the page cache is dropped before each start (O(drop_caches) resolved).
+          type: bool
+          returned: always
+        basis:
+          description: C(MemAvailable) when the page cache is dropped, C(MemFree) when not.
+          type: str
+          returned: always
+        own_bytes:
+          description: GPU memory of our own server's processes (O(container_name)), free for it on a restart.
+          type: int
+          returned: always
+        usable_bytes:
+          description: The basis figure plus RV(report.memory.own_bytes).
+          type: int
+          returned: always
+        apps:
+          description: >-
+            The GPU's compute processes, each with C(pid), C(name), C(used_bytes) (null when
+            C(nvidia-smi) gives none) and C(own).
+          type: list
+          elements: dict
+          returned: always
+        apps_error:
+          description: Why the compute processes could not be listed ("" when they were).
+          type: str
+          returned: always
+        others_bytes:
+          description: GPU memory of the other processes.
+          type: int
+          returned: always
+        rest_bytes:
+          description: What the kernel and the processes not on the GPU hold, of what is not usable.
+          type: int
+          returned: always
+        ok:
+          description: Whether RV(report.memory.usable_bytes) reaches RV(report.memory.needed_bytes) (true when not checked).
+          type: bool
           returned: always
     port:
       description: Who listens on O(port).
@@ -245,11 +434,19 @@ import platform
 import re
 import shutil
 import subprocess
+from typing import Any, Callable
 
 from ansible.module_utils.basic import AnsibleModule
 
 MANIFEST = ".sparkfleet-manifest.json"
 GB = 1e9
+GIB = 1024.0**3
+MIB = 1024**2
+# GPUs whose memory is the host's (page cache dropped before each start by drop_caches=auto)
+UNIFIED_MEMORY_GPUS = ("GB10",)
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_DEFAULT_ROOT = "/var/lib/docker"
+CONTAINERD_ROOT = "/var/lib/containerd"
 NOT_A_NUMBER = ("[N/A]", "N/A", "[Not Supported]", "Not Supported", "")
 
 
@@ -263,6 +460,10 @@ def _run(argv, timeout=60):
 
 def gb(value):
     return "%.1f GB" % (value / GB)
+
+
+def gib(value: float) -> str:
+    return "%.1f GiB" % (value / GIB)
 
 
 def version_tuple(text):
@@ -382,10 +583,8 @@ def read_manifest(model_dir):
     return sizes
 
 
-def disk_report(model_dir, model_size_bytes, margin_bytes):
-    path = _nearest_existing(model_dir)
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
+def model_need(model_dir: str, model_size_bytes: int) -> dict[str, Any]:
+    """What the model fetch still needs under ``model_dir`` (manifest, or size less present)."""
     manifest = read_manifest(model_dir)
     if manifest is not None:
         missing = {n: s for n, s in manifest.items()
@@ -404,9 +603,236 @@ def disk_report(model_dir, model_size_bytes, margin_bytes):
         basis = "model_size"
         detail = "spark_preflight_model_size_gb=%g less %s present" % (
             model_size_bytes / GB, gb(present))
-    required = needed + margin_bytes if needed else 0
-    return {"path": path, "model_dir": model_dir, "free_bytes": free, "present_bytes": present,
-            "needed_bytes": needed, "required_bytes": required, "basis": basis, "detail": detail}
+    return {"model_dir": model_dir, "present_bytes": present, "needed_bytes": needed,
+            "basis": basis, "detail": detail}
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem holding ``path`` (an existing path)."""
+    path = os.path.realpath(path)
+    dev = os.stat(path).st_dev
+    while path != "/":
+        parent = os.path.dirname(path)
+        if os.stat(parent).st_dev != dev:
+            break
+        path = parent
+    return path
+
+
+def statfs(path: str) -> dict[str, Any]:
+    """Device, mount point and unprivileged free bytes of the filesystem of ``path`` (existing)."""
+    st = os.statvfs(path)
+    return {"device": os.stat(path).st_dev, "mount": mount_point(path),
+            "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def plan_filesystems(needs: list[dict[str, Any]], fs_of: dict[str, dict[str, Any]],
+                     margin_bytes: int) -> list[dict[str, Any]]:
+    """Group ``needs`` ({path, what, bytes}) by the filesystem ``fs_of[path]`` they land on.
+
+    Each filesystem gets its paths, its needs (those of 0 bytes left out), the sum plus the
+    margin as required (0 when nothing lands there) and whether it has that much free.
+    """
+    found: list[dict[str, Any]] = []
+    by_device: dict[Any, dict[str, Any]] = {}
+    for need in needs:
+        fs = fs_of[need["path"]]
+        entry = by_device.get(fs["device"])
+        if entry is None:
+            entry = {"mount": fs["mount"], "paths": [], "free_bytes": fs["free_bytes"],
+                     "needs": [], "required_bytes": 0, "ok": True}
+            by_device[fs["device"]] = entry
+            found.append(entry)
+        if need["path"] not in entry["paths"]:
+            entry["paths"].append(need["path"])
+        if need["bytes"] > 0:
+            entry["needs"].append({"what": need["what"], "bytes": need["bytes"]})
+    for entry in found:
+        total = sum(n["bytes"] for n in entry["needs"])
+        entry["required_bytes"] = total + margin_bytes if total else 0
+        entry["ok"] = entry["free_bytes"] >= entry["required_bytes"]
+    return found
+
+
+def docker_image_store(docker_running: bool, daemon_json: str = DOCKER_DAEMON_JSON
+                       ) -> tuple[str, str]:
+    """(directory Docker pulls images into, where that was read)."""
+    if docker_running:
+        rc, out, _err = _run(["docker", "info", "--format",
+                              "{{.DockerRootDir}}\t{{json .DriverStatus}}"], timeout=30)
+        root, _sep, status = out.strip().partition("\t")
+        if rc == 0 and root.startswith("/"):
+            if "io.containerd.snapshotter" in status:
+                return CONTAINERD_ROOT, "docker info (containerd image store)"
+            return root, "docker info"
+    try:
+        with open(daemon_json, encoding="utf-8") as handle:
+            root = json.load(handle).get("data-root")
+        if isinstance(root, str) and root.startswith("/"):
+            return root, "daemon.json"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return DOCKER_DEFAULT_ROOT, "default"
+
+
+def image_report(image: str, size_bytes: int, docker_running: bool) -> dict[str, Any]:
+    """Whether Docker holds ``image``, its size and what its pull still needs."""
+    if not image:
+        return {"ref": "", "present": False, "size_bytes": 0, "needed_bytes": 0, "store": "",
+                "store_source": ""}
+    store, source = docker_image_store(docker_running)
+    report = {"ref": image, "present": False, "size_bytes": size_bytes, "needed_bytes": 0,
+              "store": store, "store_source": source}
+    if docker_running:
+        rc, out, _err = _run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                             timeout=30)
+        if rc == 0 and out.strip().isdigit():
+            report.update(present=True, size_bytes=int(out.strip()))
+            return report
+    report["needed_bytes"] = size_bytes
+    return report
+
+
+def disk_report(model_dir: str, model_size_bytes: int, margin_bytes: int,
+                image: dict[str, Any] | None = None,
+                fs: Callable[[str], dict[str, Any]] = statfs) -> dict[str, Any]:
+    """The model's and the image's needs on the filesystems they land on."""
+    report = model_need(model_dir, model_size_bytes)
+    report["path"] = _nearest_existing(model_dir)
+    report["image"] = image or {"ref": "", "present": False, "size_bytes": 0, "needed_bytes": 0,
+                                "store": "", "store_source": ""}
+    needs = [{"path": report["path"], "what": "model", "bytes": report["needed_bytes"]}]
+    if report["image"]["store"]:
+        needs.append({"path": _nearest_existing(report["image"]["store"]), "what": "image",
+                      "bytes": report["image"]["needed_bytes"]})
+    fs_of = {need["path"]: fs(need["path"]) for need in needs}
+    report["filesystems"] = plan_filesystems(needs, fs_of, margin_bytes)
+    model_fs = report["filesystems"][0]
+    report["free_bytes"] = model_fs["free_bytes"]
+    report["required_bytes"] = model_fs["required_bytes"]
+    return report
+
+
+# --- unified memory ----------------------------------------------------------------------------
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """Bytes by field from /proc/meminfo text (``MemTotal:  127601216 kB``)."""
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not parts or not parts[0].isdigit():
+            continue
+        value = int(parts[0])
+        fields[key.strip()] = value * 1024 if parts[1:2] == ["kB"] else value
+    return fields
+
+
+def parse_compute_apps(text: str) -> list[dict[str, Any]]:
+    """Rows of ``--query-compute-apps=pid,process_name,used_memory --format=csv,noheader,nounits``.
+
+    ``used_bytes`` is None where nvidia-smi prints no number ([N/A]); lines that are not rows
+    ("No running processes found") are left out.
+    """
+    apps = []
+    for line in text.splitlines():
+        pid, _sep, rest = line.partition(",")
+        name, _sep, used = rest.rpartition(",")
+        if not pid.strip().isdigit() or not _sep:
+            continue
+        mib = parse_memory(used)
+        apps.append({"pid": int(pid), "name": name.strip(),
+                     "used_bytes": None if mib is None else mib * MIB})
+    return apps
+
+
+def in_container(cgroup_text: str, container_id: str) -> bool:
+    """Whether a process whose /proc/PID/cgroup is ``cgroup_text`` runs in ``container_id``."""
+    return bool(container_id) and any(container_id in line for line in cgroup_text.splitlines())
+
+
+def compute_apps() -> tuple[list[dict[str, Any]], str]:
+    """The GPU's compute processes from nvidia-smi, and why they could not be listed ('' if so)."""
+    if shutil.which("nvidia-smi") is None:
+        return [], "nvidia-smi not found"
+    rc, out, err = _run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                         "--format=csv,noheader,nounits"])
+    if rc != 0:
+        return [], "nvidia-smi exited %d: %s" % (rc, " ".join((err or out).split()))
+    return parse_compute_apps(out), ""
+
+
+def container_id(name: str, docker_running: bool) -> str:
+    """Full ID of the running container ``name``, '' when there is none."""
+    if not docker_running:
+        return ""
+    rc, out, _err = _run(["docker", "inspect", "--type", "container", "--format",
+                          "{{.Id}} {{.State.Running}}", name], timeout=30)
+    cid, _sep, running = out.strip().partition(" ")
+    return cid if rc == 0 and running == "true" else ""
+
+
+def read_cgroup(pid: int) -> str:
+    try:
+        with open("/proc/%d/cgroup" % pid, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def resolve_drop_caches(setting: str, gpu_name: str) -> bool:
+    """drop_caches as given, ``auto``: true where the GPU's memory is the host's (GB10)."""
+    if setting == "auto":
+        return any(name in gpu_name for name in UNIFIED_MEMORY_GPUS)
+    return setting == "true"
+
+
+def memory_report(meminfo: dict[str, int], apps: list[dict[str, Any]], util: float,
+                  drop_caches: bool) -> dict[str, Any]:
+    """Unified memory against ``util`` x MemTotal; ``apps`` carry ``own`` (our server's)."""
+    total = meminfo.get("MemTotal", 0)
+    free = meminfo.get("MemFree", 0)
+    available = meminfo.get("MemAvailable", free)
+    cache = max(meminfo.get("Buffers", 0) + meminfo.get("Cached", 0) - meminfo.get("Shmem", 0), 0)
+    basis_bytes = available if drop_caches else free
+    own = sum(a["used_bytes"] or 0 for a in apps if a["own"])
+    others = sum(a["used_bytes"] or 0 for a in apps if not a["own"])
+    needed = int(util * total)
+    usable = basis_bytes + own
+    held = total - basis_bytes - own - others - (0 if drop_caches else cache)
+    return {"checked": True, "total_bytes": total, "free_bytes": free,
+            "available_bytes": available, "page_cache_bytes": cache, "util": util,
+            "needed_bytes": needed, "drop_caches": drop_caches,
+            "basis": "MemAvailable" if drop_caches else "MemFree", "own_bytes": own,
+            "usable_bytes": usable, "apps": apps, "others_bytes": others,
+            "rest_bytes": max(held, 0), "ok": usable >= needed}
+
+
+def host_memory(meminfo_path: str, util: float, drop_caches: bool, unified: bool,
+                own_container: str) -> dict[str, Any]:
+    """memory_report of this host, or an unchecked report saying why."""
+    unchecked = {"checked": False, "source": meminfo_path, "error": "", "util": util,
+                 "drop_caches": drop_caches, "apps": [], "apps_error": "", "ok": True}
+    if not unified:
+        unchecked["error"] = "the GPU has a memory of its own (not unified): not judged"
+        return unchecked
+    try:
+        with open(meminfo_path, encoding="ascii") as handle:
+            meminfo = parse_meminfo(handle.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        meminfo = {}
+        unchecked["error"] = "cannot read %s: %s" % (meminfo_path, exc)
+    if not meminfo.get("MemTotal") or "MemFree" not in meminfo:
+        unchecked["error"] = unchecked["error"] or "no MemTotal/MemFree in %s" % meminfo_path
+        unchecked["ok"] = False
+        return unchecked
+    apps, apps_error = compute_apps()
+    for app in apps:
+        app["own"] = in_container(read_cgroup(app["pid"]), own_container)
+    report = memory_report(meminfo, apps, util, drop_caches)
+    report.update(source=meminfo_path, error="", apps_error=apps_error)
+    return report
 
 
 def _listen_inodes(port):
@@ -471,6 +897,73 @@ def port_report(port, container_name, docker_running):
             "owner": _socket_owner(inodes) or "a process this user cannot see"}
 
 
+def _drop_text(memory: dict[str, Any], p: dict[str, Any]) -> str:
+    setting = p.get("drop_caches", "auto")
+    if setting == "auto":
+        return "vllm_drop_caches=auto, %s" % ("on for a GB10" if memory["drop_caches"]
+                                              else "off: no GB10")
+    return "vllm_drop_caches=%s" % setting
+
+
+def memory_problems(memory: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """The unified-memory refusal, with its figures and who holds the memory, or nothing."""
+    if memory["ok"]:
+        return []
+    if not memory["checked"]:
+        return ["unified memory: %s; spark_preflight_meminfo_path=%s"
+                % (memory["error"], memory["source"])]
+    if memory["drop_caches"]:
+        free = "%s free (MemAvailable: the page cache is dropped before each start, %s)" % (
+            gib(memory["available_bytes"]), _drop_text(memory, p))
+    else:
+        free = ("%s free (MemFree: the page cache is kept, %s; MemAvailable %s)"
+                % (gib(memory["free_bytes"]), _drop_text(memory, p),
+                   gib(memory["available_bytes"])))
+    if memory["own_bytes"]:
+        free += " + %s of our own container %s" % (gib(memory["own_bytes"]), p["container_name"])
+    holders = ["%s by GPU process %s (pid %d)" % (
+        gib(a["used_bytes"]) if a["used_bytes"] is not None else "an unknown amount",
+        a["name"] or "?", a["pid"]) for a in memory["apps"] if not a["own"]]
+    if not memory["drop_caches"] and memory["page_cache_bytes"]:
+        holders.append("%s by the page cache (vllm_drop_caches=true drops it before each start)"
+                       % gib(memory["page_cache_bytes"]))
+    holders.append("%s by the kernel and other processes" % gib(memory["rest_bytes"]))
+    if memory["apps_error"]:
+        holders.append("GPU processes unknown: %s" % memory["apps_error"])
+    return [
+        "unified memory: spark_preflight_gpu_memory_util=%g (vllm_gpu_memory_util) x MemTotal %s "
+        "= %s needed at start-up, %s: %s short; held: %s"
+        % (memory["util"], gib(memory["total_bytes"]), gib(memory["needed_bytes"]), free,
+           gib(memory["needed_bytes"] - memory["usable_bytes"]), ", ".join(holders))
+    ]
+
+
+def disk_problems(disk: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """One refusal per filesystem short of space, naming what lands there and its variables."""
+    problems = []
+    image = disk["image"]
+    for fs in disk["filesystems"]:
+        if fs["ok"]:
+            continue
+        whats = []
+        for need in fs["needs"]:
+            if need["what"] == "model":
+                whats.append("the model %s under %s (%s)" % (
+                    gb(need["bytes"]), disk["model_dir"], disk["detail"]))
+            else:
+                whats.append("the image %s %s in %s (not on the host: "
+                             "spark_preflight_image_size_gb=%g)" % (
+                                 image["ref"], gb(need["bytes"]), image["store"],
+                                 p["image_size_bytes"] / GB))
+        problems.append(
+            "disk: %s free on %s (filesystem of %s), but %s plus "
+            "spark_preflight_disk_margin_gb=%g need %s: %s short"
+            % (gb(fs["free_bytes"]), fs["mount"], " and ".join(fs["paths"]), " + ".join(whats),
+               p["disk_margin_bytes"] / GB, gb(fs["required_bytes"]),
+               gb(fs["required_bytes"] - fs["free_bytes"])))
+    return problems
+
+
 def problems_of(report, p):
     problems = []
     if report["arch"] != p["expected_arch"]:
@@ -497,14 +990,8 @@ def problems_of(report, p):
                             % (gpu["driver_version"], p["min_driver_version"]))
     if not report["docker"]["running"]:
         problems.append("Docker engine not running: %s" % report["docker"]["error"])
-    disk = report["disk"]
-    if disk["free_bytes"] < disk["required_bytes"]:
-        problems.append(
-            "disk: %s free on %s, but the model fetch needs %s under %s (%s) plus "
-            "spark_preflight_disk_margin_gb=%g: %s short"
-            % (gb(disk["free_bytes"]), disk["path"], gb(disk["needed_bytes"]), disk["model_dir"],
-               disk["detail"], p["disk_margin_bytes"] / GB,
-               gb(disk["required_bytes"] - disk["free_bytes"])))
+    problems.extend(memory_problems(report["memory"], p))
+    problems.extend(disk_problems(report["disk"], p))
     port = report["port"]
     if port["state"] == "taken":
         problems.append("port %d (spark_preflight_port) is taken by %s, not by container %s"
@@ -524,6 +1011,12 @@ def main():
             "disk_margin_bytes": {"type": "int", "default": 0},
             "port": {"type": "int", "required": True},
             "container_name": {"type": "str", "required": True},
+            "gpu_memory_util": {"type": "float", "required": True},
+            "drop_caches": {"type": "str", "default": "auto",
+                            "choices": ["auto", "true", "false"]},
+            "meminfo_path": {"type": "path", "default": "/proc/meminfo"},
+            "image": {"type": "str", "default": ""},
+            "image_size_bytes": {"type": "int", "default": 0},
         },
         supports_check_mode=True,
     )
@@ -531,13 +1024,26 @@ def main():
     if version_tuple(p["min_driver_version"]) is None:
         module.fail_json(msg="spark_preflight_min_driver_version=%r must be a dotted version such "
                              "as 580.0" % p["min_driver_version"])
+    if not 0 < p["gpu_memory_util"] <= 1:
+        module.fail_json(msg="spark_preflight_gpu_memory_util=%s must be in (0, 1]"
+                             % p["gpu_memory_util"])
+    for name in ("model_size_bytes", "disk_margin_bytes", "image_size_bytes"):
+        if p[name] < 0:
+            module.fail_json(msg="%s=%d must be >= 0" % (name, p[name]))
     docker = docker_report()
+    gpu = gpu_report()
+    image = image_report(p["image"], p["image_size_bytes"], docker["running"])
     report = {
         "arch": platform.machine(),
         "os": os_release(),
-        "gpu": gpu_report(),
+        "gpu": gpu,
         "docker": docker,
-        "disk": disk_report(p["model_dir"], p["model_size_bytes"], p["disk_margin_bytes"]),
+        "memory": host_memory(
+            p["meminfo_path"], p["gpu_memory_util"],
+            resolve_drop_caches(p["drop_caches"], gpu["name"]),
+            unified=gpu["memory_total_mib"] is None,
+            own_container=container_id(p["container_name"], docker["running"])),
+        "disk": disk_report(p["model_dir"], p["model_size_bytes"], p["disk_margin_bytes"], image),
         "port": port_report(p["port"], p["container_name"], docker["running"]),
     }
     report["problems"] = problems_of(report, p)

@@ -11,7 +11,9 @@
   (``tests/standins/vllm_standin``); the lab pushes it to its registry under the production name.
 
 Each image is tagged with a hash of its recipe (the files it is built from and its base), so a
-changed recipe builds a new image and an unchanged one is reused.
+changed recipe builds a new image and an unchanged one is reused. ``sparklab/spark-sim:latest``,
+which the molecule scenarios run, is pointed at this checkout's recipe each time, built or reused
+(several checkouts share one Docker engine).
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def build_spark_sim(cfg: LabConfig, base: str) -> str:
     ]
     ref = f"{cfg.sim_image}:{recipe_hash(parts)}"
     if image_exists(ref):
+        # molecule's scenarios run ...:latest: make it this checkout's recipe again, even when
+        # another checkout's build retagged it since
+        _tag_latest(ref)
         return ref
     log(f"building {ref} (Docker and the stand-in nvidia-smi on {base})")
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,6 +51,7 @@ def test_readme_table_matches_the_profile() -> None:
     assert _codes(table["model_profile_dir"]) == [PROFILE.model_dir]
     assert _number(_codes(table["model_profile_size_gb"])[0]) == PROFILE.size_gb
     assert _codes(table["model_profile_image"]) == [PROFILE.image]
+    assert _number(_codes(table["model_profile_image_size_gb"])[0]) == PROFILE.image_size_gb
     assert _codes(table["model_profile_served_model_name"]) == [PROFILE.served_model_name]
     assert int(_codes(table["model_profile_context_len"])[0]) == PROFILE.context_len
     assert int(_codes(table["model_profile_max_model_len"])[0]) == PROFILE.max_model_len
@@ -129,6 +130,9 @@ RESOLVE_PLAY = """
             'llm_benchmark_reference': llm_benchmark_reference,
             'spark_preflight_model_dir': spark_preflight_model_dir,
             'spark_preflight_model_size_gb': spark_preflight_model_size_gb,
+            'spark_preflight_image': spark_preflight_image,
+            'spark_preflight_image_size_gb': spark_preflight_image_size_gb,
+            'spark_preflight_gpu_memory_util': spark_preflight_gpu_memory_util,
             'fleet_status_model_dir': fleet_status_model_dir,
             'nvidia_container_toolkit_verify_image': nvidia_container_toolkit_verify_image,
           } | to_json }}
@@ -173,6 +177,9 @@ def test_roles_take_the_cards_values_from_the_profile(tmp_path: Path) -> None:
         "llm_benchmark_reference": PROFILE.performance,
         "spark_preflight_model_dir": PROFILE.model_dir,
         "spark_preflight_model_size_gb": PROFILE.size_gb,
+        "spark_preflight_image": PROFILE.image,
+        "spark_preflight_image_size_gb": PROFILE.image_size_gb,
+        "spark_preflight_gpu_memory_util": PROFILE.gpu_memory_util,
         "fleet_status_model_dir": PROFILE.model_dir,
         "nvidia_container_toolkit_verify_image": PROFILE.image,
     }
@@ -194,7 +201,7 @@ def test_an_override_of_the_profile_reaches_every_role(tmp_path: Path) -> None:
     assert dirs == {"/srv/models/Other-Model"}
     assert got["vllm_model_mount"] == "/models/Other-Model"
     assert got["vllm_image"] == got["nvidia_container_toolkit_verify_image"]
-    assert got["vllm_image"] == "registry.example:5000/vllm:other"
+    assert got["vllm_image"] == got["spark_preflight_image"] == "registry.example:5000/vllm:other"
     names = {got["vllm_served_model_name"], got["vllm_health_model"]}
     assert names | {got["llm_benchmark_served_model_name"]} == {"other"}
     assert got["vllm_max_model_len"] == got["vllm_health_max_model_len"] == 8192

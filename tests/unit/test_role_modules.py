@@ -149,35 +149,70 @@ def test_port_free_and_taken_by_a_process() -> None:
     assert Path(sys.executable).name in taken["owner"] or "python" in taken["owner"]
 
 
-def _healthy() -> tuple[dict[str, Any], dict[str, Any]]:
+def _healthy(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    memory = report.memory_report(
+        report.parse_meminfo(_meminfo("spark-idle")), [], 0.93, drop_caches=True
+    )
     rep = {
         "arch": "aarch64",
         "os": {"id": "ubuntu", "version_id": "24.04", "pretty_name": "Ubuntu 24.04.3 LTS"},
         "gpu": {"present": True, "name": "NVIDIA GB10", "driver_version": "580.95.05"},
         "docker": {"running": True, "error": ""},
-        "disk": {
-            "free_bytes": 200 * GB,
-            "required_bytes": 104 * GB,
-            "needed_bytes": 99 * GB,
-            "path": "/",
-            "model_dir": "/opt/m",
-            "detail": "spark_preflight_model_size_gb=99 less 0.0 GB present",
-        },
+        "memory": {**memory, "source": "/proc/meminfo", "error": "", "apps_error": ""},
+        "disk": _disk_on(tmp_path, {}, free=200 * GB),
         "port": {"number": 8000, "state": "free", "owner": ""},
     }
-    params = {
-        "expected_arch": "aarch64",
-        "os_releases": ["ubuntu 24.04"],
-        "gpu_name": "NVIDIA GB10",
-        "min_driver_version": "580.0",
-        "disk_margin_bytes": 5 * GB,
-        "container_name": "minimax",
+    return rep, _PARAMS.copy()
+
+
+_PARAMS: dict[str, Any] = {
+    "expected_arch": "aarch64",
+    "os_releases": ["ubuntu 24.04"],
+    "gpu_name": "NVIDIA GB10",
+    "min_driver_version": "580.0",
+    "disk_margin_bytes": 5 * GB,
+    "image_size_bytes": 26 * GB,
+    "container_name": "minimax",
+    "drop_caches": "auto",
+}
+_FS_ROOT = {"device": 1, "mount": "/"}
+IMAGE = "avarok/dgx-vllm-nvfp4-kernel:v23"
+
+
+def _disk_on(
+    root: Path,
+    devices: dict[str, dict[str, Any]],
+    free: int,
+    image_present: bool = False,
+    free_by_mount: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """disk_report of a model dir not there yet (ROOT/opt/m: 99 GB to fetch) and the image
+    (Docker's data root ROOT/var/lib/docker), on filesystems given by ``devices`` (a directory
+    under ROOT -> device and mount; the filesystem of ROOT, mounted on /, otherwise)."""
+    (root / "opt").mkdir(exist_ok=True)
+    (root / "var" / "lib" / "docker").mkdir(parents=True, exist_ok=True)
+
+    def fs(path: str) -> dict[str, Any]:
+        for sub, entry in devices.items():
+            if path.startswith(str(root / sub)):
+                mount = entry["mount"]
+                return {**entry, "free_bytes": (free_by_mount or {}).get(mount, free)}
+        return {**_FS_ROOT, "free_bytes": (free_by_mount or {}).get("/", free)}
+
+    image = {
+        "ref": IMAGE,
+        "present": image_present,
+        "size_bytes": 26 * GB,
+        "needed_bytes": 0 if image_present else 26 * GB,
+        "store": str(root / "var" / "lib" / "docker"),
+        "store_source": "docker info",
     }
-    return rep, params
+    disk: dict[str, Any] = report.disk_report(str(root / "opt" / "m"), 99 * GB, 5 * GB, image, fs)
+    return disk
 
 
-def test_a_healthy_spark_has_no_problems() -> None:
-    rep, params = _healthy()
+def test_a_healthy_spark_has_no_problems(tmp_path: Path) -> None:
+    rep, params = _healthy(tmp_path)
     assert report.problems_of(rep, params) == []
     rep["port"] = {"number": 8000, "state": "ours", "owner": "container minimax"}
     rep["os"]["version_id"] = "24.04.1"
@@ -187,13 +222,13 @@ def test_a_healthy_spark_has_no_problems() -> None:
     assert report.problems_of(rep, params) == []
 
 
-def test_every_problem_with_its_numbers() -> None:
-    rep, params = _healthy()
+def test_every_problem_with_its_numbers(tmp_path: Path) -> None:
+    rep, params = _healthy(tmp_path)
     rep["arch"] = "x86_64"
     rep["os"] = {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12"}
     rep["gpu"]["driver_version"] = "535.104.05"
     rep["docker"] = {"running": False, "error": "docker.service is inactive (dead, masked)"}
-    rep["disk"]["free_bytes"] = 50 * GB
+    rep["disk"] = _disk_on(tmp_path, {}, free=50 * GB)
     rep["port"] = {"number": 8000, "state": "taken", "owner": "python3 -m http.server (pid 7)"}
     assert report.problems_of(rep, params) == [
         "architecture is x86_64, expected spark_preflight_expected_arch=aarch64",
@@ -201,22 +236,262 @@ def test_every_problem_with_its_numbers() -> None:
         "spark_preflight_os_releases=ubuntu 24.04",
         "driver 535.104.05 is older than spark_preflight_min_driver_version=580.0",
         "Docker engine not running: docker.service is inactive (dead, masked)",
-        "disk: 50.0 GB free on /, but the model fetch needs 99.0 GB under /opt/m "
-        "(spark_preflight_model_size_gb=99 less 0.0 GB present) plus "
-        "spark_preflight_disk_margin_gb=5: 54.0 GB short",
+        f"disk: 50.0 GB free on / (filesystem of {tmp_path}/opt and {tmp_path}/var/lib/docker),"
+        f" but the model 99.0 GB under {tmp_path}/opt/m (spark_preflight_model_size_gb=99 less"
+        f" 0.0 GB present) + the image {IMAGE} 26.0 GB in {tmp_path}/var/lib/docker (not on the"
+        " host: spark_preflight_image_size_gb=26) plus spark_preflight_disk_margin_gb=5 need"
+        " 130.0 GB: 80.0 GB short",
         "port 8000 (spark_preflight_port) is taken by python3 -m http.server (pid 7), "
         "not by container minimax",
     ]
 
 
-def test_gpu_problems() -> None:
-    rep, params = _healthy()
+def test_gpu_problems(tmp_path: Path) -> None:
+    rep, params = _healthy(tmp_path)
     rep["gpu"] = {"present": False, "error": "nvidia-smi not found"}
     assert report.problems_of(rep, params) == ["no usable GPU: nvidia-smi not found"]
     rep["gpu"] = {"present": True, "name": "NVIDIA H200", "driver_version": "580.159.04"}
     assert report.problems_of(rep, params) == [
         "GPU is NVIDIA H200, expected a name containing spark_preflight_gpu_name=NVIDIA GB10"
     ]
+
+
+# --- spark_preflight: unified memory, on a Spark's figures (tests/unit/data/meminfo) ----------
+
+MEMINFO = Path(__file__).resolve().parent / "data" / "meminfo"
+OURS = "3f9c" + "0" * 56 + "beef"  # our container's full ID
+OUR_CGROUP = f"0::/system.slice/docker-{OURS}.scope\n"
+OTHER_CGROUP = "0::/system.slice/docker-" + "7" * 64 + ".scope\n"
+
+
+def _meminfo(name: str) -> str:
+    return (MEMINFO / f"{name}.txt").read_text()
+
+
+def _memory(
+    meminfo: str,
+    apps_csv: str = "",
+    util: float = 0.93,
+    drop: bool = True,
+    cgroups: dict[int, str] | None = None,
+) -> dict[str, Any]:
+    apps = report.parse_compute_apps(apps_csv)
+    for app in apps:
+        app["own"] = report.in_container((cgroups or {}).get(app["pid"], ""), OURS)
+    mem = report.memory_report(report.parse_meminfo(_meminfo(meminfo)), apps, util, drop)
+    return {**mem, "source": "/proc/meminfo", "error": "", "apps_error": ""}
+
+
+def _memory_problems(memory: dict[str, Any], drop_setting: str = "auto") -> list[str]:
+    problems: list[str] = report.memory_problems(memory, {**_PARAMS, "drop_caches": drop_setting})
+    return problems
+
+
+def test_meminfo_is_read_in_bytes() -> None:
+    fields = report.parse_meminfo(_meminfo("spark-comfyui"))
+    assert fields["MemTotal"] == 127601216 * 1024  # 121.69 GiB
+    assert (fields["MemFree"], fields["MemAvailable"]) == (60100000 * 1024, 76000000 * 1024)
+    assert fields["HugePages_Total"] == 0  # a count, not kB
+    assert report.parse_meminfo("garbage\nMemTotal: x kB\n") == {}
+
+
+def test_compute_apps_as_nvidia_smi_prints_them() -> None:
+    text = "4242, python3, 43520\n2211, VLLM::EngineCore, [N/A]\nNo running processes found\n"
+    assert report.parse_compute_apps(text) == [
+        {"pid": 4242, "name": "python3", "used_bytes": 43520 * 2**20},
+        {"pid": 2211, "name": "VLLM::EngineCore", "used_bytes": None},
+    ]
+    assert report.parse_compute_apps("") == []
+
+
+def test_compute_apps_from_the_lab_stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apps = [{"pid": 4242, "process_name": "python3 main.py --listen", "used_memory_mib": 43520}]
+    _smi(tmp_path, monkeypatch, compute_apps=apps)
+    assert report.compute_apps() == (
+        [{"pid": 4242, "name": "python3 main.py --listen", "used_bytes": 43520 * 2**20}],
+        "",
+    )
+    (tmp_path / "smi.json").write_text("{}")
+    assert report.compute_apps() == ([], "")
+    (tmp_path / "smi.json").write_text('{"fail": true}')
+    apps_found, error = report.compute_apps()
+    assert apps_found == [] and error.startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
+
+
+def test_our_own_server_is_found_by_its_cgroup() -> None:
+    assert report.in_container(OUR_CGROUP, OURS)
+    assert report.in_container(f"0::/docker/{OURS}\n", OURS)  # cgroupfs driver
+    assert not report.in_container(OTHER_CGROUP, OURS)
+    assert not report.in_container(OUR_CGROUP, "")
+
+
+def test_an_idle_spark_has_the_memory() -> None:
+    mem = _memory("spark-idle")
+    assert mem["ok"] and mem["basis"] == "MemAvailable"
+    assert round(mem["needed_bytes"] / 2**30, 2) == 113.17  # 0.93 x 121.69 GiB
+    assert _memory_problems(mem) == []
+
+
+def test_another_gpu_process_holds_the_memory() -> None:
+    mem = _memory("spark-comfyui", "4242, python3 main.py --listen, 43520\n")
+    assert not mem["ok"]
+    assert _memory_problems(mem) == [
+        "unified memory: spark_preflight_gpu_memory_util=0.93 (vllm_gpu_memory_util) x MemTotal "
+        "121.7 GiB = 113.2 GiB needed at start-up, 72.5 GiB free (MemAvailable: the page cache "
+        "is dropped before each start, vllm_drop_caches=auto, on for a GB10): 40.7 GiB short; "
+        "held: 42.5 GiB by GPU process python3 main.py --listen (pid 4242), "
+        "6.7 GiB by the kernel and other processes"
+    ]
+
+
+def test_a_full_page_cache_passes_once_it_is_dropped() -> None:
+    kept = _memory("spark-after-fetch", drop=False)
+    assert not kept["ok"] and kept["basis"] == "MemFree"
+    assert _memory_problems(kept, "false") == [
+        "unified memory: spark_preflight_gpu_memory_util=0.93 (vllm_gpu_memory_util) x MemTotal "
+        "121.7 GiB = 113.2 GiB needed at start-up, 13.3 GiB free (MemFree: the page cache is "
+        "kept, vllm_drop_caches=false; MemAvailable 114.9 GiB): 99.9 GiB short; held: 99.4 GiB by"
+        " the page cache (vllm_drop_caches=true drops it before each start), 9.0 GiB by the "
+        "kernel and other processes"
+    ]
+    dropped = _memory("spark-after-fetch", drop=True)
+    assert dropped["ok"] and dropped["usable_bytes"] == dropped["available_bytes"]
+    assert _memory_problems(dropped) == []
+
+
+def test_a_kit_short_of_memory_even_after_dropping_caches_names_the_fraction() -> None:
+    mem = _memory("spark-102gib")
+    assert _memory_problems(mem) == [
+        "unified memory: spark_preflight_gpu_memory_util=0.93 (vllm_gpu_memory_util) x MemTotal "
+        "121.7 GiB = 113.2 GiB needed at start-up, 102.0 GiB free (MemAvailable: the page cache "
+        "is dropped before each start, vllm_drop_caches=auto, on for a GB10): 11.2 GiB short; "
+        "held: 19.7 GiB by the kernel and other processes"
+    ]
+    assert _memory("spark-102gib", util=0.83)["ok"]  # 101.0 GiB
+
+
+def test_a_serving_host_counts_its_own_server_on_a_rerun() -> None:
+    engine = "2211, VLLM::EngineCore, 112000\n"
+    serving = _memory("spark-serving", engine, cgroups={2211: OUR_CGROUP})
+    assert serving["ok"]
+    assert serving["own_bytes"] == 112000 * 2**20 and serving["others_bytes"] == 0
+    assert serving["usable_bytes"] == serving["available_bytes"] + serving["own_bytes"]
+    # the same figures with the engine in another container: refused, and it is named
+    squatter = _memory("spark-serving", engine, cgroups={2211: OTHER_CGROUP})
+    assert not squatter["ok"]
+    (problem,) = _memory_problems(squatter)
+    assert "5.9 GiB free (MemAvailable" in problem
+    assert "held: 109.4 GiB by GPU process VLLM::EngineCore (pid 2211)" in problem
+
+
+def test_memory_not_readable_or_not_unified(tmp_path: Path) -> None:
+    missing = report.host_memory(str(tmp_path / "none"), 0.93, True, True, "")
+    assert (missing["checked"], missing["ok"]) == (False, False)
+    assert _memory_problems(missing) == [
+        f"unified memory: cannot read {tmp_path}/none: [Errno 2] No such file or directory: "
+        f"'{tmp_path}/none'; spark_preflight_meminfo_path={tmp_path}/none"
+    ]
+    discrete = report.host_memory(str(tmp_path / "none"), 0.93, True, False, "")
+    assert (discrete["checked"], discrete["ok"]) == (False, True)
+    assert _memory_problems(discrete) == []
+
+
+def test_host_memory_reads_the_file_and_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apps = [{"pid": 4242, "process_name": "python3", "used_memory_mib": 43520}]
+    _smi(tmp_path, monkeypatch, compute_apps=apps)
+    mem = report.host_memory(str(MEMINFO / "spark-comfyui.txt"), 0.93, True, True, OURS)
+    assert (mem["checked"], mem["ok"], mem["others_bytes"]) == (True, False, 43520 * 2**20)
+    assert mem["apps"] == [
+        {"pid": 4242, "name": "python3", "used_bytes": 43520 * 2**20, "own": False}
+    ]
+
+
+def test_drop_caches_auto_is_on_for_a_gb10() -> None:
+    assert report.resolve_drop_caches("auto", "NVIDIA GB10") is True
+    assert report.resolve_drop_caches("auto", "NVIDIA H200") is False
+    assert report.resolve_drop_caches("auto", "") is False
+    assert report.resolve_drop_caches("false", "NVIDIA GB10") is False
+    assert report.resolve_drop_caches("true", "NVIDIA H200") is True
+
+
+# --- spark_preflight: disk for the model and the image, per filesystem --------------------------
+
+
+def test_model_and_image_on_one_filesystem(tmp_path: Path) -> None:
+    disk = _disk_on(tmp_path, {}, free=104 * GB)
+    (fs,) = disk["filesystems"]
+    assert fs["paths"] == [f"{tmp_path}/opt", f"{tmp_path}/var/lib/docker"]
+    assert fs["needs"] == [{"what": "model", "bytes": 99 * GB}, {"what": "image", "bytes": 26 * GB}]
+    assert (fs["required_bytes"], fs["ok"]) == (130 * GB, False)
+    assert (disk["free_bytes"], disk["required_bytes"]) == (104 * GB, 130 * GB)
+    (problem,) = report.disk_problems(disk, _PARAMS)
+    assert problem.startswith(f"disk: 104.0 GB free on / (filesystem of {tmp_path}/opt and ")
+    assert " + the image " in problem and problem.endswith("need 130.0 GB: 26.0 GB short")
+    # the image already pulled: the 99 GB model and the margin fit
+    pulled = _disk_on(tmp_path, {}, 104 * GB, image_present=True)
+    assert report.disk_problems(pulled, _PARAMS) == []
+
+
+def test_model_and_image_on_separate_filesystems_each_named(tmp_path: Path) -> None:
+    devices = {"var/lib/docker": {"device": 2, "mount": "/var/lib/docker"}}
+    free = {"/": 60 * GB, "/var/lib/docker": 20 * GB}
+    disk = _disk_on(tmp_path, devices, 0, free_by_mount=free)
+    assert [(f["mount"], f["required_bytes"]) for f in disk["filesystems"]] == [
+        ("/", 104 * GB),
+        ("/var/lib/docker", 31 * GB),
+    ]
+    assert report.disk_problems(disk, _PARAMS) == [
+        f"disk: 60.0 GB free on / (filesystem of {tmp_path}/opt), but the model 99.0 GB under"
+        f" {tmp_path}/opt/m (spark_preflight_model_size_gb=99 less 0.0 GB present) plus"
+        " spark_preflight_disk_margin_gb=5 need 104.0 GB: 44.0 GB short",
+        f"disk: 20.0 GB free on /var/lib/docker (filesystem of {tmp_path}/var/lib/docker), but"
+        f" the image {IMAGE} 26.0 GB in {tmp_path}/var/lib/docker (not on the host:"
+        " spark_preflight_image_size_gb=26) plus spark_preflight_disk_margin_gb=5 need 31.0 GB:"
+        " 11.0 GB short",
+    ]
+    # enough on the model's filesystem, not on Docker's: only Docker's is refused
+    free = {"/": 500 * GB, "/var/lib/docker": 30 * GB}
+    roomy = _disk_on(tmp_path, devices, 0, free_by_mount=free)
+    assert [
+        p.split(" free on ")[1].split(" ")[0] for p in report.disk_problems(roomy, _PARAMS)
+    ] == ["/var/lib/docker"]
+
+
+def test_a_filesystem_with_nothing_to_hold_needs_no_margin() -> None:
+    needs = [
+        {"path": "/opt/m", "what": "model", "bytes": 0},
+        {"path": "/var/lib/docker", "what": "image", "bytes": 0},
+    ]
+    fs_of = {
+        "/opt/m": {"device": 1, "mount": "/", "free_bytes": 1},
+        "/var/lib/docker": {"device": 1, "mount": "/", "free_bytes": 1},
+    }
+    assert report.plan_filesystems(needs, fs_of, 5 * GB) == [
+        {"mount": "/", "paths": ["/opt/m", "/var/lib/docker"], "free_bytes": 1, "needs": [],
+         "required_bytes": 0, "ok": True}
+    ]  # fmt: skip
+
+
+def test_docker_data_root_when_docker_is_stopped(tmp_path: Path) -> None:
+    daemon_json = tmp_path / "daemon.json"
+    assert report.docker_image_store(False, str(daemon_json)) == ("/var/lib/docker", "default")
+    daemon_json.write_text('{"data-root": "/srv/docker", "features": {"cdi": true}}')
+    assert report.docker_image_store(False, str(daemon_json)) == ("/srv/docker", "daemon.json")
+    daemon_json.write_text('{"data-root": "relative"}')
+    assert report.docker_image_store(False, str(daemon_json)) == ("/var/lib/docker", "default")
+
+
+def test_disk_report_measures_real_filesystems(tmp_path: Path) -> None:
+    image = report.image_report("", 0, False)
+    disk = report.disk_report(str(tmp_path / "model"), 10, 5, image)
+    (fs,) = disk["filesystems"]
+    assert fs["paths"] == [str(tmp_path)] and fs["free_bytes"] > 0
+    assert os.path.ismount(fs["mount"]) and str(tmp_path).startswith(fs["mount"])
+    assert (fs["required_bytes"], disk["required_bytes"]) == (15, 15)
 
 
 # --- nvidia_container_toolkit ------------------------------------------------------------------

@@ -371,11 +371,26 @@ PREFLIGHT_PROBLEMS = [
     "spark_preflight_os_releases=ubuntu 24.04",
     "driver 535.104.05 is older than spark_preflight_min_driver_version=580.0",
     "Docker engine not running: docker.service is inactive (dead, masked)",
+    # a Spark's figures (tests/unit/data/meminfo/spark-comfyui.txt) and the stand-in driver's
+    # compute process, against the card's fraction (prepare.yml, host_vars/pf-fail.yml)
+    "unified memory: spark_preflight_gpu_memory_util=0.93 (vllm_gpu_memory_util) x MemTotal"
+    " 121.7 GiB = 113.2 GiB needed at start-up, 72.5 GiB free (MemAvailable: the page cache is"
+    " dropped before each start, vllm_drop_caches=auto, on for a GB10): 40.7 GiB short; held:"
+    " 42.5 GiB by GPU process python3 main.py --listen (pid 4242), 6.7 GiB by the kernel and"
+    " other processes",
+    # the model dir's filesystem (the host's root) and Docker's data root (a tmpfs), each named
     re.compile(
-        r"disk: [0-9.]+ GB free on /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4, but the"
-        r" model fetch needs 200000.0 GB under /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
-        r" \(20 of 21 files listed in .sparkfleet-manifest.json missing\) plus"
-        r" spark_preflight_disk_margin_gb=1: [0-9.]+ GB short"
+        r"disk: [0-9.]+ GB free on / \(filesystem of"
+        r" /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4\), but the model 200000.0 GB under"
+        r" /opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4 \(20 of 21 files listed in"
+        r" .sparkfleet-manifest.json missing\) plus spark_preflight_disk_margin_gb=1 need"
+        r" 200001.0 GB: [0-9.]+ GB short"
+    ),
+    re.compile(
+        r"disk: [0-9.]+ GB free on /var/lib/docker \(filesystem of /var/lib/docker\), but the"
+        r" image avarok/dgx-vllm-nvfp4-kernel:v23 100000.0 GB in /var/lib/docker \(not on the"
+        r" host: spark_preflight_image_size_gb=100000\) plus spark_preflight_disk_margin_gb=1"
+        r" need 100001.0 GB: [0-9.]+ GB short"
     ),
     re.compile(
         r"port 8000 \(spark_preflight_port\) is taken by .*python3 -m http.server 8000 \(pid \d+\),"
@@ -459,6 +474,22 @@ def assert_preflight_problems(run: Run) -> None:
         else:
             assert expected.fullmatch(problem), problem
     assert (report["gpu"]["memory_total"], report["gpu"]["memory_total_mib"]) == ("[N/A]", None)
+    memory = report["memory"]
+    assert (memory["source"], memory["basis"], memory["own_bytes"]) == (
+        "/root/spark-meminfo",
+        "MemAvailable",
+        0,
+    )
+    assert memory["apps"] == [
+        {"pid": 4242, "name": "python3 main.py --listen", "used_bytes": 43520 * 2**20, "own": False}
+    ]
+    image = report["disk"]["image"]
+    # Docker is stopped: its data root is daemon.json's (none there) or Docker's default
+    assert (image["present"], image["store"], image["store_source"]) == (
+        False,
+        "/var/lib/docker",
+        "default",
+    )
     shown = run.results("pf-fail", "Show the host report")[0]["msg"]
     assert "PROBLEMS:" in shown and f"  - {problems[0]}" in shown
 
@@ -478,7 +509,7 @@ def test_unready_host_fails_with_every_problem_and_its_numbers(run_b: Driven) ->
     assert run.stats["pf-fail"]["failures"] == 1 and run.stats["pf-fail"]["changed"] == 0
     assert_preflight_problems(run)
     message = run.failure("pf-fail")
-    assert message.startswith("pf-fail is not ready (6 problem(s)): ")
+    assert message.startswith("pf-fail is not ready (8 problem(s)): ")
     assert all(p in message for p in run.report("pf-fail")["problems"])
     assert not run.results("pf-fail", "Ask apt which toolkit")  # stopped before the toolkit
     assert run_b.after["pf-fail"] == run_b.before["pf-fail"]
@@ -512,6 +543,23 @@ def test_third_run_on_a_bare_host_is_still_a_no_op(run_b: Driven) -> None:
     assert (disk["model_dir"], disk["basis"]) == (MODEL_DIR, "model_size")
     assert (disk["needed_bytes"], disk["required_bytes"]) == (100_000_000, 1_100_000_000)
     assert disk["free_bytes"] > disk["required_bytes"]
+    # the serving image, pulled by the toolkit's check in the first run, needs nothing more;
+    # Docker's data root is a filesystem of its own here, with nothing to hold
+    image = disk["image"]
+    assert (image["ref"], image["present"], image["needed_bytes"]) == (IMAGE, True, 0)
+    assert (image["store"], image["store_source"]) == ("/var/lib/docker", "docker info")
+    assert image["size_bytes"] > 0
+    assert [(fs["mount"], fs["required_bytes"], fs["ok"]) for fs in disk["filesystems"]] == [
+        ("/", 1_100_000_000, True),
+        ("/var/lib/docker", 0, True),
+    ]
+    # the lab machine's own memory figures, a fifth of them asked for (inventory/lab)
+    memory = report["memory"]
+    assert (memory["checked"], memory["ok"], memory["source"]) == (True, True, "/proc/meminfo")
+    assert (memory["util"], memory["basis"], memory["drop_caches"]) == (0.2, "MemAvailable", True)
+    assert memory["needed_bytes"] == int(0.2 * memory["total_bytes"])
+    assert memory["usable_bytes"] == memory["available_bytes"] >= memory["needed_bytes"]
+    assert (memory["apps"], memory["apps_error"]) == ([], "")
 
 
 ULIMITS = {"default-ulimits": {"nofile": {"Name": "nofile", "Hard": 4096, "Soft": 2048}}}

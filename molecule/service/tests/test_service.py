@@ -222,7 +222,8 @@ def test_unit_file_runs_the_cards_launch(host: Any) -> None:
         "StartLimitBurst=5",
     ]:
         assert f"\n{line}\n" in text
-    assert "drop_caches" not in text  # vllm_drop_caches is off by default
+    # vllm_drop_caches=auto: on, as the host's (stand-in) GPU is a GB10
+    assert "\nExecStartPre=-/bin/sh -c 'sync && echo 3 > /proc/sys/vm/drop_caches'\n" in text
     assert API_KEY not in text
     verify = host.run("systemd-analyze verify /etc/systemd/system/vllm.service")
     assert verify.rc == 0, verify.stderr
@@ -361,7 +362,7 @@ def refused_runs() -> Iterator[tuple[dict[str, Run], dict[str, str], dict[str, s
     """Every bad input run at once (they fail before changing anything), plus a check-mode run."""
     before = snapshot()
     cases = {name: [*args, "--tags", "service"] for name, (args, _msg) in BAD_INPUTS.items()}
-    cases["check mode"] = ["--check", "--diff", "--tags", "service", "-e", "vllm_drop_caches=true"]
+    cases["check mode"] = ["--check", "--diff", "--tags", "service", "-e", "vllm_drop_caches=false"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
             name: pool.submit(converge, *args, json_output=name != "check mode")
@@ -393,7 +394,7 @@ def test_check_mode_shows_a_change_without_making_it(
     runs, before, after = refused_runs
     run = runs["check mode"]
     assert run.rc == 0, run.output[-2000:]
-    assert "+ExecStartPre=-/bin/sh -c 'sync && echo 3 > /proc/sys/vm/drop_caches'" in run.output
+    assert "-ExecStartPre=-/bin/sh -c 'sync && echo 3 > /proc/sys/vm/drop_caches'" in run.output
     assert re.search(rf"{HOST}\s*: ok=\d+\s+changed=[1-9]", run.output)
     assert after == before
 
