@@ -57,6 +57,7 @@ CASE = """\
   vars:
     vllm_drop_caches: "{{ item.setting }}"
     _vllm_service_systemd_version: 257
+    _vllm_service_config_digest: rendered-for-the-test
 """
 
 
