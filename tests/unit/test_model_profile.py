@@ -207,3 +207,11 @@ def test_an_override_of_the_profile_reaches_every_role(tmp_path: Path) -> None:
     assert got["vllm_max_model_len"] == got["vllm_health_max_model_len"] == 8192
     assert got["vllm_kernel_env"] == {"VLLM_OTHER": "1"}
     assert got["vllm_extra_args"] == ["--enforce-eager"]
+
+
+def test_an_empty_served_name_means_the_model_path_everywhere(tmp_path: Path) -> None:
+    """vllm_served_model_name "" serves the model under its path in the container (vLLM's
+    default): the health check and the benchmark must ask for that name, not the profile's."""
+    got = resolve(tmp_path, "-e", json.dumps({"vllm_served_model_name": ""}))
+    assert got["vllm_served_model_name"] == ""
+    assert got["vllm_health_model"] == got["llm_benchmark_served_model_name"] == PROFILE.model_mount
