@@ -1909,7 +1909,10 @@ def main(argv: list[str] | None = None) -> int:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt("terminated")  # api_server.py setup_server's handler
 
-    signal.signal(signal.SIGTERM, interrupt)  # SIGINT raises KeyboardInterrupt anyway
+    signal.signal(signal.SIGTERM, interrupt)
+    # SIGINT raises KeyboardInterrupt, as in the container's PID 1; set explicitly, since a
+    # process started in the background by a shell inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         load(args, knobs, config, shards, kv_gib, kv_tokens, architecture)
     except KeyboardInterrupt as exc:
