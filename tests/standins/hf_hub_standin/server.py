@@ -704,20 +704,30 @@ class Handler(BaseHTTPRequestHandler):
         headers.setdefault("X-Error-Message", err.message)
         self._send_json(method, err.status, {"error": err.message}, headers)
 
+    # The CDN (CdnHandler) answers its own routes and errors; the rest is the same.
+    log_prefix = ""
+    internal_error = "internal stand-in error"
+
+    def _route(self, method: str) -> None:
+        body = self._read_body()
+        url = urlsplit(self.path)
+        if url.path.startswith("/_standin/"):
+            self._control(method, url.path, body)
+        else:
+            self._hub(method, url.path, parse_qs(url.query), body)
+
+    def _send_failure(self, method: str, err: HttpError) -> None:
+        self._send_error_response(method, err)
+
     def _handle(self, method: str) -> None:
         self._status = 0
         self._sent = 0
         self._extra = {}
         note = ""
         try:
-            body = self._read_body()
-            url = urlsplit(self.path)
-            if url.path.startswith("/_standin/"):
-                self._control(method, url.path, body)
-            else:
-                self._hub(method, url.path, parse_qs(url.query), body)
+            self._route(method)
         except HttpError as err:
-            self._send_error_response(method, err)
+            self._send_failure(method, err)
         except DropConnection:
             note = "dropped"
             self._abort()
@@ -727,11 +737,11 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # keep serving; report as a 500
             note = f"error {type(exc).__name__}: {exc}"
             if self._status == 0:
-                self._send_error_response(method, HttpError(500, "internal stand-in error"))
+                self._send_failure(method, HttpError(500, self.internal_error))
             else:
                 self._abort()
         finally:
-            self._log(method, note)
+            self._log(method, f"{self.log_prefix} {note}".strip() if self.log_prefix else note)
 
     def _abort(self) -> None:
         self.close_connection = True
@@ -1210,31 +1220,16 @@ class CdnHandler(Handler):
 
     server_version = "hf-cdn-standin/1"
 
-    def _handle(self, method: str) -> None:
-        self._status = 0
-        self._sent = 0
-        self._extra = {}
-        note = ""
-        try:
-            self._read_body()
-            url = urlsplit(self.path)
-            self._cdn(method, url.path, parse_qs(url.query))
-        except HttpError as err:
-            self._send_cdn_error(method, err)
-        except DropConnection:
-            note = "dropped"
-            self._abort()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            note = "client gone"
-            self.close_connection = True
-        except Exception as exc:  # keep serving; report as a 500
-            note = f"error {type(exc).__name__}: {exc}"
-            if self._status == 0:
-                self._send_cdn_error(method, HttpError(500, "InternalError"))
-            else:
-                self._abort()
-        finally:
-            self._log(method, f"cdn {note}".strip())
+    log_prefix = "cdn"
+    internal_error = "InternalError"
+
+    def _route(self, method: str) -> None:
+        self._read_body()
+        url = urlsplit(self.path)
+        self._cdn(method, url.path, parse_qs(url.query))
+
+    def _send_failure(self, method: str, err: HttpError) -> None:
+        self._send_cdn_error(method, err)
 
     def _send_cdn_error(self, method: str, err: HttpError) -> None:
         code = err.headers.pop("X-Code", "Error")
