@@ -22,6 +22,25 @@ SYSTEMD_RUN_FLAGS = [
 ]  # fmt: skip
 
 
+def sh(
+    host: str, script: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``sh -c`` as root in the simulated host ``host`` (its container name),
+    through ``docker exec``; with ``check``, fail the calling test on a non-zero exit status,
+    showing the host, the script and its output. Raises subprocess.TimeoutExpired after
+    ``timeout`` seconds."""
+    result = subprocess.run(
+        ["docker", "exec", host, "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if check:
+        assert result.returncode == 0, f"{host}: {script}\n{result.stdout}{result.stderr}"
+    return result
+
+
 def host_names(cfg: LabConfig) -> list[str]:
     """Names of the lab's host containers, in order."""
     out = subprocess.run(

@@ -16,6 +16,8 @@ the outer engine can push to it over loopback):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -174,9 +176,32 @@ def _wait_port(host: str, port: int, name: str, timeout: float = 30.0) -> None:
     raise SystemExit(f"lab service {name} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
-def _start(cfg: LabConfig, name: str, argv: list[str], host: str, port: int) -> None:
+def _stamp(argv: list[str], sources: list[Path]) -> str:
+    """A digest of a service's command line and source files: a change restarts the service."""
+    digest = hashlib.sha256("\0".join(argv).encode())
+    for source in sorted(sources):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _start(
+    cfg: LabConfig,
+    name: str,
+    argv: list[str],
+    host: str,
+    port: int,
+    sources: list[Path] | None = None,
+) -> None:
+    """Start a service unless it runs already from the same command line and ``sources``; one
+    that runs from an older version is stopped and started again (its in-memory state, such as
+    the Hub's fault switches and counters, starts afresh)."""
+    stampfile = cfg.state_dir / "run" / f"{name}.stamp"
+    stamp = _stamp(argv, sources or [])
     if _alive(cfg, name):
-        return
+        if stampfile.is_file() and stampfile.read_text() == stamp:
+            return
+        log(f"{name} runs an older version: restarting it")
+        _stop(cfg, name)
     logfile = cfg.state_dir / "log" / f"{name}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
     _pidfile(cfg, name).parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +214,7 @@ def _start(cfg: LabConfig, name: str, argv: list[str], host: str, port: int) -> 
             start_new_session=True,
         )
     _pidfile(cfg, name).write_text(str(proc.pid))
+    stampfile.write_text(stamp)
     _wait_port(host, port, name)
     log(f"{name} listening on {host}:{port} (log {logfile})")
 
@@ -218,6 +244,7 @@ def start_services(cfg: LabConfig, host_python: tuple[str, str]) -> None:
          "--host", cfg.gateway, "--port", str(cfg.hub_port)],
         cfg.gateway,
         cfg.hub_port,
+        sources=list(HUB_DIR.glob("*.py")),
     )  # fmt: skip
     regdir = cfg.state_dir / "registry"
     regdir.mkdir(parents=True, exist_ok=True)
@@ -246,13 +273,25 @@ def push_vllm_image(cfg: LabConfig, standin_ref: str) -> None:
     log(f"{VLLM_IMAGE} (stand-in {standin_ref}) published in the lab registry")
 
 
+def _stop(cfg: LabConfig, name: str, timeout: float = 30.0) -> None:
+    """Stop a service's process group (SIGTERM) and wait until it has gone."""
+    pidfile = _pidfile(cfg, name)
+    if _alive(cfg, name):
+        pid = int(pidfile.read_text())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(cfg, name) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)
+    pidfile.unlink(missing_ok=True)
+
+
 def stop_services(cfg: LabConfig) -> None:
     """Stop the lab's service processes."""
     for name in ("files", "hub", "registry"):
-        pidfile = _pidfile(cfg, name)
-        if _alive(cfg, name):
-            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
-        pidfile.unlink(missing_ok=True)
+        _stop(cfg, name)
 
 
 def hub_stats(cfg: LabConfig) -> dict[str, object]:

@@ -30,6 +30,7 @@ import yaml
 
 from tests.lab import access, hosts
 from tests.lab.config import REPO_ROOT, VLLM_IMAGE, LabConfig, venv_tool
+from tests.lab.hosts import sh
 
 pytestmark = pytest.mark.lab
 
@@ -49,20 +50,6 @@ PACKAGES = (
     "libnvidia-container-tools",
     "libnvidia-container1",
 )
-
-
-def sh(host: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` as root in the simulated host."""
-    result = subprocess.run(
-        ["docker", "exec", host, "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    if check:
-        assert result.returncode == 0, f"{script}\n{result.stdout}{result.stderr}"
-    return result
 
 
 def load_image(host: str) -> None:

@@ -352,6 +352,7 @@ def test_snapshot_download_is_byte_identical_and_counted(hub: Hub, tmp_path: Pat
     _assert_tree_matches(hub, target)
     stats = hub.control("GET", "stats")
     assert stats["bytes_served"] == hub.meta["total_size"]
+    assert stats["clients"] == {"127.0.0.1": hub.meta["total_size"]}
     assert stats["files"] == {f["path"]: f["size"] for f in hub.meta["files"]}
     assert stats["requests"] >= len(hub.meta["files"]) * 2  # a HEAD and a GET per file
 

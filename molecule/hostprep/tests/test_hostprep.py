@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.lab.hosts import sh
+
 SCENARIO = Path(__file__).resolve().parents[1]
 PROJECT = SCENARIO.parents[1]
 LAB = Path(os.environ.get("SPARKLAB_DIR", "/var/lib/sparklab"))
@@ -68,19 +70,6 @@ SNAPSHOT = (
     " systemctl show -p MainPID docker.service;"
     " systemctl is-enabled nvidia-cdi-refresh.path || true"
 )
-
-
-def sh(host: str, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["docker", "exec", host, "sh", "-c", cmd],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, f"{host}: {cmd}\n{result.stdout}{result.stderr}"
-    return result
 
 
 @dataclass

@@ -78,7 +78,8 @@ Control API (never behind the token, never counted in the stats)::
 
     GET    /_standin/health   {"ok": true, "repos": {id: sha}}
     GET    /_standin/stats    {"bytes_served", "requests", "files": {path: bytes},
-                               "repos": {id: {path: bytes}}, "downloads": [...]}
+                               "repos": {id: {path: bytes}}, "clients": {ip: bytes},
+                               "downloads": [...]}
     POST   /_standin/reset    zero the stats and the rate-limit windows
     POST   /_standin/commit   {"repo": id, "dir": fixture dir, "main": true}: serve a commit
     GET    /_standin/faults   current fault switches
@@ -444,15 +445,17 @@ class Stats:
             self._bytes = 0
             self._requests = 0
             self._repos: dict[str, dict[str, int]] = {}
+            self._clients: dict[str, int] = {}
             self._downloads: list[dict[str, Any]] = []
 
     def count_request(self) -> None:
         with self._lock:
             self._requests += 1
 
-    def add_bytes(self, repo_id: str, path: str, n: int) -> None:
+    def add_bytes(self, repo_id: str, path: str, n: int, client: str) -> None:
         with self._lock:
             self._bytes += n
+            self._clients[client] = self._clients.get(client, 0) + n
             per_repo = self._repos.setdefault(repo_id, {})
             per_repo[path] = per_repo.get(path, 0) + n
 
@@ -472,6 +475,7 @@ class Stats:
                 "requests": self._requests,
                 "files": files,
                 "repos": {r: dict(p) for r, p in self._repos.items()},
+                "clients": dict(self._clients),
                 "downloads": [dict(d) for d in self._downloads],
             }
 
@@ -1188,7 +1192,9 @@ class Handler(BaseHTTPRequestHandler):
                         data = bytes(flipped)
                     self.wfile.write(data)
                     self._sent += len(data)
-                    server.stats.add_bytes(repo.repo_id, repo_file.path, len(data))
+                    server.stats.add_bytes(
+                        repo.repo_id, repo_file.path, len(data), self.client_address[0]
+                    )
                     if rate:
                         now = time.monotonic()
                         next_time = max(next_time, now - 1.0) + len(data) / int(rate)
