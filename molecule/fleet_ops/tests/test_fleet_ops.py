@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.lab import services
 from tests.lab.config import LabConfig
+from tests.standins.vllm_standin.server import prefill_rate
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
@@ -94,16 +95,19 @@ def test_status_reports_the_stand_ins_figures(tmp_path: Path) -> None:
 
 
 def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path: Path) -> None:
+    # Wide margins both ways: fleet-1 and fleet-2 (150 decode, 1000 prefill at 512 tokens) are
+    # judged against half their rates or less, fleet-3's 50 decode against 100: a loaded machine
+    # would have to slow a host by 43 % to flag it, or speed fleet-3 up by 70 % to let it pass.
     reference = {
-        "decode_tps": 150,
-        "prefill_512_tps": 1000,
+        "decode_tps": 100,
+        "prefill_512_tps": 500,
         "prefill_4096_tps": 1000,
-        "ttft_512_ms": 1000,
-        "long_context_decode_tps": 150,
+        "ttft_512_ms": 1000,  # shown beside est_ppt, never judged
+        "long_context_decode_tps": 100,
     }
     extra = {
         "llm_benchmark_reference": reference,
-        "llm_benchmark_tolerance": 0.10,
+        "llm_benchmark_tolerance": 0.15,
         "llm_benchmark_runs": 2,
         # the stand-in has no compute to hide: subtracting a measured latency only adds noise
         "llm_benchmark_latency_mode": "none",
@@ -122,8 +126,9 @@ def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path
         decode = configured[report["host"]]
         assert abs(summary["decode_tps"] / decode - 1) <= 0.10, report
         assert abs(summary["long_context_decode_tps"] / decode - 1) <= 0.10, report
-        assert abs(summary["prefill_4096_tps"] / 1000 - 1) <= 0.10, report
-        assert abs(summary["prefill_512_tps"] / 1000 - 1) <= 0.10, report
+        for size in (512, 4096):  # the stand-in's prefill rate grows with the prompt, as the card's
+            expected = prefill_rate(1000, size)
+            assert abs(summary[f"prefill_{size}_tps"] / expected - 1) <= 0.10, report
     short = {f["metric"] for f in fleet["hosts"][2]["findings"] if f["ok"] is False}
     assert short == {"decode_tps", "long_context_decode_tps"}
     assert (run_dir / "fleet.png").stat().st_size > 10_000
