@@ -113,7 +113,8 @@ def run_options(func: F) -> F:
                      help="Print only the result, as JSON (no table, no lines)."),
         click.option("--plain", is_flag=True, help="Plain lines even in a terminal."),
         click.option("--project-dir", type=click.Path(exists=True, file_okay=False),
-                     help="Project dir (ansible.cfg, playbooks/, roles/) [default: installed]."),
+                     help="Project dir (ansible.cfg, playbooks/, roles/) [default: this "
+                          "package's checkout, else the installed collection sparkfleet.spark]."),
         click.option("--artifacts-dir", type=click.Path(file_okay=False),
                      help="Keep ansible-runner's artifacts (stdout, events) here."),
         click.option("--timeout", type=click.IntRange(min=1),
@@ -176,7 +177,7 @@ def execute(operation: str, opts: dict[str, Any], *, rolling: bool = True) -> in
     if not console.is_terminal:  # a log or a pipe: whole lines and whole table rows
         console = Console(highlight=False, soft_wrap=True, width=max(console.width, 240))
     op = OPERATIONS[operation]
-    if image is None:
+    if fleet.project is not None:
         fleet.project.playbook(op.playbook, needed_by=f"sparkfleet {operation}")
     title = f"sparkfleet {operation} ({op.playbook})"
     if as_json:

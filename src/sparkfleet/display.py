@@ -333,8 +333,19 @@ def host_detail(host: HostResult) -> str:
             f"{format_bytes(float(disk.get('free_bytes') or 0))} free on {disk.get('path', '?')}"
         )
     if host.benchmark:
-        parts.append("benchmark: " + ", ".join(f"{k}={v}" for k, v in host.benchmark.items()))
+        parts.append(_benchmark_text(host.benchmark))
     return "; ".join(parts)
+
+
+def _benchmark_text(report: dict[str, Any]) -> str:
+    """``llm_benchmark_result`` in a line: the verdict, then each judged figure and its ratio."""
+    verdict = "ok" if report.get("ok") else "SHORT of " + ", ".join(report["short_of_reference"])
+    figures = [
+        f"{f['label']} {f['measured']:,.1f} {f['unit']} ({f['ratio']:.2f}x card)"
+        for f in report.get("findings", [])
+        if f.get("judged") and f.get("measured") is not None and f.get("ratio") is not None
+    ]
+    return f"benchmark {verdict}: " + ", ".join(figures)
 
 
 def _os_text(found: object) -> str:

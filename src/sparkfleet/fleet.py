@@ -55,6 +55,7 @@ from sparkfleet.events import (
     RunStatusChanged,
     StopRequested,
     parse_event,
+    strip_ansi,
 )
 from sparkfleet.inventory import InventorySource, normalize
 from sparkfleet.options import (
@@ -275,7 +276,12 @@ class Fleet:
         envvars: Mapping[str, str] | None = None,
         verbosity: int = 0,
     ) -> None:
-        self.project = Project.find(project_dir)
+        # In an execution environment the image holds the collection: no project is needed here.
+        self.project: Project | None = (
+            None
+            if execution_environment is not None and project_dir is None
+            else Project.find(project_dir)
+        )
         self.inventory = normalize(inventory)
         self.extravars: dict[str, Any] = dict(extravars or {})
         self.extra_vars_args: tuple[str, ...] = tuple(extra_vars_args)
@@ -391,8 +397,13 @@ class Fleet:
         if self.execution_environment is not None:
             return self.run(f"sparkfleet.spark.{Path(op.playbook).stem}", operation=name,
                             **options)  # fmt: skip
-        playbook = self.project.playbook(op.playbook, needed_by=f"{name}()")
+        playbook = self._project().playbook(op.playbook, needed_by=f"{name}()")
         return self.run(playbook, operation=name, **options)
+
+    def _project(self) -> Project:
+        if self.project is None:  # only with an execution environment, where runs take FQCNs
+            raise FleetError("no project: with an execution environment, run playbooks by FQCN")
+        return self.project
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -413,15 +424,15 @@ class Fleet:
             Exception: whatever ``on_event`` raised (the run is killed first).
         """
         in_ee = self.execution_environment is not None
+        project_dir: str | None = None
         if in_ee:
-            path = Path(os.fspath(playbook))
-            op_name = operation or path.name.rsplit(".", 1)[-1]
-            shown = str(playbook)
+            target = shown = os.fspath(playbook)
+            op_name = operation or target.rsplit(".", 1)[-1]
         else:
-            path = self.project.playbook(playbook)
+            path = self._project().playbook(playbook)
+            target, project_dir = self._project().runner_target(path)
             op_name = operation or path.stem
-            shown = (str(path.relative_to(self.project.root))
-                     if path.is_relative_to(self.project.root) else str(path))  # fmt: skip
+            shown = self._project().shown(path)
         forks = options.get("forks")
         forks = forks if forks is not None else self.forks
         _check_forks(forks)
@@ -500,13 +511,15 @@ class Fleet:
             where: dict[str, Any] = (
                 self.execution_environment.runner_kwargs()
                 if self.execution_environment is not None
-                else {"project_dir": str(path.parent)}
+                else {"project_dir": project_dir}
+                if project_dir
+                else {}
             )
             started = time.monotonic()
             with _signals_stop(token, bool(options.get("handle_signals"))):
                 runner = ansible_runner.run(
                     private_data_dir=str(private),
-                    playbook=path.name if not in_ee else str(playbook),
+                    playbook=target,
                     inventory=self.inventory,
                     extravars=merged_vars or None,
                     passwords=passwords or None,
@@ -530,6 +543,8 @@ class Fleet:
             elapsed = time.monotonic() - started
             poller.poll(force=True)
             collector.set_stats(runner.stats)
+            if runner.rc not in (0, None) and not collector.hosts and not collector.errors:
+                collector.errors.append(_silent_failure(runner))
         finally:
             if log is not None:
                 log.close()
@@ -552,11 +567,12 @@ class Fleet:
         """ansible-playbook's extra environment for one run."""
         if self.execution_environment is not None:
             return dict(self.envvars)  # the image's own Ansible configuration and collection
-        env = self.project.ansible_env()
+        project = self._project()
+        env = project.ansible_env()
         bindir = Path(sys.executable).parent
         if (bindir / "ansible-playbook").exists():
             env["PATH"] = os.pathsep.join([str(bindir), os.environ.get("PATH", os.defpath)])
-        chosen = "ANSIBLE_STRATEGY" in os.environ or self.project.configured_strategy()
+        chosen = "ANSIBLE_STRATEGY" in os.environ or project.configured_strategy()
         if self.graceful_stop and not chosen:
             plugins = [str(STRATEGY_DIR)]
             if os.environ.get("ANSIBLE_STRATEGY_PLUGINS"):
@@ -566,6 +582,18 @@ class Fleet:
             env["SPARKFLEET_STOP_FILE"] = str(private / "stop")
         env.update(self.envvars)
         return env
+
+
+def _silent_failure(runner: Any) -> str:
+    """Why a run that produced no event failed: the last lines of its output (an execution
+    environment without ansible-playbook exits 127, a broken Python ends with a traceback)."""
+    try:
+        with runner.stdout as out:
+            lines = [line.strip() for line in strip_ansi(out.read()).splitlines() if line.strip()]
+    except (OSError, AttributeError):
+        lines = []
+    tail = " / ".join(lines[-3:]) or "no output"
+    return f"ansible-playbook exited {runner.rc} before its first event: {tail}"
 
 
 def _check_forks(forks: int | None) -> None:

@@ -1,9 +1,17 @@
-"""Where the project's playbooks, roles and ansible.cfg are, and the environment that uses them."""
+"""Where the project's playbooks and roles are, and the environment that uses them.
+
+A project is either a checkout (``ansible.cfg``, ``playbooks/``, ``roles/``: its ``ansible.cfg``
+and roles apply to every run) or the installed collection ``sparkfleet.spark`` (``ansible-galaxy
+collection install``: its playbooks run by their FQCN, ``sparkfleet.spark.site``, under the
+operator's own Ansible configuration, as ``ansible-playbook sparkfleet.spark.site`` runs them).
+"""
 
 from __future__ import annotations
 
 import configparser
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +19,9 @@ from sparkfleet.errors import PlaybookNotFoundError, ProjectNotFoundError
 
 PROJECT_DIR_ENV = "SPARKFLEET_PROJECT_DIR"
 """Environment variable naming the project directory (overrides the package's location)."""
+
+COLLECTION = "sparkfleet.spark"
+"""The collection that holds the playbooks when there is no checkout."""
 
 
 def _is_project(path: Path) -> bool:
@@ -21,16 +32,55 @@ def _is_project(path: Path) -> bool:
     )
 
 
+def collection_paths() -> list[Path]:
+    """Where Ansible looks for collections, in its order: ``COLLECTIONS_PATHS`` (from
+    ``ANSIBLE_COLLECTIONS_PATH``, ``ansible.cfg`` or Ansible's default) then ``sys.path`` (where
+    PyPI's ``ansible`` puts its collections); each a directory that holds ``ansible_collections``.
+    """
+    from ansible import constants
+
+    configured: Iterable[str] = constants.COLLECTIONS_PATHS or ()
+    seen: list[Path] = []
+    for entry in [*configured, *sys.path]:
+        if not entry:
+            continue
+        path = Path(entry).expanduser()
+        if path.name == "ansible_collections":  # Ansible accepts the directory itself too
+            path = path.parent
+        if path not in seen:
+            seen.append(path)
+    return seen
+
+
+def find_collection(paths: Iterable[Path] | None = None) -> Path | None:
+    """The installed ``sparkfleet.spark``: the first ``ansible_collections/sparkfleet/spark``
+    with a ``MANIFEST.json`` (what ``ansible-galaxy collection install`` writes) and
+    ``playbooks/`` on ``paths`` (default :func:`collection_paths`)."""
+    namespace, name = COLLECTION.split(".")
+    for base in collection_paths() if paths is None else paths:
+        candidate = base / "ansible_collections" / namespace / name
+        if (candidate / "MANIFEST.json").is_file() and (candidate / "playbooks").is_dir():
+            return candidate.resolve()
+    return None
+
+
 @dataclass(frozen=True)
 class Project:
-    """A sparkfleet project directory: ``ansible.cfg``, ``playbooks/``, ``roles/``."""
+    """Where the playbooks are: a checkout (``collection`` is ``None``) or the installed
+    collection ``sparkfleet.spark`` (``root`` is its directory, ``collection`` its name)."""
 
     root: Path
+    collection: str | None = None
 
     @classmethod
     def find(cls, project_dir: str | os.PathLike[str] | None = None) -> Project:
-        """The project at ``project_dir``, else ``$SPARKFLEET_PROJECT_DIR``, else the one the
-        installed package lives in (an editable install or a checkout)."""
+        """The project at ``project_dir``, else ``$SPARKFLEET_PROJECT_DIR``, else the checkout
+        the package lives in (an editable install), else the installed collection
+        ``sparkfleet.spark`` where Ansible finds collections.
+
+        Raises:
+            ProjectNotFoundError: none of these, naming every place looked at.
+        """
         given = project_dir if project_dir is not None else os.environ.get(PROJECT_DIR_ENV)
         if given:
             root = Path(given).expanduser().resolve()
@@ -43,9 +93,15 @@ class Project:
         for parent in here.parents:
             if _is_project(parent):
                 return cls(parent)
+        paths = collection_paths()
+        installed = find_collection(paths)
+        if installed is not None:
+            return cls(installed, COLLECTION)
         raise ProjectNotFoundError(
-            f"no sparkfleet project (ansible.cfg, playbooks/, roles/) above {here}; "
-            f"pass project_dir= or set {PROJECT_DIR_ENV}"
+            f"no sparkfleet project (ansible.cfg, playbooks/, roles/) above {here}, and no "
+            f"collection {COLLECTION} in {', '.join(map(str, paths)) or 'no collection path'} "
+            f"(ansible-galaxy collection install it, or pass project_dir= or set "
+            f"{PROJECT_DIR_ENV})"
         )
 
     @property
@@ -59,9 +115,9 @@ class Project:
         return self.root / "roles"
 
     @property
-    def config(self) -> Path:
-        """``ansible.cfg``."""
-        return self.root / "ansible.cfg"
+    def config(self) -> Path | None:
+        """The checkout's ``ansible.cfg`` (``None`` for the installed collection)."""
+        return None if self.collection else self.root / "ansible.cfg"
 
     def playbook(self, name: str | os.PathLike[str], *, needed_by: str | None = None) -> Path:
         """The playbook's path: a name in ``playbooks/`` or any existing path."""
@@ -78,8 +134,27 @@ class Project:
             )
         return candidate
 
+    def runner_target(self, path: Path) -> tuple[str, str | None]:
+        """What ansible-runner gets for the playbook at ``path``: ``(playbook, project_dir)``.
+
+        A playbook of the installed collection runs by its FQCN (``sparkfleet.spark.site``), so
+        that Ansible resolves its roles in the collection; any other by file name from its
+        directory.
+        """
+        if self.collection and path.parent == self.playbooks_dir and path.suffix == ".yml":
+            return f"{self.collection}.{path.stem}", None
+        return path.name, str(path.parent)
+
+    def shown(self, path: Path) -> str:
+        """The playbook as results name it: relative to the checkout, or its FQCN."""
+        if self.collection:
+            return self.runner_target(path)[0] if path.parent == self.playbooks_dir else str(path)
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
     def configured_strategy(self) -> str | None:
         """The ``strategy`` ansible.cfg sets in ``[defaults]``, if any."""
+        if self.config is None:
+            return None
         parser = configparser.ConfigParser(interpolation=None, strict=False)
         try:
             parser.read(self.config, encoding="utf-8")
@@ -88,13 +163,19 @@ class Project:
         return parser.get("defaults", "strategy", fallback=None) or None
 
     def ansible_env(self) -> dict[str, str]:
-        """Environment that makes ansible-playbook use this project's ansible.cfg and roles,
-        whatever its working directory."""
+        """Environment that makes ansible-playbook use this project whatever its working
+        directory: the checkout's ansible.cfg and roles, or the installed collection's path."""
+        if self.collection:
+            base = str(self.root.parents[2])  # the directory that holds ansible_collections/
+            extra = os.environ.get("ANSIBLE_COLLECTIONS_PATH")
+            return {
+                "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join([base, *([extra] if extra else [])])
+            }
         roles = [str(self.roles_dir)]
         extra = os.environ.get("ANSIBLE_ROLES_PATH")
         if extra:
             roles.append(extra)
         return {
-            "ANSIBLE_CONFIG": str(self.config),
+            "ANSIBLE_CONFIG": str(self.root / "ansible.cfg"),
             "ANSIBLE_ROLES_PATH": os.pathsep.join(roles),
         }

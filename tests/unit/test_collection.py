@@ -7,6 +7,12 @@ the checkout (so that no ``ansible.cfg`` of the project is read): ``ansible-doc`
 and plugin, and ``ansible-playbook sparkfleet.spark.site --tags preflight`` against a simulated
 host of its own (``coll-sim-1``, label ``sparklab.coll``), reached over SSH as the lab's
 passwordless-sudo user.
+
+The ``sparkfleet`` wheel goes into the same virtualenv (``pip wheel`` of the checkout, installed
+with what its command line imports: ansible-runner, click, rich; its report-only dependencies,
+llama-benchy and matplotlib, are left out to keep the test short), so its CLI has no checkout to
+find: ``sparkfleet preflight`` runs the installed collection's playbook, and with
+``--container-image`` hands the run to the container engine.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ class Installed:
 
     def env(self) -> dict[str, str]:
         """No project configuration: the installed collection and the venv's own tools."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        env = _clean_env()
         env["ANSIBLE_COLLECTIONS_PATH"] = str(self.collections)
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["ANSIBLE_NOCOLOR"] = "1"
@@ -64,6 +70,16 @@ class Installed:
             timeout=900,
             check=False,
         )
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without Ansible's, sparkfleet's or a PYTHONPATH (which could show pip and
+    Python the checkout's package)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANSIBLE_", "SPARKFLEET_")) and k != "PYTHONPATH"
+    }
 
 
 def _must(proc: subprocess.CompletedProcess[str]) -> str:
@@ -100,6 +116,27 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
             capture_output=True,
             text=True,
             check=False,
+        )
+    )  # fmt: skip
+    _must(
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"),
+             str(REPO_ROOT)],
+            cwd=base, capture_output=True, text=True, check=False,
+        )
+    )  # fmt: skip
+    (wheel,) = (base / "dist").glob("sparkfleet-*.whl")
+    _must(
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "-c", str(REPO_ROOT / "constraints.txt"),
+             "ansible-runner", "click", "rich"],
+            capture_output=True, text=True, check=False, env=_clean_env(),
+        )
+    )  # fmt: skip
+    _must(
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(wheel)],
+            capture_output=True, text=True, check=False, env=_clean_env(),
         )
     )  # fmt: skip
     workdir = base / "work"
@@ -155,10 +192,7 @@ def coll_host() -> Iterator[str]:
 def test_a_play_of_the_installed_collection_runs_against_a_lab_host(
     installed: Installed, coll_host: str
 ) -> None:
-    group_vars = yaml.safe_load((REPO_ROOT / "inventory/lab/group_vars/spark.yml").read_text())
-    ssh = access.ansible_host_vars(CFG, hosts.host_address(CFG, coll_host), sudo_password=False)
-    inventory = installed.workdir / "hosts.yml"
-    inventory.write_text(yaml.safe_dump({"spark": {"vars": group_vars, "hosts": {coll_host: ssh}}}))
+    inventory = _inventory(installed, coll_host)
     proc = installed.run("ansible-playbook", f"{COLLECTION}.site", "-i", str(inventory),
                          "--tags", "preflight")  # fmt: skip
     out = _must(proc)
@@ -167,3 +201,42 @@ def test_a_play_of_the_installed_collection_runs_against_a_lab_host(
     assert re.search(rf"{coll_host}\s*: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", out), out[
         -2000:
     ]
+
+
+def _inventory(installed: Installed, host: str) -> Path:
+    group_vars = yaml.safe_load((REPO_ROOT / "inventory/lab/group_vars/spark.yml").read_text())
+    ssh = access.ansible_host_vars(CFG, hosts.host_address(CFG, host), sudo_password=False)
+    inventory = installed.workdir / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"spark": {"vars": group_vars, "hosts": {host: ssh}}}))
+    return inventory
+
+
+def test_the_cli_runs_the_installed_collection_without_a_checkout(
+    installed: Installed, coll_host: str
+) -> None:
+    where = _must(installed.run("python", "-c", "import sparkfleet; print(sparkfleet.__file__)"))
+    assert str(installed.venv) in where and str(REPO_ROOT) not in where
+    proc = installed.run("sparkfleet", "preflight", "-i", str(_inventory(installed, coll_host)),
+                         "--json")  # fmt: skip
+    result = json.loads(_must(proc))
+    assert result["playbook"] == f"{COLLECTION}.site" and result["exit_code"] == 0, result
+    assert result["hosts"][coll_host]["status"] == "ok", result
+    report = result["hosts"][coll_host]["facts"]["spark_preflight_report"]
+    assert report["ok"] is True, report
+
+
+def test_the_cli_hands_an_execution_environment_run_to_the_engine(
+    installed: Installed, coll_host: str
+) -> None:
+    """No checkout, no project: the run goes to ``docker run IMAGE ansible-playbook
+    sparkfleet.spark.site``. The lab's base image has no ansible-playbook, so the container
+    exits 127 and the CLI says so, exit code 3: nothing ran (an image built from
+    execution-environment.yml has it)."""
+    proc = installed.run("sparkfleet", "preflight", "-i", str(_inventory(installed, coll_host)),
+                         "--json", "--container-image", f"{CFG.base_image}:latest",
+                         "--container-engine", "docker")  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 3 and result["rc"] == 127, result
+    assert result["playbook"] == f"{COLLECTION}.site"
+    (error,) = result["errors"]
+    assert '"ansible-playbook": executable file not found' in error, error

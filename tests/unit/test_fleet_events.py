@@ -40,6 +40,7 @@ pytestmark = pytest.mark.nolab
 
 DATA = Path(__file__).resolve().parent / "data"
 HOST, BAD, GONE = "api-rec-1", "api-rec-bad", "api-rec-gone"
+STOPPED_AFTER = "Merge the settings into Docker's daemon.json"  # the recorder stops after it
 
 
 def raw_events(name: str) -> list[dict[str, Any]]:
@@ -86,10 +87,13 @@ def test_mixed_preflight_per_host_outcome(mixed: tuple[RunResult, list[FleetEven
     ok, bad, gone = result.hosts[HOST], result.hosts[BAD], result.hosts[GONE]
     assert (ok.status, bad.status, gone.status) == ("ok", "failed", "unreachable")
     assert ok.failed_task is None and ok.message == ""
-    assert bad.failed_task == "spark_preflight : Check the architecture"
-    assert bad.message == "architecture is x86_64, expected spark_preflight_expected_arch=aarch64"
+    assert bad.failed_task == "spark_preflight : Stop on unmet requirements"
+    assert bad.message == (
+        f"{BAD} is not ready (1 problem(s)): architecture is x86_64, "
+        "expected spark_preflight_expected_arch=aarch64"
+    )
     assert gone.failed_task == "Gathering Facts"
-    assert 'Could not find container "api-rec-gone"' in gone.message
+    assert "ssh: connect to host 172.29.78.254 port 22" in gone.message
     assert result.failed_hosts == [BAD] and result.unreachable_hosts == [GONE]
     assert result.exit_code == ExitCode.UNREACHABLE
     assert not result.canceled and result.errors == []
@@ -149,15 +153,16 @@ def test_deploy_results() -> None:
     assert health is not None and health.healthy
     assert isinstance(health.chat_seconds, float) and health.chat_seconds > 0
     assert isinstance(health.completion_tokens, int) and health.completion_tokens > 0
-    # recorded before the role reported the endpoint a controller reaches: its loopback one is
-    # the host's own, and no line presents it as the endpoint
-    assert health.endpoint == "http://127.0.0.1:8000/v1" and host.endpoint is None
+    # the check ran on the host's loopback; the endpoint reported is the one a controller reaches
+    assert health.endpoint == "http://127.0.0.1:8000/v1"
+    assert host.endpoint is not None and host.endpoint.startswith("http://172.29.78.")
     detail = host_detail(host)
-    assert "serves MiniMax-M2.5-REAP-172B-NVFP4" in detail and "127.0.0.1" not in detail
-    assert f"@{manifest['commit'][:12]}" in detail
+    assert "serves MiniMax-M2.5-REAP-172B-NVFP4" in detail and host.endpoint in detail
+    assert "127.0.0.1" not in detail and f"@{manifest['commit'][:12]}" in detail
     changed = {e.task for e in events if isinstance(e, HostTaskResult) and e.status == "changed"}
-    assert "Install the toolkit packages, pinned together" not in changed  # done before the stop
-    assert "Fetch the model" in changed
+    assert not any(STOPPED_AFTER in task for task in changed)  # merged before the stop
+    assert any(task.startswith("Apply Docker's configuration") for task in changed), changed
+    assert "Wait for the fetch, reporting its progress" in changed  # the model was fetched
 
 
 def test_health_run_changes_nothing() -> None:
@@ -175,11 +180,13 @@ def test_gracefully_stopped_deploy() -> None:
         for i, e in enumerate(events)
         if isinstance(e, AnsibleWarning) and e.message.startswith(STOP_ACKNOWLEDGED)
     )
-    after = events[ack:]
-    assert [e.task for e in after if isinstance(e, TaskStarted)] == ["Restart docker"]
-    assert all(e.is_handler for e in after if isinstance(e, TaskStarted))
+    # the roles converge on state: no handler is left to run, so nothing starts after the stop
+    assert [e.task for e in events[ack:] if isinstance(e, TaskStarted)] == []
     assert result.hosts[HOST].succeeded
-    assert result.hosts[HOST].last_task == "nvidia_container_toolkit : Restart docker"
+    in_flight = "nvidia_container_toolkit : Give the Docker client the registry credentials"
+    assert (result.hosts[HOST].last_task or "").startswith(in_flight)
+    merged = [e for e in events[:ack] if isinstance(e, HostTaskResult) and STOPPED_AFTER in e.task]
+    assert [e.status for e in merged] == ["changed"]
 
 
 def test_board_and_summary_of_a_stopped_deploy() -> None:
@@ -191,7 +198,7 @@ def test_board_and_summary_of_a_stopped_deploy() -> None:
     console = Console(record=True, width=160, color_system=None)
     console.print(board.render(now=events[-1].time))
     live = console.export_text()
-    assert HOST in live and "running" in live and "Restart docker" in live
+    assert HOST in live and "running" in live and "Give the Docker client" in live
     board.finish(result)
     console.print(board.render(now=events[-1].time))
     print_summary(console, result)
@@ -211,8 +218,8 @@ def test_plain_lines_of_the_mixed_preflight(capsys: pytest.CaptureFixture[str]) 
     failed = [ln for ln in lines if f" {BAD} " in ln and " failed " in ln]
     assert len(failed) == 1
     assert failed[0].endswith(
-        "spark_preflight : Check the architecture: architecture is x86_64, "
-        "expected spark_preflight_expected_arch=aarch64"
+        f"spark_preflight : Stop on unmet requirements: {BAD} is not ready (1 problem(s)): "
+        "architecture is x86_64, expected spark_preflight_expected_arch=aarch64"
     )
     assert any(f" {GONE} " in ln and " unreachable " in ln for ln in lines)
     assert not any("skipped" in ln for ln in lines)

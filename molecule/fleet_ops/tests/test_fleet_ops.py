@@ -95,18 +95,19 @@ def test_status_reports_the_stand_ins_figures(tmp_path: Path) -> None:
 
 
 def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path: Path) -> None:
-    # the stand-in prefills 1000 tok/s at 512 tokens and follows the card's curve above that
-    prefill_4096 = prefill_rate(1000, 4096)
+    # Wide margins both ways: fleet-1 and fleet-2 (150 decode, 1000 prefill at 512 tokens) are
+    # judged against half their rates or less, fleet-3's 50 decode against 100: a loaded machine
+    # would have to slow a host by 43 % to flag it, or speed fleet-3 up by 70 % to let it pass.
     reference = {
-        "decode_tps": 150,
-        "prefill_512_tps": 1000,
-        "prefill_4096_tps": round(prefill_4096),
-        "ttft_512_ms": 1000,
-        "long_context_decode_tps": 150,
+        "decode_tps": 100,
+        "prefill_512_tps": 500,
+        "prefill_4096_tps": 1000,
+        "ttft_512_ms": 1000,  # shown beside est_ppt, never judged
+        "long_context_decode_tps": 100,
     }
     extra = {
         "llm_benchmark_reference": reference,
-        "llm_benchmark_tolerance": 0.10,
+        "llm_benchmark_tolerance": 0.15,
         "llm_benchmark_runs": 2,
         # the stand-in has no compute to hide: subtracting a measured latency only adds noise
         "llm_benchmark_latency_mode": "none",
@@ -120,13 +121,16 @@ def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path
     fleet = json.loads((run_dir / "fleet.json").read_text())
     assert fleet["short_hosts"] == ["fleet-3"], (run_dir / "fleet.md").read_text()
     configured = {"fleet-1": 150, "fleet-2": 150, "fleet-3": 50}
+    # what the benchmark measured is what the stand-ins were set to: within 25 %, wide enough for
+    # a busy 2-core machine, narrow enough to catch a wrong unit or a miscounted token
     for report in fleet["hosts"]:
         summary = report["summary"]
         decode = configured[report["host"]]
-        assert abs(summary["decode_tps"] / decode - 1) <= 0.10, report
-        assert abs(summary["long_context_decode_tps"] / decode - 1) <= 0.10, report
-        assert abs(summary["prefill_4096_tps"] / prefill_4096 - 1) <= 0.10, report
-        assert abs(summary["prefill_512_tps"] / 1000 - 1) <= 0.10, report
+        assert abs(summary["decode_tps"] / decode - 1) <= 0.25, report
+        assert abs(summary["long_context_decode_tps"] / decode - 1) <= 0.25, report
+        for size in (512, 4096):  # the stand-in's prefill rate grows with the prompt, as the card's
+            expected = prefill_rate(1000, size)
+            assert abs(summary[f"prefill_{size}_tps"] / expected - 1) <= 0.25, report
     short = {f["metric"] for f in fleet["hosts"][2]["findings"] if f["ok"] is False}
     assert short == {"decode_tps", "long_context_decode_tps"}
     assert (run_dir / "fleet.png").stat().st_size > 10_000

@@ -20,7 +20,13 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from sparkfleet import CancelToken, Fleet, FleetEvent, HostTaskStarted  # noqa: E402
+from sparkfleet import (  # noqa: E402
+    CancelToken,
+    Fleet,
+    FleetEvent,
+    HostTaskResult,
+    HostTaskStarted,
+)
 from tests.lab import access, hosts  # noqa: E402
 from tests.lab.config import LabConfig  # noqa: E402
 
@@ -35,6 +41,7 @@ KEEP_DATA = (
 )  # fmt: skip
 GATHER = ("gather_facts", "setup", "ansible.builtin.gather_facts", "ansible.builtin.setup")
 MAX_STR = 400
+STOP_AFTER = "Merge the settings into Docker's daemon.json"  # nvidia_container_toolkit
 
 
 def _cut(value: Any) -> Any:
@@ -97,9 +104,13 @@ def main() -> None:
     try:
         record("preflight_mixed", Fleet(mixed, vault_password_file=vault), lambda f: f.preflight())
         token = CancelToken()
+        merged: list[bool] = []
 
         def stop(event: FleetEvent) -> None:
-            if isinstance(event, HostTaskStarted) and event.task == "Generate the CDI spec":
+            """Stop once the toolkit role merged daemon.json (Docker's reload then waits)."""
+            if isinstance(event, HostTaskResult) and STOP_AFTER in event.task:
+                merged.append(event.status == "changed")
+            elif any(merged) and isinstance(event, HostTaskStarted) and not token.stop_requested:
                 token.stop()
 
         record("deploy_stopped", one(), lambda f: f.deploy(on_event=stop, cancel=token))
