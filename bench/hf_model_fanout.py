@@ -181,7 +181,8 @@ def report(out: dict[str, Any]) -> None:
         print(
             f"  N={count}: fleet time {r['fetch_s']:.1f} s, / time for 1 host = {r['ratio']:.3f} "
             f"(goal <= 1.25); Hub bytes / model size = {r['hub_ratio']:.4f} (goal 1.00 +- 0.01), "
-            f"asked by {', '.join(sorted(r['hub_clients']))}; play {r['play_s']:.0f} s"
+            f"asked by {', '.join(sorted(r['hub_clients'])) or '(not reported by this stand-in)'}"
+            f"; play {r['play_s']:.0f} s"
         )
 
 
