@@ -29,6 +29,10 @@ DELIBERATE_SKIPS: dict[str, str] = {
         "mounting a small filesystem needs root, or unprivileged user namespaces, and this "
         "machine allows neither"
     ),
+    "no-rsync": (
+        "rsync is not installed (the lab's preparation installs it; a quick run without the lab "
+        "may lack it)"
+    ),
 }
 """The skips CI accepts, by name: what a test cannot do on some machines, and why."""
 

@@ -3,6 +3,10 @@
 python hub.py start STATE_DIR HOST PORT   build the fixture repo once, start the server
 python hub.py stop STATE_DIR              stop it
 python hub.py stats STATE_DIR             print its stats (JSON)
+python hub.py kill-when STATE_DIR WATCHED MIN_BYTES VICTIM UNIT
+                                          in the background: once host WATCHED's fetch has
+                                          received MIN_BYTES, SIGKILL unit UNIT on host VICTIM
+                                          (a peer dying mid-transfer); writes STATE_DIR/killed.json
 """
 
 from __future__ import annotations
@@ -76,6 +80,32 @@ def stats(state: Path) -> None:
         print(response.read().decode())
 
 
+PROGRESS = "/run/sparkfleet/hf_model-progress.json"
+
+
+def kill_when(state: Path, watched: str, min_bytes: int, victim: str, unit: str) -> None:
+    """Watch WATCHED's progress file (docker exec, as the tests read hosts) for up to 10 min."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        proc = subprocess.run(
+            ["docker", "exec", watched, "cat", PROGRESS], capture_output=True, text=True
+        )
+        try:
+            progress = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except ValueError:
+            progress = {}
+        if progress.get("phase") == "fetching" and progress.get("bytes_fetched", 0) >= min_bytes:
+            subprocess.run(
+                ["docker", "exec", victim, "systemctl", "kill", "--signal=SIGKILL", unit],
+                check=True,
+            )
+            (state / "killed.json").write_text(
+                json.dumps({"victim": victim, "unit": unit, "watched_bytes": progress})
+            )
+            return
+        time.sleep(0.2)
+
+
 def main() -> None:
     command, state = sys.argv[1], Path(sys.argv[2])
     if command == "start":
@@ -84,6 +114,18 @@ def main() -> None:
         stop(state)
     elif command == "stats":
         stats(state)
+    elif command == "kill-when":
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "killed.json").unlink(missing_ok=True)
+        subprocess.Popen(
+            [sys.executable, __file__, "kill-when-run", *sys.argv[2:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    elif command == "kill-when-run":
+        kill_when(state, sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
     else:
         raise SystemExit(__doc__)
 

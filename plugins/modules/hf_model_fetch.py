@@ -33,8 +33,15 @@ description:
     a file that fails is fetched once more, alone; a second failure fails the task.
   - Free space under I(local_dir) is checked against the bytes still to fetch plus
     I(disk_margin_gb) before anything is downloaded.
-  - With I(source=peer) the files come from another host's rsync daemon (I(peer_url)) and are
-    checked against I(manifest), the manifest of the host that fetched them from the Hub.
+  - With I(source=peer) the files come from the other hosts of I(fleet) (the seed, which fetches
+    from the Hub, first), each serving its model directory through a read-only rsync daemon on
+    I(peer_port). A file is copied as soon as a host holds it, from this host's parent in a tree
+    of I(fanout) children per host, else the nearest ancestor up to the seed, else any other
+    host. Each copy is checked against I(manifest) (the Hub's listing, taken by the seed) before
+    it is moved into place, where this host's own daemon serves it onward; a copy that fails the
+    check is refused from that host and taken from another; a host that stops answering is
+    passed over. The peer fails when the seed's fetch failed, or when the seed is done and no
+    host offers a good copy of a file.
   - Progress (bytes done, total, rate) is written as JSON to I(progress_file) every second.
   - A manifest (repo, commit, files, sizes, hashes) is written to C(.sparkfleet-manifest.json).
   - Must run with a Python interpreter that has huggingface_hub installed (source=hub).
@@ -58,7 +65,22 @@ options:
     choices: [hub, peer]
     default: hub
   manifest: {description: "Manifest to fetch against (source=peer).", type: dict}
-  peer_url: {description: "rsync URL of the seed's module, rsync://ADDR:PORT/NAME (source=peer).", type: str}
+  fleet:
+    description:
+      - Hosts that serve the model to each other (source=peer), the seed first, each a dict with
+        C(name) and C(address) (IPv4 or IPv6); must include I(host_name).
+    type: list
+    elements: dict
+  host_name: {description: "This host's name in I(fleet) (source=peer).", type: str}
+  peer_port: {description: "TCP port of every host's temporary rsync daemon (1-65535).", type: int, default: 8730}
+  fanout: {description: "Children per host in the tree the copies follow (1-16).", type: int, default: 2}
+  streams: {description: "Files copied from peers at the same time (1-16).", type: int, default: 2}
+  run_id:
+    description:
+      - Identifier of this fleet-wide fetch, written into the progress file; a peer reads the
+        seed's progress (its daemon's C(hf_model_status) module) only when it carries the same.
+    type: str
+    default: ""
   transfer:
     description:
       - http, resumable Range downloads through huggingface_hub's HTTP session;
@@ -125,6 +147,17 @@ manifest: {description: The manifest written to local_dir., returned: success, t
 hashed: {description: Files of the right size hashed to know whether they match (not trusted by manifest)., returned: success, type: list, elements: str}
 adopted_partials: {description: "Files whose hf download partial file was taken over to be continued.", returned: success, type: list, elements: str}
 removed_partials: {description: "Number of hf download partial files removed (not continued).", returned: success, type: int}
+peer_bytes: {description: "Bytes of the files copied from each host, good or refused (source=peer), by name.", returned: success, type: dict}
+peer_rejected:
+  description: Copies refused because they did not match the manifest, each with path, source and reason (source=peer).
+  returned: success
+  type: list
+  elements: dict
+peer_failures:
+  description: Copies that did not finish (the host stopped answering, was busy, lacked the file), each with path, source, outcome and detail (source=peer).
+  returned: success
+  type: list
+  elements: dict
 hub_waits:
   description: Waits chosen after retryable answers, each with what (call or file), status, asked_s (what the Hub asked, or null) and slept_s.
   returned: always
@@ -144,14 +177,14 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 from ansible.module_utils.basic import AnsibleModule
 
 MANIFEST = ".sparkfleet-manifest.json"
 STATE_DIR = os.path.join(".cache", "sparkfleet")
 PARTS_DIR = os.path.join(STATE_DIR, "parts")
-RSYNC_PARTIAL_DIR = os.path.join(STATE_DIR, "rsync-partial")
 MANIFEST_FORMAT = 1
 PROGRESS_SCHEMA = "sparkfleet/hf_model-progress/1"
 READ_CHUNK = 8 * 1024 * 1024
@@ -272,6 +305,7 @@ class Progress:
             "updated_at": self.started,
             "elapsed_s": 0.0,
             "message": None,
+            "run_id": None,
         }
         self._base_done = 0
         self.secrets = set()
@@ -1148,83 +1182,387 @@ def fetch_all(fetcher, files, paths, workers, progress):
     return sorted(refetched)
 
 
-# -- peer transfer (rsync) ----------------------------------------------------------------------
+# -- peer transfer: a tree of read-only rsync daemons ------------------------------------------
+#
+# Every host of the fleet serves its model directory (files in place only: each was verified
+# before it was moved there) through a temporary read-only rsync daemon (module "hf_model"),
+# and its progress file through a second module ("hf_model_status"). A host copies each file it
+# lacks from the first host, in its order of preference, that lists it: its parent in a tree of
+# `fanout` children per host rooted at the seed, then the parent's parent and so on up to the
+# seed, then every other host. A copy lands in .cache/sparkfleet/peer/, is checked against the
+# manifest (size and hash) and only then moved into place, where the host's own daemon serves
+# it onward. A copy that fails the check is refused from that host (until its copy changes) and
+# taken from another; a host that stops answering is passed over for a while.
 
-RSYNC_TRANSIENT = (10, 12, 20, 23, 30, 35)
-RSYNC_PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
-
-
-def rsync_once(params, local_dir, paths, progress, base, whole_file):
-    """One rsync run pulling `paths`; returns (rc, stderr tail, bytes reported)."""
-    rsync = shutil.which("rsync")
-    if not rsync:
-        raise FetchError("rsync is not installed on this host (needed for hf_model_source=peer)")
-    cmd = [rsync, "--times", "--ignore-times", "--no-motd", "--files-from=-", "--from0",
-           "--partial-dir=" + RSYNC_PARTIAL_DIR, "--timeout=%d" % params["stall_timeout_s"],
-           "--contimeout=30", "--info=progress2", "--no-inc-recursive", "--outbuf=L"]
-    if whole_file:
-        cmd.append("--whole-file")
-    cmd += [params["peer_url"].rstrip("/") + "/", local_dir.rstrip("/") + "/"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    errors = []
-    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    proc.stdin.write(b"\0".join(p.encode() for p in paths) + b"\0")
-    proc.stdin.close()
-    seen = 0
-    buffer = b""
-    while True:
-        chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
-        if not chunk:
-            break
-        buffer += chunk
-        pieces = re.split(rb"[\r\n]", buffer)
-        buffer = pieces.pop()
-        for piece in pieces:
-            match = RSYNC_PROGRESS.match(piece)
-            if match:
-                seen = int(match.group(1).replace(b",", b""))
-                progress.set_fetched(base + seen)
-    rc = proc.wait()
-    reader.join(timeout=5)
-    tail = (errors[0] if errors else b"").decode("utf-8", "replace").strip()[-600:]
-    return rc, tail, seen
+RSYNC_MODULE = "hf_model"
+STATUS_MODULE = "hf_model_status"
+PEER_STAGE_DIR = os.path.join(STATE_DIR, "peer")
+PEER_STATUS_DIR = os.path.join(STATE_DIR, "seed-status")
+RSYNC_PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+\d+%")
+# rsync --list-only: "-rw-r--r--     12,345,678 2026/11/30 12:00:00 path/name"
+RSYNC_LIST_LINE = re.compile(r"^-\S+\s+([\d,.]+)\s+(\S+\s+\S+)\s(.+)$")
+RSYNC_BUSY = 5  # "@ERROR: max connections (N) reached -- try again later" (and other refusals)
+RSYNC_DOWN = (10, 12, 30, 35)  # socket I/O, protocol stream, I/O timeout, connect timeout
+RSYNC_GONE = (23, 24)  # the file is not (or no longer) there
+PEER_POLL_S = 1.0
+PEER_DOWN_S = 5.0
+PEER_ERRORS = 3
 
 
-def peer_fetch(params, local_dir, files, paths, progress):
-    """Pull `paths` from the seed with rsync, verify them; returns the paths pulled twice."""
-    fetched_bytes = 0
-    pending = list(paths)
-    refetched = []
-    for attempt in (1, 2):
-        failures = 0
+def rsync_url(address, port, module):
+    host = "[%s]" % address if ":" in address else address
+    return "rsync://%s:%d/%s" % (host, port, module)
+
+
+def peer_order(fleet, me, fanout):
+    """The hosts `me` copies from, in order of preference: its ancestors in a tree of `fanout`
+    children per host laid over `fleet` (a list of {"name", "address"}, the seed first), the
+    nearest first and the seed last, then every other host in fleet order."""
+    names = [host["name"] for host in fleet]
+    index = names.index(me)
+    chain = []
+    while index > 0:
+        index = (index - 1) // fanout
+        chain.append(index)
+    rest = [i for i in range(len(fleet)) if i not in chain and names[i] != me]
+    return [fleet[i] for i in chain + rest]
+
+
+def parse_listing(text):
+    """{path: (size, "date time")} of the regular files in `rsync --list-only` output."""
+    found = {}
+    for line in text.splitlines():
+        match = RSYNC_LIST_LINE.match(line)
+        if match:
+            size = int(re.sub(r"[,.]", "", match.group(1)))
+            found[match.group(3)] = (size, match.group(2))
+    return found
+
+
+class PeerSource:
+    """One host of the fleet as a source: what it listed last, whether it answers."""
+
+    def __init__(self, entry, port):
+        self.name = entry["name"]
+        self.url = rsync_url(entry["address"], port, RSYNC_MODULE)
+        self.status_url = rsync_url(entry["address"], port, STATUS_MODULE)
+        self.listing = {}
+        self.listed_at = None
+        self.down_until = 0.0
+        self.busy_until = 0.0
+        self.active = 0
+        self.bytes = 0
+
+    def usable(self, now):
+        return self.down_until <= now and self.busy_until <= now
+
+    def offers(self, path, entry, rejected):
+        listed = self.listing.get(path)
+        return (listed is not None and listed[0] == entry["size"]
+                and rejected.get((self.name, path)) != listed[1])
+
+
+class Rsync:
+    """rsync client runs, each killable when the fetch stops."""
+
+    def __init__(self, stall_timeout_s):
+        self.path = shutil.which("rsync")
+        if not self.path:
+            raise FetchError("rsync is not installed on this host (needed for "
+                             "hf_model_source=peer)")
+        self.stall = stall_timeout_s
+        self.lock = threading.Lock()
+        self.procs = set()
+        self.stopped = False
+        self.env = dict(os.environ, LC_ALL="C")
+
+    def base(self):
+        return [self.path, "--no-motd", "--contimeout=10", "--timeout=%d" % self.stall]
+
+    def run(self, args, stdin=b"", on_bytes=None):
+        """(exit code, stderr tail) of one rsync run; `on_bytes(total)` follows --info=progress2."""
+        proc = subprocess.Popen(self.base() + args, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        with self.lock:
+            if self.stopped:
+                proc.kill()
+            self.procs.add(proc)
+        errors = []
+        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        out = []
+        try:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        except OSError:
+            pass
+        buffer = b""
         while True:
-            rc, tail, seen = rsync_once(params, local_dir, pending, progress, fetched_bytes,
-                                        whole_file=attempt > 1)
-            fetched_bytes += seen
-            if rc == 0:
+            chunk = proc.stdout.read1(65536)
+            if not chunk:
                 break
-            failures += 1
-            if rc not in RSYNC_TRANSIENT or failures >= min(params["retries"], 5):
-                raise FetchError("copy from the seed %s failed (rsync exit %d): %s"
-                                 % (params["peer_url"], rc, tail))
-            progress.update(message="rsync exit %d, retrying: %s" % (rc, tail[-200:]))
-            time.sleep(min(30.0, 2.0 ** failures))
-        progress.update(phase="verifying")
-        bad = [p for p in pending if not size_ok(os.path.join(local_dir, p), files[p])]
-        bad += bad_content(local_dir, files, [p for p in pending if p not in bad])
-        if not bad:
-            return sorted(refetched)
-        if attempt == 2:
-            raise FetchError("files copied from the seed still differ from its manifest: %s"
-                             % ", ".join(sorted(bad)))
-        refetched = sorted(bad)
-        pending = sorted(bad)
-        for path in pending:
-            remove_quietly(os.path.join(local_dir, path))
-        progress.update(phase="fetching", message="hash mismatch, copying again: %s" % ", ".join(pending))
-    return sorted(refetched)
+            if on_bytes is None:
+                out.append(chunk)
+                continue
+            buffer += chunk
+            pieces = re.split(rb"[\r\n]", buffer)
+            buffer = pieces.pop()
+            for piece in pieces:
+                match = RSYNC_PROGRESS.match(piece)
+                if match:
+                    on_bytes(int(re.sub(rb"[,.]", b"", match.group(1))))
+        rc = proc.wait()
+        reader.join(timeout=5)
+        with self.lock:
+            self.procs.discard(proc)
+        tail = (errors[0] if errors else b"").decode("utf-8", "replace").strip()[-600:]
+        return rc, tail, b"".join(out).decode("utf-8", "replace")
+
+    def stop(self):
+        with self.lock:
+            self.stopped = True
+            for proc in self.procs:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+
+
+class PeerFetch:
+    """Copies `paths` from the fleet (see the section's comment); run() returns the paths that
+    had to be copied again after a copy failed the check."""
+
+    def __init__(self, params, local_dir, files, paths, progress, journal):
+        self.params = params
+        self.local_dir = local_dir
+        self.files = files
+        self.pending = sorted(paths, key=lambda p: (-files[p]["size"], p))
+        self.progress = progress
+        self.journal = journal
+        self.rsync = Rsync(params["stall_timeout_s"])
+        names = [host.get("name") for host in params["fleet"]]
+        self.seed_name = names[0]
+        self.sources = [PeerSource(e, params["peer_port"])
+                        for e in peer_order(params["fleet"], params["host_name"],
+                                            params["fanout"])]
+        self.seed = next(s for s in self.sources if s.name == self.seed_name)
+        self.rejected = {}  # (source, path) -> the listing's stamp of the refused copy
+        self.rejections = []
+        self.failures = []
+        self.errors = {}
+        self.refetched = set()
+        self.flying_paths = set()
+
+    # one rsync run copying a batch of files, in a worker thread: it never touches the shared
+    # state above, and returns (path, outcome, detail) for each file of the batch
+    def copy(self, source, paths):
+        stage_root = os.path.join(self.local_dir, PEER_STAGE_DIR)
+        for path in paths:
+            os.makedirs(os.path.dirname(os.path.join(stage_root, path)), mode=0o755,
+                        exist_ok=True)
+        seen = [0]
+
+        def on_bytes(total):
+            if total > seen[0]:
+                self.progress.add(total - seen[0])
+                seen[0] = total
+
+        rc, tail, _out = self.rsync.run(
+            ["--times", "--files-from=-", "--from0", "--partial-dir=.rsync-partial",
+             "--info=progress2", "--outbuf=L", source.url + "/", stage_root + "/"],
+            stdin=b"".join(p.encode() + b"\0" for p in paths), on_bytes=on_bytes)
+        if rc == 0:
+            failed = None
+        elif rc == RSYNC_BUSY:
+            failed = "busy"
+        elif rc in RSYNC_DOWN:
+            failed = "down"
+        elif rc in RSYNC_GONE:
+            failed = "gone"
+        else:
+            failed = "error"
+        outcomes = []
+        for path in paths:
+            entry = self.files[path]
+            stage = os.path.join(stage_root, path)
+            if failed is not None and not size_ok(stage, entry):
+                outcomes.append((path, failed, "rsync exit %d: %s" % (rc, tail)))
+            elif size_ok(stage, entry) and content_ok(stage, entry):
+                install_file(stage, self.local_dir, path)
+                self.journal.add(path, entry)
+                outcomes.append((path, "ok", ""))
+            else:
+                remove_quietly(stage)
+                outcomes.append((path, "bad", "size or hash differs from the manifest"))
+        return outcomes
+
+    def list(self, source, now):
+        rc, tail, out = self.rsync.run(["--list-only", "--recursive", source.url + "/"])
+        if rc == 0:
+            source.listing = parse_listing(out)
+            source.listed_at = now
+        elif rc == RSYNC_BUSY:
+            source.busy_until = now + PEER_POLL_S
+        else:
+            source.down_until = now + PEER_DOWN_S
+
+    def seed_status(self):
+        """The seed's progress in this run (None: unknown, unreachable or another run's)."""
+        where = os.path.join(self.local_dir, PEER_STATUS_DIR)
+        shutil.rmtree(where, ignore_errors=True)
+        os.makedirs(where, mode=0o755, exist_ok=True)
+        rc, _tail, _out = self.rsync.run(["--recursive", self.seed.status_url + "/", where + "/"])
+        if rc != 0:
+            return None
+        for name in sorted(os.listdir(where)):
+            try:
+                with open(os.path.join(where, name)) as handle:
+                    status = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            if isinstance(status, dict) and status.get("run_id") == self.params["run_id"]:
+                return status
+        return None
+
+    def offered(self, path):
+        return any(s.offers(path, self.files[path], self.rejected) for s in self.sources)
+
+    def refresh(self, waiting, now, everyone=False):
+        """List the sources in order until each waiting path has one that offers it."""
+        need = set(waiting)
+        for source in self.sources:
+            if not need and not everyone:
+                break
+            if source.down_until > now:
+                continue
+            if everyone or source.listed_at is None or now - source.listed_at >= PEER_POLL_S:
+                self.list(source, now)
+            need = {p for p in need if not source.offers(p, self.files[p], self.rejected)}
+
+    def settle(self, future, source):
+        source.active -= 1
+        for path, outcome, detail in future.result():
+            self.outcome(source, path, outcome, detail)
+
+    def outcome(self, source, path, outcome, detail):
+        now = time.monotonic()
+        self.flying_paths.discard(path)
+        if outcome == "ok":
+            self.pending.remove(path)
+            source.bytes += self.files[path]["size"]
+            self.progress.file_done(path)
+            return
+        self.progress.file_done(path, done=False)
+        if outcome == "bad":
+            source.bytes += self.files[path]["size"]
+            stamp = source.listing.get(path, (None, None))[1]
+            self.rejected[(source.name, path)] = stamp
+            self.rejections.append({"path": path, "source": source.name, "reason": detail})
+            self.refetched.add(path)
+            self.progress.update(message="%s from %s: %s; copying it from another host"
+                                 % (path, source.name, detail))
+            return
+        self.failures.append({"path": path, "source": source.name, "outcome": outcome,
+                              "detail": detail[-300:]})
+        if outcome == "down":
+            source.down_until = now + PEER_DOWN_S
+            self.progress.update(message="%s stopped answering (%s); copying from another "
+                                 "host" % (source.name, detail[-200:]))
+        elif outcome == "busy":
+            source.busy_until = now + PEER_POLL_S
+        elif outcome == "gone":
+            source.listing.pop(path, None)
+        else:
+            self.errors[path] = self.errors.get(path, 0) + 1
+            if self.errors[path] >= PEER_ERRORS:
+                raise FetchError("copy of %s from %s failed %d times: %s"
+                                 % (path, source.name, PEER_ERRORS, detail))
+
+    def schedule(self, pool, flying, now):
+        """Start batches: each waiting file goes to the first host, in order of preference, that
+        offers it and can take one more transfer; a host's files are spread over up to
+        `streams` batches."""
+        streams = self.params["streams"]
+        chosen = {}
+        for path in self.pending:
+            if path in self.flying_paths:
+                continue
+            source = next((s for s in self.sources if s.usable(now) and s.active < streams
+                           and s.offers(path, self.files[path], self.rejected)), None)
+            if source is not None:
+                chosen.setdefault(source.name, (source, []))[1].append(path)
+        for source, paths in chosen.values():
+            slots = min(streams - len(flying), streams - source.active, len(paths))
+            for slot in range(max(0, slots)):
+                batch = paths[slot::slots]
+                source.active += 1
+                for path in batch:
+                    self.flying_paths.add(path)
+                    self.progress.file_started(path)
+                flying[pool.submit(self.copy, source, batch)] = source
+
+    def check_seed(self, waiting, now):
+        """Fail when the seed failed, or finished while a file is to be had from no host."""
+        status = self.seed_status()
+        if status is None:
+            return
+        if status.get("phase") == "failed":
+            raise FetchError("the seed %s failed to fetch the model: %s"
+                             % (self.seed_name, status.get("message")))
+        if status.get("phase") != "done":
+            return
+        self.refresh(waiting, now, everyone=True)
+        lost = sorted(p for p in waiting if not self.offered(p))
+        if lost:
+            refused = sorted({"%s (%s)" % (r["source"], r["path"]) for r in self.rejections})
+            raise FetchError("the seed %s is done, but no host of the fleet offers a copy of %s "
+                             "that matches the manifest%s" % (
+                                 self.seed_name, ", ".join(lost),
+                                 "; refused: " + ", ".join(refused) if refused else ""))
+
+    def run(self):
+        stall = float(self.params["stall_timeout_s"])
+        flying = {}
+        last_answer = time.monotonic()
+        seed_checked = None
+        pool = ThreadPoolExecutor(max_workers=self.params["streams"])
+        try:
+            while self.pending:
+                for future in [f for f in flying if f.done()]:
+                    self.settle(future, flying.pop(future))
+                if not self.pending:
+                    break
+                now = time.monotonic()
+                waiting = [p for p in self.pending if p not in self.flying_paths]
+                if waiting and len(flying) < self.params["streams"]:
+                    self.refresh(waiting, now)
+                    self.schedule(pool, flying, now)
+                if any(s.down_until <= now for s in self.sources) or flying:
+                    last_answer = now
+                elif now - last_answer > stall:
+                    raise FetchError("no host of the fleet (%s) answered for %d s "
+                                     "(hf_model_stall_timeout_s)" % (
+                                         ", ".join(s.name for s in self.sources), stall))
+                if not flying and (seed_checked is None or now - seed_checked >= 2.0):
+                    seed_checked = now
+                    self.check_seed(list(self.pending), now)
+                if flying:
+                    wait_futures(list(flying), timeout=PEER_POLL_S / 2,
+                                 return_when=FIRST_COMPLETED)
+                else:
+                    time.sleep(PEER_POLL_S / 2)
+        finally:
+            self.rsync.stop()
+            pool.shutdown(wait=True)
+            shutil.rmtree(os.path.join(self.local_dir, PEER_STATUS_DIR), ignore_errors=True)
+        return sorted(self.refetched)
+
+    def report(self):
+        return {
+            "peer_bytes": {s.name: s.bytes for s in self.sources if s.bytes},
+            "peer_rejected": self.rejections,
+            "peer_failures": self.failures,
+        }
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -1247,7 +1585,8 @@ def read_token(params):
 
 def check_params(module, params):
     limits = {"workers": (1, 64), "retries": (1, 100), "stall_timeout_s": (5, 3600),
-              "retry_budget_min": (1, 1440)}
+              "retry_budget_min": (1, 1440), "peer_port": (1, 65535), "fanout": (1, 16),
+              "streams": (1, 16)}
     for name, (low, high) in limits.items():
         if not low <= params[name] <= high:
             module.fail_json(msg="%s=%s is out of range: %d-%d" % (name, params[name], low, high))
@@ -1268,6 +1607,15 @@ def check_params(module, params):
         if manifest.get("repo_id") != params["repo_id"]:
             module.fail_json(msg="the seed's manifest is for %s, not %s"
                              % (manifest.get("repo_id"), params["repo_id"]))
+        fleet = params.get("fleet")
+        if fleet is not None:
+            names = [host.get("name") for host in fleet]
+            if (any(not host.get("name") or not host.get("address") for host in fleet)
+                    or len(set(names)) != len(names) or params.get("host_name") not in names
+                    or names[0] == params.get("host_name")):
+                module.fail_json(msg="fleet=%s must list hosts with distinct names and an "
+                                     "address each, the seed first, and include host_name=%s "
+                                     "(not as the seed)" % (fleet, params.get("host_name")))
 
 
 def main():
@@ -1282,7 +1630,12 @@ def main():
             "verify": {"type": "str", "default": "size", "choices": ["size", "sha256"]},
             "source": {"type": "str", "default": "hub", "choices": ["hub", "peer"]},
             "manifest": {"type": "dict"},
-            "peer_url": {"type": "str"},
+            "fleet": {"type": "list", "elements": "dict"},
+            "host_name": {"type": "str"},
+            "peer_port": {"type": "int", "default": 8730},
+            "fanout": {"type": "int", "default": 2},
+            "streams": {"type": "int", "default": 2},
+            "run_id": {"type": "str", "default": ""},
             "transfer": {"type": "str", "default": "http", "choices": ["http", "xet"]},
             "workers": {"type": "int", "default": 8},
             "retries": {"type": "int", "default": 10},
@@ -1311,6 +1664,7 @@ def main():
                         local_dir, params["source"])
     if token:
         progress.secrets.add(token)
+    progress.update(run_id=params["run_id"] or None)
     result = {"changed": False, "missing": [], "fetched": [], "refetched": [], "removed": []}
     try:
         run(module, params, token, local_dir, progress, result)
@@ -1460,9 +1814,13 @@ def run(module, params, token, local_dir, progress, result):
     os.makedirs(local_dir, mode=0o755, exist_ok=True)
     if missing:
         if params["source"] == "peer":
-            if not params.get("peer_url"):
-                raise FetchError("source=peer has files to fetch but no peer_url")
-            refetched = peer_fetch(params, local_dir, files, missing, progress)
+            if not params.get("fleet") or not params.get("host_name"):
+                raise FetchError("source=peer has files to fetch but no fleet to copy them from")
+            peers = PeerFetch(params, local_dir, files, missing, progress, journal)
+            try:
+                refetched = peers.run()
+            finally:
+                result.update(peers.report())
         else:
             fetcher_class = XetFetcher if params["transfer"] == "xet" else HttpFetcher
             fetcher = fetcher_class(params, commit, token, local_dir, progress, stop, waits,

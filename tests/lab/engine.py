@@ -34,6 +34,7 @@ HOST_TOOLS = {
     "containerd": "containerd",
     "runc": "runc",
     "jq": "jq",
+    "rsync": "rsync",
     "debootstrap": "debootstrap",
     "docker-registry": "docker-registry",
     "apt-ftparchive": "apt-utils",

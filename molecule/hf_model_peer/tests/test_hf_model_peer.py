@@ -75,7 +75,46 @@ def test_only_the_seed_talks_to_the_hub(host: Any) -> None:
     assert progress["bytes_done"] == progress["bytes_total"] == fixture()["total_size"]
 
 
-def test_the_seeds_rsync_daemon_is_gone(host: Any) -> None:
+def fault_result(name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((STATE / "faults" / f"{name}.json").read_text())
+    return result
+
+
+def test_a_lying_and_dying_peer_costs_only_its_share(host: Any) -> None:
+    """side_effect.yml: hf-peer-3 copied from hf-peer-2 (its parent in the chain), refused the
+    copy whose byte hf-peer-2 had flipped, lost hf-peer-2 mid-transfer and finished from the
+    seed; the files on disk are checked by the first test."""
+    if host.backend.get_hostname() != "hf-peer-3":
+        return
+    killed = json.loads((STATE / "faults" / "killed.json").read_text())
+    assert killed["victim"] == "hf-peer-2" and killed["watched_bytes"]["phase"] == "fetching"
+    result = fault_result("hf-peer-3")
+    bad = "model-00001-of-00020.safetensors"
+    assert result["peer_rejected"] == [
+        {"path": bad, "source": "hf-peer-2", "reason": "size or hash differs from the manifest"}
+    ]
+    assert bad in result["refetched"]
+    assert any(
+        f["source"] == "hf-peer-2" and f["outcome"] == "down" for f in result["peer_failures"]
+    ), result["peer_failures"]
+    total = fixture()["total_size"]
+    copied = result["peer_bytes"]
+    assert set(copied) == {"hf-peer-1", "hf-peer-2"} and copied["hf-peer-2"] < total
+    sizes = {f["path"]: f["size"] for f in fixture()["files"]}
+    # every file once, and the refused one a second time: what hf-peer-2 did not finish came
+    # from the seed, nothing twice but the bad copy
+    assert copied["hf-peer-1"] + copied["hf-peer-2"] == total + sizes[bad]
+
+
+def test_a_sha256_run_repairs_the_lying_peer(host: Any) -> None:
+    if host.backend.get_hostname() != "hf-peer-2":
+        return
+    result = fault_result("hf-peer-2")
+    assert result["fetched"] == ["model-00001-of-00020.safetensors"]
+    assert result["hashed"]  # verify=sha256 read the files it had
+
+
+def test_the_rsync_daemons_are_gone(host: Any) -> None:
     assert not host.service("sparkfleet-hf_model-rsyncd").is_running
     assert not host.file("/run/sparkfleet-hf_model-rsyncd.conf").exists
     assert ":8730 " not in host.check_output("ss -ltn")
