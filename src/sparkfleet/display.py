@@ -304,7 +304,12 @@ def host_detail(host: HostResult) -> str:
     if health is not None:
         # the endpoint a client on the controller reaches, never the host's own loopback
         where = f"endpoint {host.endpoint} " if host.endpoint else ""
-        text = f"{where}serves {health.model}"
+        if not health.checked:
+            text = f"{where}not checked (check mode sends no request)"
+        elif not health.healthy:
+            text = f"{where}does not serve {health.model}"
+        else:
+            text = f"{where}serves {health.model}"
         if health.chat_seconds is not None:
             text += f", chat {health.chat_seconds:.2f} s"
         if health.completion_tokens is not None:

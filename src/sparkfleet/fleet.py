@@ -387,11 +387,21 @@ class Fleet:
 
         Raises:
             KeyError: no such operation.
+            FleetError: ``tags`` outside the operation's own (``preflight`` with ``model`` would
+                fetch the model).
             PlaybookNotFoundError: its playbook is not in the project.
         """
         op = OPERATIONS[name]
-        if options.get("tags") is None and op.tags:
+        given = _join(options.get("tags"))
+        if op.tags and given is None:
             options["tags"] = op.tags
+        elif op.tags and given is not None:
+            outside = [t for t in given.split(",") if t.strip() not in op.tags]
+            if outside:
+                raise FleetError(
+                    f"{name} runs only the tags {','.join(op.tags)}; tags {','.join(outside)} "
+                    "would run more than it (deploy takes any tags)"
+                )
         if op.extravars:
             options["extravars"] = {**op.extravars, **(options.get("extravars") or {})}
         if self.execution_environment is not None:

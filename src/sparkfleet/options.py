@@ -135,7 +135,7 @@ class VaultId:
             raise FleetError("a vault id needs exactly one of source= and password=")
         if self.label is not None and not _LABEL.match(self.label):
             raise FleetError(f"vault id label {self.label!r}: letters, digits, '_', '.', '-' only")
-        if self.source is not None and not Path(self.source).is_file():
+        if self.source is not None and not Path(self.source).expanduser().is_file():
             raise FleetError(f"vault password file {self.source} does not exist")
 
     @classmethod
@@ -192,7 +192,7 @@ class Credentials:
         for vid in self.vault_ids:
             label = vid.label or DEFAULT_VAULT_LABEL
             if vid.source is not None:
-                source = str(Path(vid.source).resolve())
+                source = str(Path(vid.source).expanduser().resolve())
                 args += ["--vault-id", f"{vid.label}@{source}" if vid.label else source]
                 continue
             pattern = rf"^Vault password \({re.escape(label)}\):\s*?$"

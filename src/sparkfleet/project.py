@@ -100,7 +100,7 @@ class Project:
         raise ProjectNotFoundError(
             f"no sparkfleet project (ansible.cfg, playbooks/, roles/) above {here}, and no "
             f"collection {COLLECTION} in {', '.join(map(str, paths)) or 'no collection path'} "
-            f"(ansible-galaxy collection install it, or pass project_dir= or set "
+            f"(ansible-galaxy collection install it, or pass project_dir= / --project-dir, or set "
             f"{PROJECT_DIR_ENV})"
         )
 

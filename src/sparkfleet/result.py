@@ -90,12 +90,17 @@ class HealthResult:
     chat_seconds: float | None
     completion_tokens: int | None
     answer: str
+    checked: bool = True
 
     @classmethod
     def from_fact(cls, fact: Mapping[str, Any]) -> HealthResult:
-        """Build from the fact's dict (values may come as strings from templating)."""
+        """Build from the fact's dict (values may come as strings from templating). A fact with
+        ``checked: false`` (a check-mode run, which sends no request) has ``checked`` False and
+        ``healthy`` False: nothing was asked of the endpoint."""
         healthy = fact.get("healthy")
+        checked = fact.get("checked", True)
         return cls(
+            checked=not (checked is False or str(checked).lower() == "false"),
             endpoint=str(fact.get("endpoint", "")),
             client_endpoint=_str(fact.get("client_endpoint")),
             model=str(fact.get("model", "")),
@@ -405,6 +410,7 @@ class RunCollector:
     def __init__(self) -> None:
         self.hosts: dict[str, HostResult] = {}
         self.errors: list[str] = []
+        self._error_open = False  # the last error may go on in the next verbose events
         self.stats_seen = False
         self.stats_data: dict[str, Any] = {}
         self.no_hosts_matched = False
@@ -479,8 +485,15 @@ class RunCollector:
             if text.startswith(("[ERROR]", "ERROR!")):
                 error = text.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
                 self.errors.append(error)
+                self._error_open = True
                 if "leaves us with no hosts to target" in error:
                     self.no_hosts_matched = True
+            elif self._error_open and text and not text.startswith("["):
+                # ansible-core 2.19 prints an error's further lines (the file it could not
+                # read, the YAML position) as events of their own, up to a blank line
+                self.errors[-1] += " " + text
+            else:
+                self._error_open = False
 
     def result(
         self,

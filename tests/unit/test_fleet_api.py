@@ -36,6 +36,7 @@ from sparkfleet import (
 from sparkfleet.cli import main
 from sparkfleet.fleet import _Control
 from sparkfleet.inventory import normalize
+from sparkfleet.options import VaultId
 
 pytestmark = pytest.mark.nolab
 
@@ -299,3 +300,24 @@ def test_a_strategy_chosen_in_ansible_cfg_is_kept(tmp_path: Path) -> None:
     theirs = Fleet(["a"], project_dir=tmp_path, graceful_stop=True)._environment(tmp_path)
     assert "ANSIBLE_STRATEGY" not in theirs and "SPARKFLEET_STOP_FILE" not in theirs
     assert "ANSIBLE_STRATEGY" not in Fleet(["a"])._environment(tmp_path)  # opt-in
+
+
+@pytest.mark.parametrize("tags", ["model", ["preflight", "model"], "service,health"])
+def test_an_operation_refuses_tags_outside_its_own(tags: Any) -> None:
+    """preflight() runs only the preflight tag: -t model would fetch the model, and is refused
+    before anything runs."""
+    with pytest.raises(
+        FleetError, match=r"preflight runs only the tags preflight; tags (.*model|serv)"
+    ):
+        Fleet(local_inventory()).preflight(tags=tags)
+
+
+def test_a_vault_password_file_under_home_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".vault-prod").write_text("pw\n")
+    assert VaultId(label="prod", source="~/.vault-prod").source == "~/.vault-prod"
+    assert VaultId.parse("prod@~/.vault-prod").label == "prod"
+    with pytest.raises(FleetError, match="does not exist"):
+        VaultId(source="~/.vault-other")

@@ -265,3 +265,38 @@ def test_summary_line_names_the_os_of_a_report_that_maps_os_release() -> None:
         "aarch64, Ubuntu 24.04.3 LTS, GPU NVIDIA GB10 (driver 580.95.05), Docker 28.5.1, "
         "3.2 TB free on /opt/huggingface/models/M"
     )
+
+
+def test_a_check_mode_health_result_is_not_a_serving_endpoint() -> None:
+    """In check mode the health role sends no request (``healthy: none, checked: false``): the
+    summary says so, instead of claiming the endpoint serves the model."""
+    fact = {"endpoint": "http://127.0.0.1:8000/v1", "client_endpoint": "http://10.0.0.11:8000/v1",
+            "model": "M", "healthy": None, "checked": False}  # fmt: skip
+    host = HostResult("spark-01", ok=5, facts={"vllm_health_result": fact})
+    assert host.health is not None and not host.health.checked and not host.health.healthy
+    assert (
+        host_detail(host)
+        == "endpoint http://10.0.0.11:8000/v1 not checked (check mode sends no request)"
+    )
+    unhealthy = {**fact, "checked": True, "healthy": False}
+    failed = HostResult("spark-01", ok=5, facts={"vllm_health_result": unhealthy})
+    assert "does not serve M" in host_detail(failed)
+
+
+def test_an_error_keeps_its_further_lines() -> None:
+    """ansible-core 2.19 prints an error's lines as separate verbose events, up to a blank one:
+    the error keeps them (the path it could not read), and nothing after the blank line."""
+    collector = RunCollector()
+    lines = [
+        "\x1b[1;35m[WARNING]: No inventory was parsed\x1b[0m",
+        "\x1b[0;31m[ERROR]: Unable to retrieve file contents.\x1b[0m",
+        "\x1b[0;31mCould not find or access '/tmp/x/missing.yml' on the Ansible Controller.\x1b[0m",
+        "\x1b[0;31m\x1b[0m",
+        "PLAY RECAP",
+    ]
+    for line in lines:
+        collector.add_raw({"event": "verbose", "stdout": line})
+    assert collector.errors == [
+        "Unable to retrieve file contents. Could not find or access '/tmp/x/missing.yml' on the "
+        "Ansible Controller."
+    ]
