@@ -22,12 +22,12 @@ description:
     and an answer after it.
   - C(tool_call) - a chat completion offered one tool answers with C(finish_reason=tool_calls),
     the tool's name and JSON arguments holding its required parameter.
-  - With O(stream), C(chat) and C(tool_call) read the answer as vLLM streams it (server-sent
+  - "With O(stream), C(chat) and C(tool_call) read the answer as vLLM streams it (server-sent
     events, C(data: [DONE]) last, tool calls in deltas joined by index); any other line, an
-    event that is not a C(chat.completion.chunk) or a stream without C([DONE]) fails.
-  - C(chat) and C(tool_call) judge the answer and send the request again, up to O(attempts)
+    event that is not a C(chat.completion.chunk) or a stream without C([DONE]) fails."
+  - "C(chat) and C(tool_call) judge the answer and send the request again, up to O(attempts)
     times, before they fail: a reasoning model at temperature 1.0 may run out of O(max_tokens)
-    while it reasons, or answer in words once.
+    while it reasons, or answer in words once."
   - Read-only; the requests are sent in check mode too.
 options:
   url:

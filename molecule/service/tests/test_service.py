@@ -327,7 +327,10 @@ def test_requests_without_the_key_are_refused_on_every_route_but_health(request_
 def test_the_proxy_is_the_only_way_in_from_the_network() -> None:
     """From the controller on the lab network: the proxy's port answers (401 without the key),
     vLLM's loopback port does not answer at all."""
-    address = sh("hostname -I").split()[0]
+    address = subprocess.run(
+        ["docker", "inspect", "-f", '{{(index .NetworkSettings.Networks "sparklab").IPAddress}}',
+         HOST], capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://{address}:8000/v1/models", timeout=10)
     assert refused.value.code == 401
@@ -346,7 +349,7 @@ def test_the_proxy_passes_a_stream_as_it_comes() -> None:
     body = shlex.quote(json.dumps(request))
     script = (f"curl -sSN {auth} -H 'Content-Type: application/json' -d {body} "
               "http://127.0.0.1:8000/v1/chat/completions | while IFS= read -r line; do "
-              '[ -n "$line" ] && echo "$(date +%s.%N) ${line%%,*}"; done')  # fmt: skip
+              'if [ -n "$line" ]; then echo "$(date +%s.%N) ${line%%,*}"; fi; done')  # fmt: skip
     lines = sh(script).splitlines()
     assert lines[-1].endswith("data: [DONE]")
     stamps = [float(line.split(" ", 1)[0]) for line in lines]
