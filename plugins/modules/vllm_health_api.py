@@ -304,8 +304,8 @@ def check_models(module, p, base):
         refused, _body, _ms = http(url, timeout=p["timeout_s"])
         if refused not in (401, 403):
             module.fail_json(msg="%s answered %d to a request without the API key: the key is "
-                             "not enforced (is VLLM_API_KEY in the service's environment?)"
-                             % (url, refused))
+                             "not enforced (is the authenticating proxy in front of vLLM, and "
+                             "vllm_api_key set on the service?)" % (url, refused))
         result["unauthenticated_status"] = refused
     return result
 
