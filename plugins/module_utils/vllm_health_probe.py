@@ -153,12 +153,9 @@ def http(url, method="GET", payload=None, api_key="", timeout=10.0):
         request.add_header("Content-Type", "application/json")
     if api_key:
         request.add_header("Authorization", "Bearer " + api_key)
-    host = urllib.parse.urlsplit(url).hostname or ""
-    local = host in ("127.0.0.1", "localhost", "::1")
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
     started = time.monotonic()
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with _opener(url).open(request, timeout=timeout) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
@@ -170,6 +167,111 @@ def http(url, method="GET", payload=None, api_key="", timeout=10.0):
         return status, json.loads(text) if text.strip() else "", elapsed
     except ValueError:
         return status, text, elapsed
+
+
+def _opener(url):
+    host = urllib.parse.urlsplit(url).hostname or ""
+    local = host in ("127.0.0.1", "localhost", "::1")
+    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+
+
+def sse(url, payload, api_key="", timeout=10.0):
+    """POST ``payload`` and read the answer as a server-sent event stream, as vLLM sends it.
+
+    Returns a dict: ``status`` (0 when nothing answered), ``error`` (why the stream is not a
+    valid one, or the body of a non-200 answer; "" when valid), ``events`` (the JSON objects of
+    the ``data:`` lines), ``done`` (``data: [DONE]`` came last), ``first_event_ms`` and
+    ``total_ms`` (milliseconds from the request to the first event and to the end).
+    """
+    data = json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Accept", "text/event-stream")
+    if api_key:
+        request.add_header("Authorization", "Bearer " + api_key)
+    result = {"status": 0, "error": "", "events": [], "done": False,
+              "first_event_ms": None, "total_ms": None}
+    started = time.monotonic()
+    try:
+        with _opener(url).open(request, timeout=timeout) as response:
+            result["status"] = response.status
+            kind = response.headers.get("Content-Type", "")
+            if not kind.startswith("text/event-stream"):
+                result["error"] = "Content-Type %r, not text/event-stream: %s" % (
+                    kind, response.read(300).decode("utf-8", "replace"))
+                return result
+            for raw in response:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not line or line.startswith(":"):
+                    continue  # event separator, comment
+                if result["done"]:
+                    result["error"] = "data after data: [DONE]: %r" % line[:200]
+                    return result
+                if not line.startswith("data: "):
+                    result["error"] = "a line that is not an SSE data line: %r" % line[:200]
+                    return result
+                if result["first_event_ms"] is None:
+                    result["first_event_ms"] = (time.monotonic() - started) * 1000.0
+                text = line[len("data: "):]
+                if text == "[DONE]":
+                    result["done"] = True
+                    continue
+                try:
+                    event = json.loads(text)
+                except ValueError:
+                    result["error"] = "an event that is not JSON: %r" % text[:200]
+                    return result
+                if not isinstance(event, dict):
+                    result["error"] = "an event that is not a JSON object: %r" % text[:200]
+                    return result
+                result["events"].append(event)
+    except urllib.error.HTTPError as exc:
+        result["status"] = exc.code
+        result["error"] = exc.read().decode("utf-8", "replace")[:300]
+        return result
+    except (OSError, ValueError) as exc:  # refused, reset, timed out mid-stream
+        result["error"] = "the stream broke off: %s" % exc
+        return result
+    finally:
+        result["total_ms"] = (time.monotonic() - started) * 1000.0
+    if not result["done"]:
+        result["error"] = "the stream ended without data: [DONE]"
+    return result
+
+
+def assemble_chat_stream(events):
+    """One chat completion from its ``chat.completion.chunk`` events: a dict with ``content``,
+    ``reasoning``, ``tool_calls`` (OpenAI's shape, ``arguments`` joined by index),
+    ``finish_reason``, ``usage`` (the last one sent), ``chunks``; or a sentence when an event is
+    not a valid chunk."""
+    content, reasoning, calls = [], [], {}
+    finish, usage = None, None
+    for event in events:
+        if event.get("object") != "chat.completion.chunk":
+            return "an event whose object is %r, not chat.completion.chunk" % event.get("object")
+        if event.get("usage"):
+            usage = event["usage"]
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                return "a chunk without a delta: %s" % json.dumps(choice)[:200]
+            content.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning") or "")
+            for call in delta.get("tool_calls") or []:
+                if not isinstance(call, dict) or not isinstance(call.get("index"), int):
+                    return "a tool-call delta without an index: %s" % json.dumps(call)[:200]
+                entry = calls.setdefault(call["index"], {"id": None, "type": None,
+                                                         "function": {"name": "", "arguments": ""}})
+                entry["id"] = entry["id"] or call.get("id")
+                entry["type"] = entry["type"] or call.get("type")
+                function = call.get("function") or {}
+                entry["function"]["name"] += function.get("name") or ""
+                entry["function"]["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    return {"content": "".join(content), "reasoning": "".join(reasoning),
+            "tool_calls": [calls[i] for i in sorted(calls)], "finish_reason": finish,
+            "usage": usage, "chunks": len(events)}
 
 
 # Known failure patterns: (key, regex over the journal and container log, hint template).
@@ -186,8 +288,8 @@ PATTERNS = [
     (
         "port_in_use",
         r"address already in use|port is already allocated",
-        "port in use: vllm_port={port} is already taken on the host{port_owner}. Stop what holds "
-        "it or choose another vllm_port.",
+        "port in use: {port_variable}={port} is already taken on the host{port_owner}. Stop "
+        "what holds it or choose another {port_variable}.",
     ),
     (
         "gpu_runtime",
@@ -250,6 +352,7 @@ def find_hints(lines, settings):
             found.append((positions[-1], key, template))
     found.sort(key=lambda item: -item[0])
     values = dict((k, "?" if v in (None, "") else v) for k, v in settings.items())
+    values.setdefault("port_variable", "vllm_port")  # the setting that names the port
     hints = []
     for _position, key, template in found:
         try:

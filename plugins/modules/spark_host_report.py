@@ -71,6 +71,12 @@ options:
     description: Container that may own the port; its GPU processes are our own server's.
     type: str
     required: true
+  proxy_config:
+    description: >-
+      Configuration file of the service's authenticating proxy (HAProxy); a process started with
+      it may own the port too. Empty for none.
+    type: str
+    default: ""
   gpu_memory_util:
     description: Fraction of the unified memory vLLM asks for at start-up (its C(--gpu-memory-utilization)).
     type: float
@@ -410,7 +416,7 @@ report:
           type: int
           returned: always
         state:
-          description: C(free), C(ours) (published by O(container_name)) or C(taken).
+          description: C(free), C(ours) (published by O(container_name), or held by the proxy started with O(proxy_config)) or C(taken).
           type: str
           returned: always
         owner:
@@ -884,7 +890,7 @@ def _container_publishing(port):
     return found
 
 
-def port_report(port, container_name, docker_running):
+def port_report(port, container_name, docker_running, proxy_config=""):
     inodes = _listen_inodes(port)
     if not inodes:
         return {"number": port, "state": "free", "owner": ""}
@@ -893,8 +899,10 @@ def port_report(port, container_name, docker_running):
         return {"number": port, "state": "ours", "owner": "container %s" % container_name}
     if containers:
         return {"number": port, "state": "taken", "owner": "container %s" % ", ".join(containers)}
-    return {"number": port, "state": "taken",
-            "owner": _socket_owner(inodes) or "a process this user cannot see"}
+    owner = _socket_owner(inodes)
+    if proxy_config and re.search(r"(^|\s)-f %s(\s|$)" % re.escape(proxy_config), owner):
+        return {"number": port, "state": "ours", "owner": "the service's proxy: %s" % owner}
+    return {"number": port, "state": "taken", "owner": owner or "a process this user cannot see"}
 
 
 def _drop_text(memory: dict[str, Any], p: dict[str, Any]) -> str:
@@ -1011,6 +1019,7 @@ def main():
             "disk_margin_bytes": {"type": "int", "default": 0},
             "port": {"type": "int", "required": True},
             "container_name": {"type": "str", "required": True},
+            "proxy_config": {"type": "str", "default": ""},
             "gpu_memory_util": {"type": "float", "required": True},
             "drop_caches": {"type": "str", "default": "auto",
                             "choices": ["auto", "true", "false"]},
@@ -1044,7 +1053,7 @@ def main():
             unified=gpu["memory_total_mib"] is None,
             own_container=container_id(p["container_name"], docker["running"])),
         "disk": disk_report(p["model_dir"], p["model_size_bytes"], p["disk_margin_bytes"], image),
-        "port": port_report(p["port"], p["container_name"], docker["running"]),
+        "port": port_report(p["port"], p["container_name"], docker["running"], p["proxy_config"]),
     }
     report["problems"] = problems_of(report, p)
     report["ok"] = not report["problems"]

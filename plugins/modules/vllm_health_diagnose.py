@@ -43,7 +43,8 @@ options:
     default: 400
   settings:
     description: The service's settings named in hints (gpu_memory_util, max_model_len, port,
-      image, model_dir, model_mount, start_timeout_s).
+      port_variable (the variable that sets that port, default vllm_port), image, model_dir,
+      model_mount, start_timeout_s).
     type: dict
     default: {}
 author: sparkfleet maintainers (!UNKNOWN)
@@ -208,8 +209,8 @@ from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_health_probe
     unit_state,
 )
 
-SETTINGS = ("gpu_memory_util", "max_model_len", "port", "image", "model_dir", "model_mount",
-            "start_timeout_s")
+SETTINGS = ("gpu_memory_util", "max_model_len", "port", "port_variable", "image", "model_dir",
+            "model_mount", "start_timeout_s")
 
 
 def port_owner(run, port):
@@ -253,6 +254,7 @@ def main():
     if container is not None and container.get("oom_killed"):
         scan_text.append("oom-kill")
     settings = dict((k, p["settings"].get(k, "")) for k in SETTINGS)
+    settings["port_variable"] = settings["port_variable"] or "vllm_port"
     settings["port_owner"] = ""
     if any(re.search(r"address already in use|port is already allocated", line, re.I) for line in scan_text):
         settings["port_owner"] = port_owner(run, settings["port"])

@@ -8,12 +8,14 @@ covered by the molecule scenario ``service``.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -380,3 +382,145 @@ def test_api_checks_catch_a_server_without_the_cards_flags(
     assert rc == 1 and "is not <think>...</think> followed by an answer" in result["msg"]
     rc, result = run_module(api_module, api(port, "tool_call", api_key=""), capsys)
     assert rc == 1 and "--enable-auto-tool-choice" in result["msg"]
+
+
+def test_streamed_checks_pass_on_the_cards_configuration(
+    card_server: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, chat = run_module(api_module, api(card_server, "chat", stream=True), capsys)
+    assert rc == 0 and chat["answer"] and chat["chunks"] > 1 and chat["stream"] is True
+    assert chat["completion_tokens"] > 0  # from the usage chunk (stream_options.include_usage)
+    assert 0 < chat["first_chunk_ms"] <= chat["latency_ms"]
+    rc, tool = run_module(api_module, api(card_server, "tool_call", stream=True), capsys)
+    assert (rc, tool["function"], tool["arguments"]) == (0, "get_weather", {"location": "Paris"})
+    assert tool["attempts"] == 1
+
+
+def test_the_auth_check_finds_the_routes_vllms_own_key_leaves_open(
+    card_server: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM's key covers /v1/* only (vllm#58144): on vLLM itself the check fails and names them."""
+    rc, result = run_module(api_module, api(card_server, "auth"), capsys)
+    assert rc == 1
+    assert result["refused"] == {"GET /v1/models": 401, "POST /v1/chat/completions": 401,
+                                 "POST /invocations": 200, "POST /tokenize": 200}  # fmt: skip
+    assert "POST /invocations answered 200; POST /tokenize answered 200" in result["msg"]
+
+
+class Scripted:
+    """An HTTP server on 127.0.0.1 answering POSTs with the given (status, type, body) in turn."""
+
+    def __init__(self, answers: list[tuple[int, str, bytes]]) -> None:
+        self.answers = list(answers)
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                outer.requests.append(json.loads(self.rfile.read(length)))
+                status, kind, body = outer.answers.pop(0)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion(content: str, finish: str = "stop") -> tuple[int, str, bytes]:
+    message = {"role": "assistant", "content": content, "tool_calls": []}
+    body = {"object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"completion_tokens": 7, "prompt_tokens": 3}}  # fmt: skip
+    return 200, "application/json", json.dumps(body).encode()
+
+
+def stream(*events: str) -> tuple[int, str, bytes]:
+    return 200, "text/event-stream; charset=utf-8", "".join(events).encode()
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    event = {"object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+    return f"data: {json.dumps(event)}\n\n"
+
+
+def test_an_answer_cut_off_while_reasoning_is_asked_again_then_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cut = completion("<think>Let me think about this for a long", "length")
+    server = Scripted([cut, completion("<think>ok</think>Hello!")])
+    try:
+        rc, result = run_module(api_module, api(server.port, "chat"), capsys)
+        assert (rc, result["attempts"], result["answer"]) == (0, 2, "Hello!")
+        assert server.requests[0]["max_tokens"] == 2048  # room for the reasoning
+        server.answers = [cut, cut]
+        rc, result = run_module(api_module, api(server.port, "chat", attempts=2), capsys)
+        assert rc == 1 and "chat failed 2 time(s): attempt 1:" in result["msg"]
+        assert "finish_reason length, raise vllm_health_max_tokens" in result["msg"]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("events", "error"),
+    [
+        ((chunk({"content": "<think>a</think>b"}, "stop"),), "ended without data: [DONE]"),
+        (
+            (chunk({"content": "<think>a</think>b"}, "stop"), "data: [DONE]\n\n", chunk({})),
+            "data after data: [DONE]",
+        ),
+        (("event: message\n", chunk({"content": "x"}), "data: [DONE]\n\n"), "not an SSE data line"),
+        (("data: {not json}\n\n", "data: [DONE]\n\n"), "an event that is not JSON"),
+        (
+            ('data: {"object": "chat.completion", "choices": []}\n\n', "data: [DONE]\n\n"),
+            "not chat.completion.chunk",
+        ),
+        (
+            (chunk({"tool_calls": [{"function": {"name": "get_weather"}}]}), "data: [DONE]\n\n"),
+            "a tool-call delta without an index",
+        ),
+    ],
+)
+def test_a_stream_that_is_not_vllms_fails(
+    events: tuple[str, ...], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = Scripted([stream(*events)])
+    try:
+        rc, result = run_module(api_module, api(server.port, "chat", stream=True), capsys)
+        assert rc == 1 and error in result["msg"], result["msg"]
+    finally:
+        server.close()
+
+
+def test_a_streamed_tool_call_is_joined_from_its_deltas(capsys: pytest.CaptureFixture[str]) -> None:
+    header = {"index": 0, "id": "call_1", "type": "function",
+              "function": {"name": "get_weather", "arguments": ""}}  # fmt: skip
+    events = [chunk({"role": "assistant", "content": ""}), chunk({"content": "<think>w</think>"}),
+              chunk({"tool_calls": [header]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"location": "P'}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'aris"'}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}, "tool_calls"),
+              "data: [DONE]\n\n"]  # fmt: skip
+    words = [chunk({"content": "<think>w</think>I cannot check the weather."}, "stop"),
+             "data: [DONE]\n\n"]  # fmt: skip
+    server = Scripted([stream(*words), stream(*events)])
+    try:
+        rc, result = run_module(api_module, api(server.port, "tool_call", stream=True), capsys)
+        assert (rc, result["arguments"], result["attempts"]) == (0, {"location": "Paris"}, 2)
+        assert server.requests[0]["stream"] is True
+        assert server.requests[0]["stream_options"] == {"include_usage": True}
+    finally:
+        server.close()

@@ -492,6 +492,40 @@ def test_access_log_skips_the_excluded_endpoints(tmp_path: Path, launcher: Launc
     plain.wait_output('"GET /metrics HTTP/1.1" 200 OK')
 
 
+def test_default_sampling_from_the_generation_config_and_its_override(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    """get_diff_sampling_param: generation_config.json, updated by --override-generation-config
+    (one word of JSON, as the role passes it through the entrypoint); a request takes what it
+    does not set from them, as --enable-log-requests shows."""
+    model = make_model_dir(tmp_path)
+    (model / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 1.0, "top_k": 40, "top_p": 0.95})
+    )
+    card = '{"min_p":0.01,"temperature":1.0,"top_k":40,"top_p":0.95}'
+    standin = launcher(model, f"--enable-log-requests --override-generation-config={card}")
+    standin.wait_ready()
+    assert (
+        "Using default chat sampling params from model: {'temperature': 1.0, 'top_k': 40, "
+        "'top_p': 0.95, 'min_p': 0.01}" in standin.output()
+    )
+    assert chat(standin, {"messages": user("Hi"), "max_tokens": 4}).status_code == 200
+    assert chat(standin, {"messages": user("Hi"), "max_tokens": 4, "min_p": 0.2}).status_code == 200
+    standin.wait_output("min_p=0.2")
+    received = [line for line in standin.output().splitlines() if "Received request" in line]
+    assert "temperature=1.0, top_p=0.95, top_k=40, min_p=0.01," in received[0]
+    assert "min_p=0.2," in received[1]
+    # without the override the checkpoint's values only (no min_p); --generation-config vllm: none
+    plain = launcher(make_model_dir(tmp_path / "b"), "--generation-config vllm")
+    plain.wait_ready()
+    assert "sampling params" not in plain.output()
+    checkpoint = launcher(model)
+    checkpoint.wait_ready()
+    assert "sampling params from model: {'temperature': 1.0, 'top_k': 40, 'top_p': 0.95}" in (
+        checkpoint.output()
+    )
+
+
 # --------------------------------------------------------------------------- life cycle
 
 

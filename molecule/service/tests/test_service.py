@@ -20,6 +20,8 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,11 +81,14 @@ def snapshot() -> dict[str, str]:
     return {
         "files": sh(
             "sha256sum /etc/systemd/system/vllm.service /etc/vllm/vllm.env "
-            "/etc/vllm/vllm.image.json"
+            "/etc/vllm/vllm.image.json /etc/systemd/system/vllm-proxy.service "
+            "/etc/vllm/vllm-proxy.cfg /etc/vllm/vllm-proxy.keys"
         ),
         "started_at": sh("docker inspect -f '{{.State.StartedAt}}' minimax").strip(),
         "units_loaded": sh("systemctl show --property=UnitsLoadTimestampMonotonic").strip(),
         "main_pid": unit_props("MainPID")["MainPID"],
+        # the proxy's unit rewrites this file at each start and reload
+        "proxy_loaded": sh("stat -c %y /run/vllm-proxy/loaded").strip(),
     }
 
 
@@ -207,7 +212,7 @@ def test_unit_file_runs_the_cards_launch(host: Any) -> None:
         "/usr/bin/docker run --rm --name minimax --pull=never",
         "--device nvidia.com/gpu=all --ipc=host",
         f"-v {MODEL_DIR}:{MOUNT}:ro -v /var/cache/sparkfleet/vllm/vllm:/root/.cache/vllm",
-        "-p 8000:8000 --env-file /etc/vllm/vllm.env --log-driver json-file",
+        "-p 127.0.0.1:18000:8000 --env-file /etc/vllm/vllm.env --log-driver json-file",
         'u.urlopen(\\"http://127.0.0.1:8000/health\\", timeout=5)',
         f"--health-start-period=900s --health-retries=3 {ref}",
     ]:
@@ -235,7 +240,8 @@ def test_environment_file_is_private_and_holds_the_key(host: Any) -> None:
     env_file = host.file("/etc/vllm/vllm.env")
     assert (env_file.mode, env_file.user, env_file.group) == (0o600, "root", "root")
     entries = [line for line in env_file.content_string.splitlines() if not line.startswith("#")]
-    assert dict(e.split("=", 1) for e in entries) == {**CARD_ENV, "VLLM_API_KEY": API_KEY}
+    # never the key: Docker and containerd keep a container's environment in files others read
+    assert dict(e.split("=", 1) for e in entries) == CARD_ENV
 
 
 def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> None:
@@ -245,7 +251,7 @@ def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> No
     inherited = dict(e.split("=", 1) for e in image_env["Config"]["Env"] or [])
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     added = {k: v for k, v in env.items() if inherited.get(k) != v}
-    assert added == {**CARD_ENV, "VLLM_API_KEY": API_KEY}
+    assert added == CARD_ENV
     mounts = {(m["Source"], m["Destination"], m["RW"]) for m in info["Mounts"]}
     assert (MODEL_DIR, MOUNT, False) in mounts  # read-only; the others are the caches
     assert {m[1] for m in mounts} == {
@@ -258,7 +264,9 @@ def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> No
     # the GPU through CDI (the toolkit's spec), which a systemd daemon-reload cannot take away
     requests = [(r["Driver"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"]]
     assert requests == [("cdi", ["nvidia.com/gpu=all"])]
-    assert info["HostConfig"]["PortBindings"] == {"8000/tcp": [{"HostIp": "", "HostPort": "8000"}]}
+    # published on the host's loopback only: the proxy is the way in
+    bindings = {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18000"}]}
+    assert info["HostConfig"]["PortBindings"] == bindings
     probe = info["Config"]["Healthcheck"]["Test"]
     assert probe[0] == "CMD-SHELL" and "127.0.0.1:8000/health" in probe[1]
     sh("docker exec minimax " + " ".join(shlex.quote(p) for p in ["sh", "-c", probe[1]]))
@@ -284,9 +292,71 @@ def test_the_previous_image_stays_for_a_rollback(host: Any) -> None:
     assert older != running
 
 
-def test_requests_without_the_key_are_refused() -> None:
-    assert curl("http://localhost:8000/v1/models")[0] == 401
-    assert curl("http://localhost:8000/health")[0] == 200  # vLLM keeps /health open
+KEYLESS: dict[str, tuple[str, int, int | None]] = {
+    # request: (curl arguments, status through the proxy, status from vLLM itself)
+    "GET /health": ("/health", 200, 200),
+    "GET /metrics": ("/metrics", 200, 200),
+    "GET /v1/models": ("/v1/models", 401, 200),
+    "POST /v1/chat/completions": (
+        f"-d {shlex.quote(json.dumps(CARD_CHAT))} /v1/chat/completions",
+        401,
+        200,
+    ),
+    "POST /invocations": (f"-d {shlex.quote(json.dumps(CARD_CHAT))} /invocations", 401, 200),
+    "POST /tokenize": ("""-d '{"prompt": "Hello"}' /tokenize""", 401, 200),
+    "POST /health": ("-X POST /health", 401, 405),
+    "GET /%761/models (an encoded /v1)": ("/%761/models", 401, None),
+}
+
+
+@pytest.mark.parametrize("request_line", list(KEYLESS))
+def test_requests_without_the_key_are_refused_on_every_route_but_health(request_line: str) -> None:
+    """vLLM's own key would leave /invocations and /tokenize open (vllm#58144), so vLLM gets none:
+    on its loopback port everything answers; through the proxy, the only way in from outside,
+    every route but /health and /metrics is refused."""
+    args, via_proxy, direct = KEYLESS[request_line]
+    target = args.rsplit(" ", 1)
+    head = target[0] + " " if len(target) == 2 else ""
+    json_type = "-H 'Content-Type: application/json' "
+    status, body = curl(f"{json_type}{head}http://127.0.0.1:8000{target[-1]}")
+    assert status == via_proxy, body
+    if status == 401:  # OpenAI's error shape, which clients' SDKs read
+        assert json.loads(body)["error"]["code"] == "invalid_api_key"
+    if direct is not None:
+        assert curl(f"{json_type}{head}http://127.0.0.1:18000{target[-1]}")[0] == direct
+
+
+def test_the_proxy_is_the_only_way_in_from_the_network() -> None:
+    """From the controller on the lab network: the proxy's port answers (401 without the key),
+    vLLM's loopback port does not answer at all."""
+    address = subprocess.run(
+        ["docker", "inspect", "-f", '{{(index .NetworkSettings.Networks "sparklab").IPAddress}}',
+         HOST], capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{address}:8000/v1/models", timeout=10)
+    assert refused.value.code == 401
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://{address}:18000/health", timeout=10)
+    assert "127.0.0.1:18000" in sh("ss -Hltn 'sport = :18000'")
+    assert "0.0.0.0:8000" in sh("ss -Hltnp 'sport = :8000'")
+    assert "haproxy" in sh("ss -Hltnp 'sport = :8000'")
+
+
+def test_the_proxy_passes_a_stream_as_it_comes() -> None:
+    """A streamed chat through the proxy arrives in events as vLLM sends them: the first one
+    long before the last (the stand-in decodes 28 tokens a second)."""
+    auth = f"-H 'Authorization: Bearer {API_KEY}'"
+    request = dict(CARD_CHAT, stream=True, max_tokens=60)
+    body = shlex.quote(json.dumps(request))
+    script = (f"curl -sSN {auth} -H 'Content-Type: application/json' -d {body} "
+              "http://127.0.0.1:8000/v1/chat/completions | while IFS= read -r line; do "
+              'if [ -n "$line" ]; then echo "$(date +%s.%N) ${line%%,*}"; fi; done')  # fmt: skip
+    lines = sh(script).splitlines()
+    assert lines[-1].endswith("data: [DONE]")
+    stamps = [float(line.split(" ", 1)[0]) for line in lines]
+    # decoding 60 tokens takes ~2 s; a buffering proxy would hand them over all at once
+    assert stamps[-1] - stamps[0] > 1.0, lines
 
 
 def test_endpoint_answers_the_cards_curl_example_with_the_key() -> None:
@@ -319,6 +389,14 @@ def test_second_run_reloads_and_restarts_nothing() -> None:
     tool_call = {"function": "get_weather", "arguments": {"location": "Paris"}}
     assert run.result["tool_call"] == tool_call
     assert run.result["unauthenticated_status"] == 401
+    # through the proxy, without the key: the routes vLLM's own key leaves open are refused too
+    assert run.result["refused"] == {"GET /v1/models": 401, "POST /v1/chat/completions": 401,
+                                     "POST /invocations": 401, "POST /tokenize": 401}  # fmt: skip
+    # and with it, streamed and not: an answer after the reasoning, a tool call
+    assert run.result["streamed"]["tool_call"] == tool_call
+    assert run.result["streamed"]["answer"] and run.result["streamed"]["chunks"] > 1
+    assert run.result["attempts"] == {"chat": 1, "chat_stream": 1, "tool_call": 1,
+                                      "tool_call_stream": 1}  # fmt: skip
     assert all(isinstance(v, float) for v in run.result["latency_ms"].values())
 
 
@@ -363,9 +441,11 @@ def refused_runs() -> Iterator[tuple[dict[str, Run], dict[str, str], dict[str, s
     before = snapshot()
     cases = {name: [*args, "--tags", "service"] for name, (args, _msg) in BAD_INPUTS.items()}
     cases["check mode"] = ["--check", "--diff", "--tags", "service", "-e", "vllm_drop_caches=false"]
+    cases["check mode, proxy"] = ["--check", "--diff", "--tags", "service",
+                                  "-e", "vllm_metrics_require_key=true"]  # fmt: skip
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
-            name: pool.submit(converge, *args, json_output=name != "check mode")
+            name: pool.submit(converge, *args, json_output=not name.startswith("check mode"))
             for name, args in cases.items()
         }
         runs = {name: future.result() for name, future in futures.items()}
@@ -397,6 +477,15 @@ def test_check_mode_shows_a_change_without_making_it(
     assert "-ExecStartPre=-/bin/sh -c 'sync && echo 3 > /proc/sys/vm/drop_caches'" in run.output
     assert re.search(rf"{HOST}\s*: ok=\d+\s+changed=[1-9]", run.output)
     assert after == before
+    # a proxy setting: the proxy's configuration changes (and is reloaded), never vLLM's unit
+    run = runs["check mode, proxy"]
+    assert run.rc == 0, run.output[-2000:]
+    assert "-    acl open_route path /metrics" in run.output
+    assert "Reload the proxy whose loaded configuration" in run.output
+    assert "changed: [svc-spark] => (item=vllm.service)" not in run.output
+    stop = re.search(r"TASK \[vllm_service : Stop the service that runs another[^\n]*\n(\w+)",
+                     run.output)  # fmt: skip
+    assert stop and stop[1] == "skipping", run.output[-3000:]
 
 
 # --------------------------------------------------------------------------- faults
@@ -478,14 +567,15 @@ def test_model_dir_emptied_under_the_service_is_diagnosed() -> None:
 def test_port_clash_is_diagnosed() -> None:
     try:
         sh("systemctl stop vllm.service")
-        sh("systemd-run --unit sparklab-squatter python3 -m http.server 8000")
-        wait_for("the squatter to listen", lambda: curl("http://localhost:8000/")[0] == 200, 30)
+        # vLLM's loopback port (the proxy's port is HAProxy's)
+        sh("systemd-run --unit sparklab-squatter python3 -m http.server --bind 127.0.0.1 18000")
+        wait_for("the squatter to listen", lambda: curl("http://127.0.0.1:18000/")[0] == 200, 30)
         sh("systemctl start --no-block vllm.service")
         run = converge("--tags", "health")
         assert run.rc == 2, run.output[-3000:]
         hints = run.result["diagnosis"]["hints"]
         assert hints[0]["pattern"] == "port_in_use"
-        assert "vllm_port=8000 is already taken on the host (held by" in hints[0]["hint"]
+        assert "vllm_internal_port=18000 is already taken on the host (held by" in hints[0]["hint"]
         assert '"python3"' in hints[0]["hint"]
         assert "address already in use" in run.output
     finally:
@@ -621,3 +711,169 @@ def test_renamed_unit_container_and_port_replace_the_old_instance_and_back() -> 
     record = json.loads(sh("cat /var/lib/sparkfleet/vllm-instance.json"))
     assert record == {"service": "vllm", "container": "minimax", "port": 8000,
                       "config_dir": "/etc/vllm"}  # fmt: skip
+
+
+# ------------------------------------------------------------------------ the proxy and the key
+
+
+def _proxy_pid() -> str:
+    return sh("systemctl show -p MainPID --value vllm-proxy.service").strip()
+
+
+def test_a_proxy_change_reloads_the_proxy_and_leaves_vllm_alone() -> None:
+    """A proxy setting is applied by a graceful reload (same master process, vLLM's container
+    untouched); a run killed after writing the configuration but before the reload is finished
+    by the next one, which finds the running proxy loaded other files."""
+    default_config = sh("cat /etc/vllm/vllm-proxy.cfg")
+    before = snapshot()
+    pid = _proxy_pid()
+    try:
+        run = converge("-e", "vllm_metrics_require_key=true", "--tags", "service",
+                       json_output=True)  # fmt: skip
+        assert run.rc == 0, run.output[-3000:]
+        changed = {name.split(" : ", 1)[-1] for name in run.changed_tasks()}
+        assert changed == {
+            "Write the proxy's configuration (no secret in it)",
+            "Reload the proxy whose loaded configuration or key differs from the files",
+        }, changed
+        assert curl("http://127.0.0.1:8000/metrics")[0] == 401
+        assert curl(f"-H 'Authorization: Bearer {API_KEY}' http://127.0.0.1:8000/metrics")[0] == 200
+        assert curl("http://127.0.0.1:8000/health")[0] == 200
+        after = snapshot()
+        assert (after["started_at"], after["main_pid"]) == (
+            before["started_at"],
+            before["main_pid"],
+        )
+        assert _proxy_pid() == pid
+        # as a run killed between the write and the reload leaves it
+        sh(f"printf '%s' {shlex.quote(default_config)} > /etc/vllm/vllm-proxy.cfg")
+        run = converge("--tags", "service", json_output=True)
+        assert run.rc == 0, run.output[-3000:]
+        changed = {name.split(" : ", 1)[-1] for name in run.changed_tasks()}
+        assert changed == {
+            "Reload the proxy whose loaded configuration or key differs from the files"
+        }, changed
+        assert curl("http://127.0.0.1:8000/metrics")[0] == 200
+    finally:
+        converge("--tags", "service")
+    assert snapshot()["started_at"] == before["started_at"]
+
+
+def test_the_cards_sampling_served_as_vllms_defaults() -> None:
+    """vllm_serve_card_sampling: vLLM starts with --override-generation-config and a request
+    that sets no sampling gets the card's (the checkpoint's generation_config.json has no
+    min_p); --enable-log-requests makes vLLM log what each request got."""
+    logged = ["-e", json.dumps({"vllm_extra_args": [*PROFILE.extra_args, "--enable-log-requests"]})]
+    card = PROFILE.sampling
+    try:
+        run = converge("-e", "vllm_serve_card_sampling=true", *logged)
+        assert run.rc == 0 and run.result["healthy"], run.output[-3000:]
+        args = sh("cat /etc/vllm/vllm.env | grep ^VLLM_EXTRA_ARGS=")
+        assert (
+            "--override-generation-config="
+            + json.dumps(card, sort_keys=True, separators=(",", ":"))
+            in args
+        )
+        bare = {
+            "model": SERVED,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 8,
+        }
+        status, _body = curl(
+            f"-H 'Authorization: Bearer {API_KEY}' -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(json.dumps(bare))} http://127.0.0.1:8000/v1/chat/completions"
+        )
+        assert status == 200
+        journal = sh("journalctl -u vllm.service --no-pager -o cat -n 300")
+        started = journal.rsplit("non-default args", 1)[1]
+        assert (
+            "Using default chat sampling params from model: {'temperature': 1.0, 'top_k': 40, "
+            "'top_p': 0.95, 'min_p': 0.01}" in started
+        )
+        received = [line for line in started.splitlines() if "Received request chatcmpl" in line]
+        expected = (f"temperature={card['temperature']}, top_p={card['top_p']}, "
+                    f"top_k={card['top_k']}, min_p={card['min_p']}")  # fmt: skip
+        assert expected in received[-1], received[-1:]
+    finally:
+        back = converge()
+        assert back.rc == 0, back.output[-3000:]
+
+
+def test_the_benchmark_goes_through_the_proxy_with_the_key(tmp_path: Path) -> None:
+    extra = {
+        "llm_benchmark_prefill_tokens": [512],
+        "llm_benchmark_decode_tokens": 16,
+        "llm_benchmark_long_context_tokens": 0,
+        "llm_benchmark_runs": 1,
+        "llm_benchmark_latency_mode": "none",
+        "llm_benchmark_results_dir": str(tmp_path),
+    }
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", str(INVENTORY),
+         str(SCENARIO.parents[1] / "playbooks" / "benchmark.yml"), "-e", json.dumps(extra)],
+        capture_output=True, text=True, timeout=900, check=False,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    fleet = json.loads((run_dir / "fleet.json").read_text())
+    (report,) = fleet["hosts"]
+    # the host's port 8000 is the proxy's (vLLM's own is on its loopback): measured through it,
+    # with the key (the proxy refuses every request without it)
+    assert report["summary"]["decode_tps"] > 0, report
+    assert API_KEY not in proc.stdout + proc.stderr
+
+
+def _files_holding_the_key() -> dict[str, str]:
+    """Every file under the host's writable trees that holds the key, with its mode."""
+    out = sh(
+        f"grep -rlsF -- {shlex.quote(API_KEY)} /etc /var /run /tmp /root /home /opt /srv "
+        "| xargs -r stat -c '%a %U %n'",
+        timeout=300,
+    )
+    return {line.split(" ", 2)[2]: line.split(" ", 2)[0] + " " + line.split(" ", 2)[1]
+            for line in out.splitlines()}  # fmt: skip
+
+
+def test_after_every_run_the_key_is_in_0600_root_files_only_and_never_in_argv_or_the_journal() -> (
+    None
+):
+    assert API_KEY not in sh("ps -eo args")
+    assert API_KEY not in sh("journalctl --no-pager -o cat")
+    files = _files_holding_the_key()
+    assert files == {"/etc/vllm/vllm-proxy.keys": "600 root"}
+
+
+def test_uninstall_removes_the_proxy_and_only_the_haproxy_it_installed() -> None:
+    uninstall = SCENARIO.parents[1] / "playbooks" / "uninstall.yml"
+
+    def run_uninstall() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ansible-playbook", "-i", str(INVENTORY), str(uninstall)],
+            capture_output=True, text=True, timeout=600, check=False,
+            env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
+        )  # fmt: skip
+
+    installed = "dpkg-query -W -f '${Status}' haproxy 2>/dev/null; true"
+    assert json.loads(sh("cat /var/lib/sparkfleet/vllm-proxy.json")) == {"installed_haproxy": True}
+    proc = run_uninstall()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for path in ("/etc/systemd/system/vllm-proxy.service", "/etc/vllm/vllm-proxy.cfg",
+                 "/etc/vllm/vllm-proxy.keys", "/var/lib/sparkfleet/vllm-proxy.json"):  # fmt: skip
+        assert sh(f"test -e {path}; echo $?").strip() == "1", path
+    assert "install ok installed" not in sh(installed)  # the role installed it: removed
+    assert not _listening(8000) and not _listening(18000)
+    again = run_uninstall()
+    assert again.returncode == 0 and re.search(rf"{HOST}\s*: ok=\d+\s+changed=0", again.stdout)
+    # a HAProxy the host had before is adopted, and kept by the uninstall
+    sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy",
+       timeout=600)  # fmt: skip
+    run = converge("--tags", "service")
+    assert run.rc == 0, run.output[-3000:]
+    assert json.loads(sh("cat /var/lib/sparkfleet/vllm-proxy.json")) == {"installed_haproxy": False}
+    install = re.search(r"TASK \[vllm_service : Install HAProxy from the [^\n]*\n(\w+)",
+                        run.output)  # fmt: skip
+    assert install and install[1] == "skipping", run.output[-3000:]
+    proc = run_uninstall()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "install ok installed" in sh(installed)

@@ -27,7 +27,8 @@ error, status 2. Given options are logged as vLLM's ``non-default args: {...}``
 --tool-call-parser, --reasoning-parser, --[no-]enable-prefix-caching,
 --disable-access-log-for-endpoints (those paths, query stripped, leave no access line:
 logging_utils/access_log_filter.py), --disable-uvicorn-access-log and --uvicorn-log-level
-(warning and above: no access lines); the others are recorded only. Checks, in vLLM's order:
+(warning and above: no access lines), --generation-config, --override-generation-config and
+--enable-log-requests (below); the others are recorded only. Checks, in vLLM's order:
 --enable-auto-tool-choice without --tool-call-parser, --enable-log-outputs without
 --enable-log-requests (TypeError, cli_args.py validate_parsed_serve_args, before any log); an
 unknown reasoning parser, or tool parser with --enable-auto-tool-choice (KeyError,
@@ -108,6 +109,17 @@ AuthenticationMiddleware; vllm#58144): /health, /ping (GET, POST), /load, /versi
 (a chat or completion request by its body, application/json only: sagemaker/api_router.py),
 POST /tokenize and /detokenize (serve/tokenize), POST /inference/v1/generate (token ids in
 and out, serve/disagg). Unknown paths 404 {"detail":"Not Found"}.
+
+Default sampling (config/model.py get_diff_sampling_param): the model's generation_config.json
+(``--generation-config auto``; none with ``vllm``), updated by ``--override-generation-config``,
+reduced to repetition_penalty, temperature, top_k, top_p, min_p and max_new_tokens (as
+max_tokens). When not empty, start-up logs "Default sampling parameters have been overridden by
+the model's Hugging Face generation config ..." (WARNING) and "Using default chat sampling
+params from model: {...}" (serving_chat.py; and completion). A request takes each value it does
+not set from them (chat_completion/protocol.py to_sampling_params), else from SamplingParams'
+defaults; with --enable-log-requests every chat and completion request logs "Received request
+ID: params: SamplingParams(...)" with what it got (entrypoints/logger.py; a subset of the fields,
+same names), which is how a test sees the defaults applied.
 
 Output shapes: the chat message has ``reasoning`` and no ``reasoning_content`` (removed by vLLM
 PR #33402 before 0.16; chat_completion/protocol.py ChatMessage); with minimax_m2_append_think
@@ -643,7 +655,7 @@ def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any
         "reasoning_parser": "", "enable_prefix_caching": None,
         "disable_access_log_for_endpoints": None, "disable_uvicorn_access_log": False,
         "uvicorn_log_level": "info", "enable_log_outputs": False, "enable_log_requests": False,
-        "chat_template": None,
+        "chat_template": None, "generation_config": "auto", "override_generation_config": None,
     }  # fmt: skip
     args = argparse.Namespace(**{**defaults, **{k: v for k, v in values.items() if v is not None}})
     if args.max_model_len == -1:
@@ -826,6 +838,52 @@ def prefill_rate(rate_at_512: float, tokens: int) -> float:
     return rate_at_512 * math.pow(size / PREFILL_REFERENCE_TOKENS, PREFILL_GROWTH)
 
 
+# config/model.py get_diff_sampling_param: the generation-config keys that become defaults.
+GENERATION_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
+# SamplingParams' own defaults (sampling_params.py), for what neither side sets.
+SAMPLING_DEFAULTS: dict[str, Any] = {
+    "repetition_penalty": 1.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+}  # fmt: skip
+
+
+def default_sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's default sampling, as vLLM 0.16's get_diff_sampling_param builds it: the
+    model's generation_config.json (--generation-config auto; a directory holding one; none
+    with "vllm"), updated by --override-generation-config, reduced to GENERATION_KEYS
+    (max_new_tokens becomes max_tokens)."""
+    source = str(args.generation_config or "auto")
+    config: dict[str, Any] = {}
+    if source != "vllm":
+        path = Path(args.model_tag if source == "auto" else source) / "generation_config.json"
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            loaded = {}
+        config = loaded if isinstance(loaded, dict) else {}
+    override = args.override_generation_config
+    if isinstance(override, dict):
+        config.update(override)
+    diff = {k: config[k] for k in GENERATION_KEYS if config.get(k) is not None}
+    if "max_new_tokens" in diff:
+        diff["max_tokens"] = diff.pop("max_new_tokens")
+    return diff
+
+
+def sampling_params(request: dict[str, Any], defaults: dict[str, Any], max_tokens: int) -> str:
+    """The request's SamplingParams as vLLM logs them: what the request sets, else the server's
+    defaults (chat_completion/protocol.py to_sampling_params), else SamplingParams' own."""
+    values = {k: request.get(k) if request.get(k) is not None else defaults.get(k, v)
+              for k, v in SAMPLING_DEFAULTS.items()}  # fmt: skip
+    return (
+        f"SamplingParams(n=1, presence_penalty=0.0, frequency_penalty=0.0, "
+        f"repetition_penalty={values['repetition_penalty']}, temperature={values['temperature']}, "
+        f"top_p={values['top_p']}, top_k={values['top_k']}, min_p={values['min_p']}, seed=None, "
+        f"stop=[], stop_token_ids=[], ignore_eos={bool(request.get('ignore_eos'))}, "
+        f"max_tokens={max_tokens}, min_tokens={int(request.get('min_tokens') or 0)}, "
+        "logprobs=None, prompt_logprobs=None, skip_special_tokens=True)"
+    )
+
+
 class Engine:
     """Timing, concurrency, prefix cache and metrics of the simulated model."""
 
@@ -835,6 +893,7 @@ class Engine:
         self.kv_capacity = kv_capacity
         self.served_names: list[str] = args.served_model_name or [args.model_tag]
         self.api_keys: list[str] = args.api_key or []
+        self.default_sampling = default_sampling(args)
         # A dead engine (EngineDeadError): /health 503, generation 500 with an empty body.
         self.dead = knobs.fault == "unhealthy"
         self.keep_alive = os.environ.get("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "0") not in ("", "0")
@@ -1470,7 +1529,11 @@ class Handler(BaseHTTPRequestHandler):
             if args.tool_call_parser == "minimax_m2" or choice != "auto":
                 parsed = (name, arguments)
         raw = f"{reasoning}\n</think>\n\n{answer}"
-        pieces, finish = plan_pieces(raw, request, self.max_tokens(request, len(prompt), None))
+        max_tokens = self.max_tokens(
+            request, len(prompt), self.engine.default_sampling.get("max_tokens")
+        )
+        self.log_sampling("chatcmpl", request, max_tokens)
+        pieces, finish = plan_pieces(raw, request, max_tokens)
         if TOOL_END not in pieces:
             parsed = None  # cut off by max_tokens: the parser finds no complete call
         plan = Plan(pieces, finish, args.reasoning_parser, parsed)
@@ -1478,6 +1541,14 @@ class Handler(BaseHTTPRequestHandler):
             self.stream_chat(request, prompt, plan)
         else:
             self.complete_chat(request, prompt, plan)
+
+    def log_sampling(self, kind: str, request: dict[str, Any], max_tokens: int) -> None:
+        """--enable-log-requests: vLLM's RequestLogger line with the sampling the request gets
+        (entrypoints/logger.py log_inputs)."""
+        if self.engine.args.enable_log_requests:
+            params = sampling_params(request, self.engine.default_sampling, max_tokens)
+            log("INFO", "logger.py:49", f"Received request {kind}-{uuid.uuid4().hex}: params: "
+                f"{params}, lora_request: None.")  # fmt: skip
 
     def complete_chat(self, request: dict[str, Any], prompt: list[str | int], plan: Plan) -> None:
         for _ in self.engine.generate(prompt, plan.pieces):
@@ -1595,6 +1666,7 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(400, "Field required: prompt")
         prompt = self.engine.tokenize(text_prompt)
         max_tokens = self.max_tokens(request, len(prompt), 16)  # the OpenAI default
+        self.log_sampling("cmpl", request, max_tokens)
         pieces, finish = plan_pieces(
             " " + reasoning_and_answer(text_prompt)[1], request, max_tokens
         )
@@ -1921,6 +1993,21 @@ def main(argv: list[str] | None = None) -> int:
         line = f"KeyboardInterrupt: {exc}" if str(exc) else "KeyboardInterrupt"
         die(line, ["entrypoints/cli/main.py", "entrypoints/cli/serve.py",
                    "entrypoints/openai/api_server.py"], status=130)  # fmt: skip
+    if engine.default_sampling:
+        log(
+            "WARNING",
+            "model.py:1602",
+            "Default sampling parameters have been overridden by the "
+            "model's Hugging Face generation config recommended from the model creator. If this "
+            "is not intended, please relaunch vLLM instance with `--generation-config vllm`.",
+        )
+        source = "model" if args.generation_config == "auto" else args.generation_config
+        for where, kind in (
+            ("serving_chat.py:130", "chat"),
+            ("serving_completion.py:68", "completion"),
+        ):
+            log("INFO", where, f"Using default {kind} sampling params from {source}: "
+                f"{engine.default_sampling}")  # fmt: skip
     log("INFO", "api_server.py:1094", f"Starting vLLM API server 0 on http://{host}:{args.port}")
     log("INFO", "launcher.py:38", "Available routes are:")
     for route, methods in (("/health", "GET"), ("/load", "GET"), ("/ping", "GET, POST"),
