@@ -41,6 +41,7 @@ def chat_once(
     stream: bool,
     model: str,
     max_tokens: int = 16,
+    ignore_eos: bool = False,
     headers: Mapping[str, str] | None = None,
     context: ssl.SSLContext | None = None,
     timeout_s: float = 300.0,
@@ -48,7 +49,8 @@ def chat_once(
     """POST one chat completion to ``base_url`` (``http[s]://HOST:PORT``) on a new connection.
 
     A streamed answer counts as complete when it ends with ``data: [DONE]`` after at least one
-    chunk with choices; a plain one when its JSON has a choice with a message.
+    chunk with choices; a plain one when its JSON has a choice with a message. ``ignore_eos``
+    (vLLM's sampling parameter) makes the answer exactly ``max_tokens`` long.
     """
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
@@ -63,6 +65,7 @@ def chat_once(
             "messages": [{"role": "user", "content": f"Say hello, request {index}."}],
             "max_tokens": max_tokens,
             "stream": stream,
+            **({"ignore_eos": True} if ignore_eos else {}),
         }
     )
     sent = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
@@ -127,15 +130,15 @@ class ChatLoad:
 
     def _work(self, deadline: float) -> None:
         while (index := self._take(deadline)) is not None:
+            long = bool(self.long_every) and index % self.long_every == 1
             outcome = chat_once(
                 self.base_url,
                 self.key,
                 index,
                 stream=index % 2 == 0,
                 model=self.model,
-                max_tokens=self.long_max_tokens
-                if self.long_every and index % self.long_every == 1
-                else self.max_tokens,
+                max_tokens=self.long_max_tokens if long else self.max_tokens,
+                ignore_eos=long,
                 headers=self.headers(index) if self.headers else None,
                 context=self.context,
             )

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sparkfleet import Fleet
 from tests.lab import access, hosts
 from tests.lab.chat_load import BackendStat, ChatLoad, chat_once, gateway_backends
 from tests.lab.config import REPO_ROOT, LabConfig, venv_tool
@@ -217,7 +218,8 @@ def test_rolling_restart_under_load_fails_no_request(lab: Lab) -> None:
     # the drain waited for requests in flight (it polled the gateway more than once) and never
     # gave up on them
     waited = r"RETRYING: \[gw-sim-\d -> gw-sim-4\]: .*wait for the host's requests in flight"
-    assert re.search(waited, run.stdout), run.stdout[-6000:]
+    drain = [line for line in run.stdout.splitlines() if "Gateway |" in line or "RETRY" in line]
+    assert re.search(waited, run.stdout), "\n".join(drain)
     assert "restarting it anyway" not in run.stdout
     # each host was out of rotation (MAINT) at some point while the others served its share
     for host in SPARKS:
@@ -230,6 +232,21 @@ def test_rolling_restart_under_load_fails_no_request(lab: Lab) -> None:
     final = gateway_backends(lab.stats)
     assert all(final[h].status == "UP" for h in SPARKS), final
     print(f"{len(outcomes)} requests during the roll, 0 failed; samples {len(samples)}")
+
+
+def test_status_shows_the_gateways_view_and_the_api_its_endpoint(lab: Lab) -> None:
+    fleet = Fleet(str(lab.inventory))
+    assert fleet.endpoint() == f"{lab.url}/v1"
+    result = fleet.status()
+    assert result.ok, result.to_json()
+    view = result.hosts[GATEWAY].gateway_status
+    assert view is not None and view["error"] == ""
+    backends = {b["host"]: b for b in view["backends"]}
+    assert sorted(backends) == SPARKS
+    assert all(b["state"] == "UP" and b["served"] > 0 for b in backends.values()), backends
+    # the same counters as the gateway's statistics page
+    stats = gateway_backends(lab.stats)
+    assert all(stats[h].served >= backends[h]["served"] for h in SPARKS)
 
 
 def test_prometheus_configuration_passes_promtool(lab: Lab) -> None:
@@ -268,6 +285,10 @@ def test_tls_termination_with_a_test_certificate(lab: Lab, tmp_path: Path) -> No
     )
     run = playbook(lab.inventory, "site.yml", "--limit", "gateway")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    again = playbook(lab.inventory, "site.yml", "--limit", "gateway")
+    assert again.returncode == 0 and re.search(rf"{GATEWAY}\s*:.*changed=0 ", again.stdout), (
+        again.stdout[-3000:]
+    )
     context = ssl.create_default_context(cafile=str(cert))
     url = f"https://{lab.gateway_address}:{PORT}"
     for stream in (True, False):
@@ -288,3 +309,17 @@ def test_tls_termination_with_a_test_certificate(lab: Lab, tmp_path: Path) -> No
         ).read()
     )
     assert [m["id"] for m in models["data"]] == [MODEL]
+
+
+def test_bad_input_is_refused_before_any_change(lab: Lab) -> None:
+    before = in_host(GATEWAY, "find /etc/sparkfleet-gateway -type f -exec sha256sum {} +")
+    refused = {
+        "fleet_gateway_api_key=k3y-sh0rt": "fleet_gateway_api_key must be set (at least 16",
+        "fleet_gateway_timeout_s=60": "fleet_gateway_timeout_s=60: must be at least 300",
+        "fleet_gateway_balance=random": "fleet_gateway_balance",
+    }
+    for extra, named in refused.items():
+        run = playbook(lab.inventory, "site.yml", "--limit", "gateway", "-e", extra)
+        assert run.returncode != 0 and named in run.stdout, run.stdout[-3000:]
+        assert "k3y-sh0rt" not in run.stdout
+    assert in_host(GATEWAY, "find /etc/sparkfleet-gateway -type f -exec sha256sum {} +") == before
