@@ -26,7 +26,14 @@ import click
 from rich.console import Console
 
 from sparkfleet import __version__
-from sparkfleet.display import HostBoard, LiveView, PlainView, print_summary, status_table
+from sparkfleet.display import (
+    HostBoard,
+    LiveView,
+    PlainView,
+    gateway_table,
+    print_summary,
+    status_table,
+)
 from sparkfleet.errors import FleetError
 from sparkfleet.events import EventCallback
 from sparkfleet.fleet import GRACEFUL_STOP_CORE, OPERATIONS, Fleet
@@ -197,6 +204,8 @@ def execute(operation: str, opts: dict[str, Any], *, rolling: bool = True) -> in
     print_summary(console, result)
     if operation == "status":
         console.print(status_table(result))
+        if (gateways := gateway_table(result)) is not None:
+            console.print(gateways)
     return int(result.exit_code)
 
 

@@ -430,6 +430,40 @@ def status_table(result: RunResult) -> Table:
     return table
 
 
+def gateway_table(result: RunResult) -> Table | None:
+    """Each gateway's view of the fleet as a table (host, gateway, state, in flight, served);
+    None when no gateway reported one."""
+    views = {h.name: v for h in result.hosts.values() if (v := h.gateway_status) is not None}
+    if not views:
+        return None
+    table = Table(title="gateway view", title_justify="left")
+    for name in ("gateway", "endpoint", "host", "state", "in flight", "served"):
+        table.add_column(name, justify="right" if name in ("in flight", "served") else "left")
+    for gateway, view in views.items():
+        if view.get("error"):
+            table.add_row(
+                gateway,
+                str(view.get("endpoint", "")),
+                "",
+                Text(str(view["error"]), style="red"),
+                "",
+                "",
+            )
+        for b in view.get("backends") or []:
+            state = str(b.get("state", "?"))
+            style = (
+                "green"
+                if state == "UP"
+                else "yellow"
+                if state.startswith(("MAINT", "DRAIN"))
+                else "red"
+            )
+            cells = [str(b.get(k, "")) for k in ("host", "in_flight", "served")]
+            where = str(view.get("endpoint", ""))
+            table.add_row(gateway, where, cells[0], Text(state, style=style), cells[1], cells[2])
+    return table
+
+
 def _status_cells(name: str, report: StatusResult) -> list[RenderableType]:
     digest = (report.digest or "").removeprefix("sha256:")[:12]
     image = (report.image or "-") + (f" @{digest}" if digest else "")

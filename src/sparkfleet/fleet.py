@@ -57,6 +57,7 @@ from sparkfleet.events import (
     parse_event,
     strip_ansi,
 )
+from sparkfleet.gateway import endpoint_from, read_inventory
 from sparkfleet.inventory import InventorySource, normalize
 from sparkfleet.options import (
     Cancel,
@@ -381,6 +382,24 @@ class Fleet:
                 **(options.get("extravars") or {}),
             }
         return self.operation("restart", **options)
+
+    def endpoint(self) -> str | None:
+        """The fleet's one OpenAI-compatible base URL: the gateway's (first host of group
+        ``gateway``, role ``fleet_gateway``), e.g. ``https://gw.lan:8080/v1``; None when the
+        inventory has no gateway. ``health()`` checks it (its /health, a keyless request refused,
+        /v1/models with the key). Reads the inventory with ``ansible-inventory`` (vault files
+        opened with the vault ids given as files; see :mod:`sparkfleet.gateway`).
+
+        Raises:
+            GatewayError: the inventory cannot be read, or gives a variable as a template.
+        """
+        vault_args: list[str] = []
+        for vid in self.credentials.vault_ids:
+            if vid.source is not None:
+                source = str(Path(vid.source).resolve())
+                vault_args += ["--vault-id", f"{vid.label}@{source}" if vid.label else source]
+        listing = read_inventory(self.inventory, self.project.ansible_env(), vault_args)
+        return endpoint_from(listing)
 
     def operation(self, name: str, **options: Unpack[RunOptions]) -> RunResult:
         """Run the operation ``name`` of :data:`OPERATIONS` (its playbook, tags and variables).

@@ -14,6 +14,8 @@ accessor               fact                              set by
 ``health``             ``vllm_health_result``            ``vllm_health``
 ``benchmark``          ``llm_benchmark_result``         ``benchmark.yml``
 ``status_report``      ``fleet_status_report``           ``fleet_status``
+``gateway_status``     ``fleet_gateway_status``          ``fleet_gateway`` (status)
+``gateway``            ``fleet_gateway_result``          ``fleet_gateway`` (check)
 =====================  ================================  =========================
 """
 
@@ -44,6 +46,8 @@ MANIFEST_FACT = "hf_model_manifest"
 HEALTH_FACT = "vllm_health_result"
 BENCHMARK_FACT = "llm_benchmark_result"
 STATUS_FACT = "fleet_status_report"
+GATEWAY_STATUS_FACT = "fleet_gateway_status"
+GATEWAY_FACT = "fleet_gateway_result"
 
 
 class ExitCode(IntEnum):
@@ -251,14 +255,31 @@ class HostResult:
         return StatusResult.from_fact(fact) if fact is not None else None
 
     @property
+    def gateway_status(self) -> dict[str, Any] | None:
+        """A gateway's view of the fleet (``status.yml`` on a host of group ``gateway``):
+        ``endpoint``, ``error`` (why its statistics could not be read, else ""), ``backends``:
+        ``[{host, state, in_flight, served}]`` with HAProxy's state (UP, DOWN, MAINT while a
+        rolling restart drains the host, ...), requests in flight and served since its start."""
+        return self._fact_dict(GATEWAY_STATUS_FACT)
+
+    @property
+    def gateway(self) -> dict[str, Any] | None:
+        """A gateway's check (``site.yml``, also ``--tags health``): ``endpoint``, ``healthy``,
+        ``models`` it serves and its ``backends``, if it ran."""
+        return self._fact_dict(GATEWAY_FACT)
+
+    @property
     def endpoint(self) -> str | None:
         """The OpenAI-compatible base URL a client on the controller reaches, as the health
-        check or the status report gave it (None when neither ran)."""
+        check, the status report or a gateway's check gave it (None when none ran)."""
         health = self.health
         if health is not None and health.client_endpoint:
             return health.client_endpoint
         status = self.status_report
-        return status.endpoint if status is not None else None
+        if status is not None:
+            return status.endpoint
+        gateway = self.gateway or self.gateway_status
+        return str(gateway["endpoint"]) if gateway and gateway.get("endpoint") else None
 
     @property
     def benchmark(self) -> dict[str, Any] | None:
