@@ -177,8 +177,10 @@ def _wait_port(host: str, port: int, name: str, timeout: float = 30.0) -> None:
 
 
 def _stamp(argv: list[str], sources: list[Path]) -> str:
-    """A digest of a service's command line and source files: a change restarts the service."""
-    digest = hashlib.sha256("\0".join(argv).encode())
+    """A digest of a service's command line and source files: a change restarts the service.
+    Paths are taken relative to the checkout, so that another clone of the same code (a worktree,
+    CI's fresh clone) does not restart a service others use."""
+    digest = hashlib.sha256("\0".join(a.replace(str(REPO_ROOT), "") for a in argv).encode())
     for source in sorted(sources):
         digest.update(source.read_bytes())
     return digest.hexdigest()
