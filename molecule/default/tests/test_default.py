@@ -49,11 +49,16 @@ def test_unit_enabled_and_active(host: Any) -> None:
         "--device nvidia.com/gpu=all --ipc=host "
         f"-v {MODEL_DIR}:{PROFILE.model_mount}:ro -v {cache}/vllm:/root/.cache/vllm "
         f"-v {cache}/flashinfer:/root/.cache/flashinfer -v {cache}/triton:/root/.triton "
-        "-p 8000:8000 --env-file /etc/vllm/vllm.env "
+        "-p 127.0.0.1:18000:8000 --env-file /etc/vllm/vllm.env "
         "--log-driver json-file --log-opt max-size=50m --log-opt max-file=3 "
     )
     assert exec_start.endswith(" " + PROFILE.image)
-    assert "127.0.0.1:8000/health" in exec_start
+    assert "127.0.0.1:8000/health" in exec_start  # Docker's health probe, inside the container
+    # started = serving: the unit waits for vLLM's own port, published on the loopback only
+    assert "http://127.0.0.1:18000/health" in text.split("ExecStartPost=", 1)[1].split("\n", 1)[0]
+    # clients reach it through the authenticating proxy on port 8000
+    assert host.service("vllm-proxy").is_running
+    assert host.socket("tcp://0.0.0.0:8000").is_listening
     for line in ["Restart=always", "TimeoutStartSec=900", "SuccessExitStatus=130 143"]:
         assert f"\n{line}\n" in text
     assert host.run("systemd-analyze verify /etc/systemd/system/vllm.service").rc == 0
