@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import deliberate_skip
+from tests.ports import free_port
 from tests.standins.hf_hub_standin.runner import StandinHub, build_fixture
 from tests.unit.test_hf_model_fetch import (
     MODULE,
@@ -48,13 +49,6 @@ def load_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

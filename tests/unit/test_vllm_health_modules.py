@@ -30,6 +30,7 @@ from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_wai
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_model_files as files_module
 
 from tests import model_profile
+from tests.ports import free_port
 
 pytestmark = pytest.mark.nolab
 
@@ -73,13 +74,6 @@ def make_model_dir(root: Path, shards: int = 2, drop: int | None = None) -> Path
         if i != drop:
             (model / name).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     return model
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 Launch = Callable[..., tuple[subprocess.Popen[str], int]]

@@ -26,6 +26,7 @@ import requests
 import tokenizers
 
 from tests import model_profile
+from tests.ports import free_port
 from tests.standins.vllm_standin import server
 
 pytestmark = pytest.mark.nolab
@@ -77,13 +78,6 @@ def make_model_dir(root: Path) -> Path:
         ).encode()
         (model / shard).write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     return model
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
