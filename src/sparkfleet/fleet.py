@@ -395,9 +395,9 @@ class Fleet:
         """
         vault_args: list[str] = []
         for vid in self.credentials.vault_ids:
-            if vid.source is not None:
-                source = str(Path(vid.source).expanduser().resolve())
-                vault_args += ["--vault-id", f"{vid.label}@{source}" if vid.label else source]
+            file_arg = vid.file_arg()
+            if file_arg is not None:
+                vault_args += ["--vault-id", file_arg]
         # with an execution environment there is no local project: the operator's own settings
         env = self.project.ansible_env() if self.project is not None else dict(os.environ)
         listing = read_inventory(self.inventory, env, vault_args)

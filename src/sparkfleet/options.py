@@ -138,6 +138,14 @@ class VaultId:
         if self.source is not None and not Path(self.source).expanduser().is_file():
             raise FleetError(f"vault password file {self.source} does not exist")
 
+    def file_arg(self) -> str | None:
+        """``--vault-id``'s value for a password file (``LABEL@/abs/path`` or ``/abs/path``,
+        ``~`` expanded); None for a password given as text (it goes to a prompt instead)."""
+        if self.source is None:
+            return None
+        source = str(Path(self.source).expanduser().resolve())
+        return f"{self.label}@{source}" if self.label else source
+
     @classmethod
     def parse(cls, spec: str, prompt: Callable[[str], str] | None = None) -> VaultId:
         """A vault id from ``--vault-id``'s syntax: ``LABEL@FILE``, ``FILE``, ``LABEL@prompt``
@@ -191,9 +199,9 @@ class Credentials:
         passwords: dict[str, str] = {}
         for vid in self.vault_ids:
             label = vid.label or DEFAULT_VAULT_LABEL
-            if vid.source is not None:
-                source = str(Path(vid.source).expanduser().resolve())
-                args += ["--vault-id", f"{vid.label}@{source}" if vid.label else source]
+            file_arg = vid.file_arg()
+            if file_arg is not None:
+                args += ["--vault-id", file_arg]
                 continue
             pattern = rf"^Vault password \({re.escape(label)}\):\s*?$"
             if pattern in passwords:
