@@ -160,6 +160,19 @@ def lift_when(state: Path, watched: str, hosts: list[str]) -> None:
         time.sleep(0.2)
 
 
+def in_background(command: str, state: Path, result: str) -> None:
+    """Run `hub.py COMMAND-run` with this run's arguments, detached; forget its last result."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / result).unlink(missing_ok=True)
+    subprocess.Popen(
+        [sys.executable, __file__, command + "-run", *sys.argv[2:]],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def main() -> None:
     command, state = sys.argv[1], Path(sys.argv[2])
     if command == "start":
@@ -169,30 +182,15 @@ def main() -> None:
     elif command == "stats":
         stats(state)
     elif command == "kill-when":
-        state.mkdir(parents=True, exist_ok=True)
-        (state / "killed.json").unlink(missing_ok=True)
-        subprocess.Popen(
-            [sys.executable, __file__, "kill-when-run", *sys.argv[2:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        in_background(command, state, "killed.json")
+    elif command == "kill-when-run":
+        kill_when(state, sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
     elif command == "interrupt":
         interrupt(state, sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6:])
     elif command == "lift-when":
-        (state / "lifted.json").unlink(missing_ok=True)
-        subprocess.Popen(
-            [sys.executable, __file__, "lift-when-run", *sys.argv[2:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        in_background(command, state, "lifted.json")
     elif command == "lift-when-run":
         lift_when(state, sys.argv[3], sys.argv[4:])
-    elif command == "kill-when-run":
-        kill_when(state, sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
     else:
         raise SystemExit(__doc__)
 

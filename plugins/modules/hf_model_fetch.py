@@ -362,6 +362,8 @@ class Progress:
             if rate == 0.0 and now - self.started > 0 and state["phase"] == "done":
                 rate = fetched / max(1e-6, now - self.started)
         state["bytes_done"] = min(state["bytes_total"], self._base_done + fetched)
+        if state["phase"] == "done":  # every file in place, checked (some resumed from partials)
+            state["bytes_done"] = state["bytes_total"]
         state["rate_bps"] = round(rate, 1)
         left = state["bytes_total"] - state["bytes_done"]
         state["eta_s"] = round(left / rate, 1) if rate > 0 and left > 0 else (0.0 if left <= 0 else None)
@@ -1555,6 +1557,7 @@ class PeerFetch:
         flying = {}
         last_answer = time.monotonic()
         seed_checked = None
+        kept_alive = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=self.params["streams"])
         try:
             while self.pending:
@@ -1573,6 +1576,11 @@ class PeerFetch:
                     raise FetchError("no host of the fleet (%s) answered for %d s "
                                      "(hf_model_stall_timeout_s)" % (
                                          ", ".join(s.name for s in self.sources), stall))
+                if now - kept_alive >= stall / 2:
+                    # a connection to every host that answers, so that no daemon of the fleet
+                    # takes itself for idle (the role's unit stops it then) while this runs
+                    kept_alive = now
+                    self.refresh([], now, everyone=True)
                 if not flying and (seed_checked is None or now - seed_checked >= 2.0):
                     seed_checked = now
                     self.check_seed(list(self.pending), now)
