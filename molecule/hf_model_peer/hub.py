@@ -7,6 +7,15 @@ python hub.py kill-when STATE_DIR WATCHED MIN_BYTES VICTIM UNIT
                                           in the background: once host WATCHED's fetch has
                                           received MIN_BYTES, SIGKILL unit UNIT on host VICTIM
                                           (a peer dying mid-transfer); writes STATE_DIR/killed.json
+python hub.py interrupt STATE_DIR PLAYBOOK WATCHED MIN_BYTES [ARG...]
+                                          run ansible-playbook PLAYBOOK [ARG...] and interrupt it
+                                          as Ctrl-C does (SIGINT to its process group) once host
+                                          WATCHED's fetch has received MIN_BYTES; writes
+                                          STATE_DIR/interrupted.json
+python hub.py lift-when STATE_DIR WATCHED HOST...
+                                          in the background: once host WATCHED fetches in a run
+                                          other than the one interrupted.json names, remove the
+                                          tc qdisc of each HOST; writes STATE_DIR/lifted.json
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -83,17 +93,22 @@ def stats(state: Path) -> None:
 PROGRESS = "/run/sparkfleet/hf_model-progress.json"
 
 
+def watched_progress(watched: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        ["docker", "exec", watched, "cat", PROGRESS], capture_output=True, text=True
+    )
+    try:
+        progress = json.loads(proc.stdout) if proc.returncode == 0 else {}
+    except ValueError:
+        progress = {}
+    return progress if isinstance(progress, dict) else {}
+
+
 def kill_when(state: Path, watched: str, min_bytes: int, victim: str, unit: str) -> None:
     """Watch WATCHED's progress file (docker exec, as the tests read hosts) for up to 10 min."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        proc = subprocess.run(
-            ["docker", "exec", watched, "cat", PROGRESS], capture_output=True, text=True
-        )
-        try:
-            progress = json.loads(proc.stdout) if proc.returncode == 0 else {}
-        except ValueError:
-            progress = {}
+        progress = watched_progress(watched)
         if progress.get("phase") == "fetching" and progress.get("bytes_fetched", 0) >= min_bytes:
             subprocess.run(
                 ["docker", "exec", victim, "systemctl", "kill", "--signal=SIGKILL", unit],
@@ -106,6 +121,58 @@ def kill_when(state: Path, watched: str, min_bytes: int, victim: str, unit: str)
         time.sleep(0.2)
 
 
+def interrupt(state: Path, playbook: str, watched: str, min_bytes: int, args: list[str]) -> None:
+    """A play interrupted mid-fetch: its fetch jobs and rsync daemons are left on the hosts."""
+    state.mkdir(parents=True, exist_ok=True)
+    play = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ansible-playbook"), playbook, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    progress: dict[str, Any] = {}
+    while play.poll() is None and time.monotonic() < deadline:
+        progress = watched_progress(watched)
+        if progress.get("phase") == "fetching" and progress.get("bytes_fetched", 0) >= min_bytes:
+            break
+        time.sleep(0.2)
+    os.killpg(play.pid, signal.SIGINT)
+    rc = play.wait(timeout=300)
+    (state / "interrupted.json").write_text(json.dumps({"rc": rc, "watched": progress}))
+    if progress.get("phase") != "fetching":
+        raise SystemExit(f"{watched}'s fetch was not interrupted mid-transfer: {progress}")
+
+
+def lift_when(state: Path, watched: str, hosts: list[str]) -> None:
+    """Once the next run's fetch runs on WATCHED (up to 10 min), give HOSTs their full rate."""
+    interrupted = json.loads((state / "interrupted.json").read_text())["watched"]["run_id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        progress = watched_progress(watched)
+        if progress.get("phase") == "fetching" and progress.get("run_id") != interrupted:
+            for host in hosts:
+                subprocess.run(
+                    ["docker", "exec", host, "tc", "qdisc", "del", "dev", "eth0", "root"]
+                )
+            (state / "lifted.json").write_text(json.dumps({"watched": progress}))
+            return
+        time.sleep(0.2)
+
+
+def in_background(command: str, state: Path, result: str) -> None:
+    """Run `hub.py COMMAND-run` with this run's arguments, detached; forget its last result."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / result).unlink(missing_ok=True)
+    subprocess.Popen(
+        [sys.executable, __file__, command + "-run", *sys.argv[2:]],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def main() -> None:
     command, state = sys.argv[1], Path(sys.argv[2])
     if command == "start":
@@ -115,17 +182,15 @@ def main() -> None:
     elif command == "stats":
         stats(state)
     elif command == "kill-when":
-        state.mkdir(parents=True, exist_ok=True)
-        (state / "killed.json").unlink(missing_ok=True)
-        subprocess.Popen(
-            [sys.executable, __file__, "kill-when-run", *sys.argv[2:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        in_background(command, state, "killed.json")
     elif command == "kill-when-run":
         kill_when(state, sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
+    elif command == "interrupt":
+        interrupt(state, sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6:])
+    elif command == "lift-when":
+        in_background(command, state, "lifted.json")
+    elif command == "lift-when-run":
+        lift_when(state, sys.argv[3], sys.argv[4:])
     else:
         raise SystemExit(__doc__)
 

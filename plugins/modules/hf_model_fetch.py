@@ -96,7 +96,10 @@ options:
     type: int
     default: 10
   stall_timeout_s:
-    description: Seconds without data before a transfer is retried (http) or the run fails (xet), 5-3600.
+    description:
+      - Seconds without data before a transfer is retried (http) or the run fails (xet), 5-3600.
+      - With I(source=peer), also how long no host of the fleet may answer, and how long the seed's
+        progress file may stay unchanged while its fetch runs, before this run fails.
     type: int
     default: 60
   retry_budget_min:
@@ -359,6 +362,8 @@ class Progress:
             if rate == 0.0 and now - self.started > 0 and state["phase"] == "done":
                 rate = fetched / max(1e-6, now - self.started)
         state["bytes_done"] = min(state["bytes_total"], self._base_done + fetched)
+        if state["phase"] == "done":  # every file in place, checked (some resumed from partials)
+            state["bytes_done"] = state["bytes_total"]
         state["rate_bps"] = round(rate, 1)
         left = state["bytes_total"] - state["bytes_done"]
         state["eta_s"] = round(left / rate, 1) if rate > 0 and left > 0 else (0.0 if left <= 0 else None)
@@ -1352,6 +1357,7 @@ class PeerFetch:
         self.errors = {}
         self.refetched = set()
         self.flying_paths = set()
+        self.seed_stamp = None  # (the seed's last updated_at, when this host first saw it)
 
     # one rsync run copying a batch of files, in a worker thread: it never touches the shared
     # state above, and returns (path, outcome, detail) for each file of the batch
@@ -1510,6 +1516,7 @@ class PeerFetch:
             raise FetchError("the seed %s failed to fetch the model: %s"
                              % (self.seed_name, status.get("message")))
         if status.get("phase") != "done":
+            self.check_seed_alive(status)
             return
         self.refresh(waiting, now, everyone=True)
         lost = sorted(p for p in waiting if not self.offered(p))
@@ -1520,11 +1527,37 @@ class PeerFetch:
                                  self.seed_name, ", ".join(lost),
                                  "; refused: " + ", ".join(refused) if refused else ""))
 
+    def check_seed_alive(self, status):
+        """Fail when the seed's running fetch stopped rewriting its progress file (once a second
+        while its process lives) for longer than stall_timeout_s: its process died (killed, or
+        out of memory) and no "failed" will ever be written. The age is measured on this host's
+        clock, from the first poll that saw the current `updated_at`, so that the two hosts'
+        clocks need not agree."""
+        stamp = status.get("updated_at")
+        now = time.monotonic()
+        if self.seed_stamp is None or self.seed_stamp[0] != stamp:
+            self.seed_stamp = (stamp, now)
+            return
+        unchanged = now - self.seed_stamp[1]
+        stall = float(self.params["stall_timeout_s"])
+        if unchanged > stall:
+            try:
+                at = " (last written %s UTC)" % time.strftime(
+                    "%Y-%m-%d %H:%M:%S", time.gmtime(float(stamp)))
+            except (TypeError, ValueError, OverflowError):
+                at = ""
+            raise FetchError(
+                "the seed %s stopped updating its progress file in phase %s%s: unchanged for "
+                "%d s, more than hf_model_stall_timeout_s (%d s); its fetch process is gone "
+                "(killed?): run the play again" % (
+                    self.seed_name, status.get("phase"), at, unchanged, stall))
+
     def run(self):
         stall = float(self.params["stall_timeout_s"])
         flying = {}
         last_answer = time.monotonic()
         seed_checked = None
+        kept_alive = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=self.params["streams"])
         try:
             while self.pending:
@@ -1543,6 +1576,11 @@ class PeerFetch:
                     raise FetchError("no host of the fleet (%s) answered for %d s "
                                      "(hf_model_stall_timeout_s)" % (
                                          ", ".join(s.name for s in self.sources), stall))
+                if now - kept_alive >= stall / 2:
+                    # a connection to every host that answers, so that no daemon of the fleet
+                    # takes itself for idle (the role's unit stops it then) while this runs
+                    kept_alive = now
+                    self.refresh([], now, everyone=True)
                 if not flying and (seed_checked is None or now - seed_checked >= 2.0):
                     seed_checked = now
                     self.check_seed(list(self.pending), now)

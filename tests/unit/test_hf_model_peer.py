@@ -107,7 +107,9 @@ class Host:
         """Write this host's progress file as the fetch module does."""
         self.status.mkdir(parents=True, exist_ok=True)
         (self.status / "hf_model-progress.json").write_text(
-            json.dumps({"phase": phase, "message": message, "run_id": run_id})
+            json.dumps(
+                {"phase": phase, "message": message, "run_id": run_id, "updated_at": time.time()}
+            )
         )
 
 
@@ -283,9 +285,11 @@ def test_a_file_arriving_late_on_the_seed_is_copied_when_it_arrives(
     (seed.model / late).rename(held)
     seed.say("fetching")
     seed.serve(fleet.port)
-    peer = start_module(peer_args(fleet, hosts, me), tmp_path)
-    time.sleep(3)  # the seed "fetching" the last file
-    assert peer.poll() is None  # still waiting for the file
+    peer = start_module(peer_args(fleet, hosts, me, stall_timeout_s=5), tmp_path)
+    for _ in range(10):  # the seed "fetching" the last file, its progress rewritten each second
+        time.sleep(1)
+        seed.say("fetching")
+    assert peer.poll() is None  # still waiting for the file: the seed lives, past the stall time
     held.rename(seed.model / late)
     seed.say("done")
     out, _ = peer.communicate(timeout=120)
@@ -305,6 +309,23 @@ def test_the_peer_fails_when_the_seed_failed(
     assert result["msg"] == (
         "the seed seed failed to fetch the model: the Hub at http://hub answered HTTP 500"
     )
+
+
+def test_the_peer_fails_when_the_seeds_progress_stops_changing(
+    fleet: Fleet, hosts: list[Host], tmp_path: Path
+) -> None:
+    """The seed's fetch process died (kill -9): its progress file says "fetching" forever."""
+    seed, _, me = hosts
+    seed.say("fetching")
+    seed.serve(fleet.port)
+    peer = start_module(peer_args(fleet, hosts, me, stall_timeout_s=5), tmp_path)
+    out, _ = peer.communicate(timeout=120)
+    result = parse_result(out)
+    assert result["failed"]
+    assert result["msg"].startswith(
+        "the seed seed stopped updating its progress file in phase fetching (last written "
+    )
+    assert "more than hf_model_stall_timeout_s (5 s); its fetch process is gone" in result["msg"]
 
 
 def test_another_runs_status_is_ignored_and_a_done_seed_without_a_good_copy_fails(

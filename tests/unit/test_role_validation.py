@@ -43,6 +43,15 @@ CASES = [
     ("spark_preflight", "spark_preflight_model_size_gb", -3, "0 or more"),
     ("spark_preflight", "spark_preflight_min_driver_version", "580.x", "dotted numbers"),
     ("spark_preflight", "spark_preflight_drop_caches", "sometimes", "auto, true or false"),
+    ("hf_model", "hf_model_repo_id", "no-owner", "owner/name"),
+    ("hf_model", "hf_model_dir", "models/x", "an absolute path"),
+    ("hf_model", "hf_model_endpoint", "ftp://mirror", "an http(s) URL"),
+    ("hf_model", "hf_model_workers", 65, "1-64"),
+    ("hf_model", "hf_model_stall_timeout_s", 4, "5-3600"),
+    ("hf_model", "hf_model_proxy", "ftp://proxy:3128", "without credentials"),
+    ("hf_model", "hf_model_peer_port", 0, "1-65535"),
+    ("hf_model", "hf_model_disk_margin_gb", -1, "0 or more"),
+    ("hf_model", "hf_model_fetch_timeout_s", 59, "60 or more"),
 ]
 
 
@@ -84,3 +93,10 @@ def test_a_bad_variable_is_named_with_its_value_and_range(
         f"{failed[0]['item']['var']}={json.dumps(value)} must be {failed[0]['item']['allowed']}"
     ], out
     assert variable in failed[0]["msg"] and allowed in failed[0]["msg"], out
+
+
+def test_a_proxy_with_credentials_is_named_without_them(tmp_path: Path) -> None:
+    rc, out = run_role(tmp_path, "hf_model", {"hf_model_proxy": "http://user:s3cret@proxy:3128"})
+    assert rc != 0, out
+    assert 'hf_model_proxy=\\"http://***@proxy:3128\\" must be empty or http(s)' in out, out
+    assert "s3cret" not in out, out

@@ -114,6 +114,54 @@ def test_a_sha256_run_repairs_the_lying_peer(host: Any) -> None:
     assert result["hashed"]  # verify=sha256 read the files it had
 
 
+def test_an_interrupted_play_leaves_daemons_that_end_by_themselves(host: Any) -> None:
+    """side_effect.yml, first interrupt: the play was stopped mid-copy, its daemons were left
+    running (and hf-peer-3's fetch job); the play waited for them to end by themselves."""
+    name = host.backend.get_hostname()
+    left = fault_result(f"left-1-{name}")
+    assert left["daemon"] == "active"
+    if name == "hf-peer-3":
+        assert left["fetch_jobs"] >= 1
+
+
+def test_a_run_after_an_interrupted_one_replaces_it_and_finishes(host: Any) -> None:
+    """side_effect.yml, second interrupt, then a run at once: it stopped the earlier fetch job
+    and daemons and copied the model (the files on disk are checked by the first test)."""
+    name = host.backend.get_hostname()
+    left = fault_result(f"left-2-{name}")
+    assert left["daemon"] == "active"
+    rerun = fault_result(f"rerun-{name}")
+    assert "daemon" in rerun["earlier"]  # the earlier run's daemon, replaced
+    if name != "hf-peer-3":
+        return
+    assert left["fetch_jobs"] >= 1
+    interrupted = fault_result("interrupted")
+    assert interrupted["watched"]["phase"] == "fetching"
+    assert "fetch" in rerun["earlier"]  # the earlier run's fetch job, stopped mid-copy
+    lifted = fault_result("lifted")  # the uplinks were held until this run's copy started
+    assert lifted["watched"]["run_id"] != interrupted["watched"]["run_id"]
+    result = rerun["fetch"]
+    assert not result.get("failed")
+    assert result["bytes_total"] == fixture()["total_size"]
+    assert result["fetched"]  # what the interrupted job had not copied yet
+
+
+def test_check_mode_shows_what_a_run_would_copy(host: Any) -> None:
+    """side_effect.yml: a check-mode run with hf-peer-3's copy removed."""
+    if host.backend.get_hostname() != "hf-peer-3":
+        return
+    report = json.loads((STATE / "faults" / "check.json").read_text())
+    shown = next(
+        task["hosts"]["hf-peer-3"]["msg"]
+        for play in report["plays"]
+        for task in play["tasks"]
+        if task["task"]["name"].endswith("Show what was fetched")
+    )
+    files = fixture()["files"]
+    gb = "%.2f" % (fixture()["total_size"] / 1e9)
+    assert f"would fetch {len(files)} file(s), {gb} GB from the fleet" in shown, shown
+
+
 def test_the_rsync_daemons_are_gone(host: Any) -> None:
     assert not host.service("sparkfleet-hf_model-rsyncd").is_running
     assert not host.file("/run/sparkfleet-hf_model-rsyncd.conf").exists
