@@ -54,6 +54,7 @@ Exit codes:
   1    a host failed (its task and message are printed), or the run did not finish
   2    a host was unreachable (takes precedence over 1)
   3    bad usage or input, nothing ran (options, inventory, playbook, no host matched)
+  4    status: a host does not serve (unit not active, container not running, no /metrics)
   130  stopped by Ctrl-C / SIGTERM before the end"""
 
 

@@ -339,7 +339,20 @@ def host_detail(host: HostResult) -> str:
         )
     if host.benchmark:
         parts.append(_benchmark_text(host.benchmark))
+    status = host.status_report
+    if status is not None and not parts:
+        parts.append(_serving_text(status))
     return "; ".join(parts)
+
+
+def _serving_text(report: StatusResult) -> str:
+    """``status``'s verdict in a line: serving (and where) or what is missing."""
+    if report.serving:
+        return f"serving at {report.endpoint}" if report.endpoint else "serving"
+    missing = [f"unit {report.unit}"] if not report.unit.startswith("active/") else []
+    missing += [] if report.container_running else ["container not running"]
+    missing += [f"metrics: {report.metrics_error}"] if report.metrics_error else []
+    return "NOT serving: " + ", ".join(missing)
 
 
 def _benchmark_text(report: dict[str, Any]) -> str:

@@ -61,6 +61,9 @@ class ExitCode(IntEnum):
     """At least one host could not be reached (takes precedence over failed hosts)."""
     USAGE = 3
     """Bad usage or input, nothing ran: options, inventory, playbook errors, no host matched."""
+    NOT_SERVING = 4
+    """``status`` only: every host was read, and at least one does not serve (its unit is not
+    active, its container does not run, or ``/metrics`` did not answer)."""
     INTERRUPTED = 130
     """The run was stopped (Ctrl-C, SIGTERM or a cancel request) before it finished."""
 
@@ -339,7 +342,8 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True when the run finished and every host succeeded."""
+        """True when :attr:`exit_code` is OK: the run finished, every host succeeded and, for
+        ``status``, every host serves."""
         return self.exit_code == ExitCode.OK
 
     @property
@@ -353,9 +357,15 @@ class RunResult:
         return [h.name for h in self.hosts.values() if h.unreachable]
 
     @property
+    def not_serving_hosts(self) -> list[str]:
+        """Hosts whose serving state was read (``status``) and that do not serve."""
+        return [h.name for h in self.hosts.values()
+                if (report := h.status_report) is not None and not report.serving]  # fmt: skip
+
+    @property
     def exit_code(self) -> ExitCode:
         """0 all ok, 1 failed hosts (or an unfinished run), 2 unreachable hosts, 3 bad input,
-        130 stopped."""
+        4 a host read by ``status`` does not serve, 130 stopped."""
         if self.unreachable_hosts:
             return ExitCode.UNREACHABLE
         if self.failed_hosts:
@@ -366,6 +376,8 @@ class RunResult:
             return ExitCode.USAGE  # nothing ran: Ansible refused the input
         if self.rc != 0 or self.status != "successful":
             return ExitCode.FAILED
+        if self.not_serving_hosts:
+            return ExitCode.NOT_SERVING
         return ExitCode.OK
 
     def facts(self, name: str) -> dict[str, Any]:
@@ -380,6 +392,7 @@ class RunResult:
             ),
             "failed": len(self.failed_hosts),
             "unreachable": len(self.unreachable_hosts),
+            "not serving": len(self.not_serving_hosts),
         }
         state = "stopped" if self.canceled else self.status
         parts = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("ok", "stopped"))
@@ -397,6 +410,7 @@ class RunResult:
             "elapsed_s": round(self.elapsed_s, 3),
             "errors": self.errors,
             "no_hosts_matched": self.no_hosts_matched,
+            "not_serving_hosts": self.not_serving_hosts,
             "stats_data": self.stats_data,
             "artifact_dir": self.artifact_dir,
             "hosts": {name: h.to_dict() for name, h in self.hosts.items()},

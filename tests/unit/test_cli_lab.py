@@ -140,9 +140,32 @@ def test_status_table(
     assert re.fullmatch(r"\d+\.\d %", row["KV"])
     assert row["tokens out"].isdigit() and int(row["tokens out"]) > 0  # the health check's chat
     assert row["note"] == ""
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"  {cli_host} "))
+    assert f"ok          serving at http://{addr}:8000/v1" in line, proc.stdout
     # the same figures as JSON, typed
     as_json = sparkfleet_cli("status", "-i", str(inventory), "--json", "-K",
                              stdin=become_password + "\n")  # fmt: skip
     report = json.loads(as_json.stdout)["hosts"][cli_host]["status_report"]
     assert report["serving"] is True and report["endpoint"] == row["endpoint"]
     assert report["generation_tokens"] == int(row["tokens out"])
+
+
+def test_status_of_a_stopped_host(
+    cli_host: str, inventory: Path, become_password: str, deployed: dict[str, Any]
+) -> None:
+    """A host whose unit was stopped: the run itself succeeds, but ``status`` says the host does
+    not serve, in its line, its JSON and its exit code (4), so that a script can act on it."""
+    hosts.sh(cli_host, "systemctl stop vllm.service")
+    proc = sparkfleet_cli("status", "-i", str(inventory), "--plain", "-K",
+                          stdin=become_password + "\n")  # fmt: skip
+    assert proc.returncode == ExitCode.NOT_SERVING, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"  {cli_host} "))
+    assert "NOT serving: unit inactive/dead, container not running" in line, proc.stdout
+    as_json = sparkfleet_cli("status", "-i", str(inventory), "--json", "-K",
+                             stdin=become_password + "\n")  # fmt: skip
+    assert as_json.returncode == ExitCode.NOT_SERVING, as_json.stdout + as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert document["exit_code"] == ExitCode.NOT_SERVING
+    assert document["not_serving_hosts"] == [cli_host]
+    report = document["hosts"][cli_host]["status_report"]
+    assert report["serving"] is False and report["container_running"] is False
