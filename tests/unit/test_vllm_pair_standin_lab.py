@@ -8,22 +8,28 @@ HEAD_IP as the published script does; a head alone cannot serve with TENSOR_PARA
 next request kills the engine (500) and ends the server, as vLLM's Ray executor does.
 
 On two simulated Sparks (``tests/lab/pair.py``): each reaches the other over the pair network's
-interface, whose MTU is the network's.
+interface, whose MTU is the network's; the role ``spark_pair`` passes the pair as declared, and
+refuses, before anything changes and naming both hosts and both values, a pair whose members
+name different model revisions, a bad role value, an address the interface does not hold and a
+link whose MTUs differ.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.lab import hosts, images, pair
-from tests.lab.config import LabConfig
+from tests.lab import access, hosts, images, pair
+from tests.lab.config import REPO_ROOT, LabConfig, venv_tool
 
 pytestmark = pytest.mark.lab
 
@@ -36,8 +42,8 @@ WORKER_IP = "172.29.92.11"
 PORT = 8000
 CONTEXT = 196608
 # Ray nodes start slowly on a loaded 2-core machine: liveness limits, not bounds.
-RAY_UP_S = 300
-SERVE_UP_S = 300
+RAY_UP_S = 900
+SERVE_UP_S = 600
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +78,18 @@ def gpu_nodes() -> list[float]:
     return list(json.loads(res.stdout.splitlines()[-1])) if res.returncode == 0 else []
 
 
-def wait_for(what: str, check: object, timeout: float) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    """Poll ``check`` every 3 s; fail after ``timeout`` s with the Ray containers' last logs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(check) and check():
+        if check():
             return
         time.sleep(3)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+    logs = {
+        name: run("docker", "logs", "--tail", "15", name, check=False).stdout[-3000:]
+        for name in ("w20t-head", "w20t-worker")
+    }
+    raise AssertionError(f"{what}: not within {timeout:.0f} s; logs: {logs}")
 
 
 def serve(*extra_env: str) -> subprocess.Popen[str]:
@@ -91,6 +102,12 @@ def serve(*extra_env: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
+
+
+def rss_mib(container: str) -> int:
+    """The resident memory of every process in ``container``, summed, in MiB."""
+    out = run("docker", "exec", container, "ps", "-eo", "rss=").stdout.split()
+    return sum(int(kib) for kib in out) // 1024
 
 
 def get(path: str) -> tuple[int, bytes]:
@@ -168,9 +185,8 @@ def test_pair_serves_only_with_both_members(image: str, ray_net: None) -> None:
         models = json.loads(get("/v1/models")[1])
         assert models["data"][0]["max_model_len"] == CONTEXT
         assert chat() == 200
-        stats = run("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}",
-                    "w20t-head", "w20t-worker").stdout  # fmt: skip
-        print(f"memory of the pair's Ray nodes (head with the server):\n{stats}")
+        rss = {name: rss_mib(name) for name in ("w20t-head", "w20t-worker")}
+        print(f"resident memory of the pair's containers (MiB, the head with the server): {rss}")
 
         run("docker", "rm", "-f", "w20t-worker")
         # vLLM's Ray executor does not check its workers (check_health): /health stays 200
@@ -205,3 +221,70 @@ def test_pair_hosts_reach_each_other_over_the_link(pair_hosts: list[pair.PairMem
         hosts.sh(one.name, probe)
     # the pair network is not the lab network: the link addresses are their own
     assert head.pair_address != head.lab_address
+
+
+def check_pair(
+    tmp_path: Path, members: list[pair.PairMember], **overrides: Mapping[str, object]
+) -> subprocess.CompletedProcess[str]:
+    """Run role spark_pair on the pair with facts gathered; ``overrides`` per host name."""
+    roles = ("head", "worker")
+    host_vars: dict[str, dict[str, object]] = {}
+    for index, member in enumerate(members):
+        peer = members[1 - index]
+        host_vars[member.name] = {
+            **access.ansible_host_vars(CFG, member.lab_address, sudo_password=False),
+            "vllm_pair_role": roles[index],
+            "vllm_pair_peer": peer.name,
+            "vllm_pair_interface": member.interface,
+            "vllm_pair_address": member.pair_address,
+            "hf_model_revision": "0123456789abcdef0123456789abcdef01234567",
+            **overrides.get(member.name, {}),
+        }
+    inventory = {"all": {"hosts": host_vars}}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "play.yml").write_text(
+        yaml.safe_dump(
+            [{"name": "Pair", "hosts": "all", "gather_facts": True, "roles": ["spark_pair"]}]
+        )
+    )
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO_ROOT / "roles"),
+               ANSIBLE_HOST_KEY_CHECKING="False")  # fmt: skip
+    return subprocess.run(
+        [venv_tool("ansible-playbook"), "-i", str(tmp_path / "inventory.yml"),
+         str(tmp_path / "play.yml")],
+        capture_output=True, text=True, check=False, env=env, timeout=900,
+    )  # fmt: skip
+
+
+def test_spark_pair_checks(pair_hosts: list[pair.PairMember], tmp_path: Path) -> None:
+    head, worker = pair_hosts
+    good = check_pair(tmp_path, pair_hosts)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "changed=0" in good.stdout and "failed=0" in good.stdout
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    mismatch = check_pair(tmp_path, pair_hosts, **{worker.name: {"hf_model_revision": commit}})
+    assert mismatch.returncode != 0
+    assert (
+        f"model revisions differ between the pair's members: {head.name} has "
+        'hf_model_revision="0123456789abcdef0123456789abcdef01234567", '
+        f'{worker.name} has hf_model_revision="{commit}"'
+    ) in " ".join(mismatch.stdout.split()), mismatch.stdout
+
+    bad_role = check_pair(tmp_path, pair_hosts, **{head.name: {"vllm_pair_role": "leader"}})
+    assert bad_role.returncode != 0
+    assert "vllm_pair_role" in bad_role.stdout and "leader" in bad_role.stdout
+    assert "head, worker" in bad_role.stdout, bad_role.stdout
+
+    wrong_address = check_pair(
+        tmp_path, pair_hosts, **{head.name: {"vllm_pair_address": "172.29.91.99"}}
+    )
+    assert wrong_address.returncode != 0
+    assert f"hold vllm_pair_address=172.29.91.99 (it holds {head.pair_address})" in " ".join(
+        wrong_address.stdout.split()
+    ), wrong_address.stdout
+
+    hosts.sh(worker.name, f"ip link set {worker.interface} mtu 1500")
+    unequal = check_pair(tmp_path, pair_hosts)
+    assert unequal.returncode != 0
+    assert f"({head.name}: 9000, {worker.name}: 1500)" in " ".join(unequal.stdout.split())
