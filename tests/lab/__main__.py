@@ -26,6 +26,7 @@ def prepare(cfg: LabConfig) -> dict[str, str]:
     services.ensure_network(cfg)
     services.start_services(cfg, images.python_target(refs["base"]))
     services.push_vllm_image(cfg, refs["vllm_standin"])
+    services.push_vllm_image(cfg, refs["vllm_standin_ray"], cfg.vllm_pair_image)
     return refs
 
 

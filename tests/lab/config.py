@@ -49,6 +49,10 @@ class LabConfig:
     base_image: str = "sparklab/debian13"
     sim_image: str = "sparklab/spark-sim"
     vllm_standin_tag: str = "sparklab/vllm-standin"
+    vllm_standin_ray_tag: str = "sparklab/vllm-standin-ray"
+    # The pair stand-in's name in the lab registry: the production repository with a tag of its
+    # own (pairs' inventories name it in vllm_image; single hosts keep VLLM_IMAGE, without Ray).
+    vllm_pair_image: str = "avarok/dgx-vllm-nvfp4-kernel:v23-lab-ray"
     toolkit_version: str = "1.19.0-1"
     # Every version the stand-in NVIDIA repository (/nvidia/) serves: an older one too, for
     # explicit version requests.

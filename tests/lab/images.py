@@ -9,6 +9,9 @@
   compiled here with the controller's gcc (``tests/standins/nvidia_smi_standin/build_libcuda.py``).
 - ``sparklab/vllm-standin``: the stand-in for ``avarok/dgx-vllm-nvfp4-kernel:v23``
   (``tests/standins/vllm_standin``); the lab pushes it to its registry under the production name.
+- ``sparklab/vllm-standin-ray``: the same plus real Ray (``ray`` from PyPI,
+  ``tests/standins/vllm_standin_ray``), for two-Spark pairs; the lab pushes it under its own tag
+  (``LabConfig.vllm_pair_image``), so single-host hosts do not carry Ray.
 
 Each image is tagged with a hash of its recipe (the files it is built from and its base), so a
 changed recipe builds a new image and an unchanged one is reused. ``sparklab/spark-sim:latest``,
@@ -44,6 +47,9 @@ LIBCUDA_SOURCES = [build_libcuda.SOURCE, Path(build_libcuda.__file__)]
 VLLM_STANDIN_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin"
 # Wheels unpacked into the stand-in vLLM image (pure or abi3 wheels for the image's python3).
 VLLM_STANDIN_WHEELS = ["tokenizers==0.23.3"]
+VLLM_STANDIN_RAY_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin_ray"
+# Installed offline into the pair stand-in with the pip wheel, for the image's python3 and machine.
+VLLM_STANDIN_RAY_WHEELS = ["ray==2.60.0", "pip"]
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 
@@ -188,6 +194,30 @@ def build_vllm_standin(cfg: LabConfig, base: str) -> str:
     return ref
 
 
+def build_vllm_standin_ray(cfg: LabConfig, standin: str) -> str:
+    """The pair stand-in: ``standin`` (the vLLM stand-in image) plus Ray and its dependencies,
+    downloaded from PyPI as wheels for the image's python3 and machine."""
+    recipe = recipe_hash([standin, VLLM_STANDIN_RAY_DIR, *VLLM_STANDIN_RAY_WHEELS])
+    ref = f"{cfg.vllm_standin_ray_tag}:{recipe}"
+    if image_exists(ref):
+        return ref
+    log(f"building {ref} (the vLLM stand-in with Ray, for pairs)")
+    version, machine = python_target(standin)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        shutil.copytree(VLLM_STANDIN_RAY_DIR, ctx, dirs_exist_ok=True, ignore=_ignore_pycache)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+             "--implementation", "cp", "--python-version", version,
+             "--platform", f"manylinux2014_{machine}", "-d", str(ctx / "wheels"),
+             *VLLM_STANDIN_RAY_WHEELS],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _build(ref, ctx, standin)
+    return ref
+
+
 def _ignore_pycache(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__"]
 
@@ -208,8 +238,10 @@ def build_all(cfg: LabConfig) -> dict[str, str]:
     """Build (or reuse) every lab image; returns their references."""
     access.ensure_access(cfg)
     base = build_base(cfg)
+    standin = build_vllm_standin(cfg, base)
     return {
         "base": base,
         "spark_sim": build_spark_sim(cfg, base),
-        "vllm_standin": build_vllm_standin(cfg, base),
+        "vllm_standin": standin,
+        "vllm_standin_ray": build_vllm_standin_ray(cfg, standin),
     }

@@ -267,12 +267,13 @@ def start_services(cfg: LabConfig, host_python: tuple[str, str]) -> None:
     )
 
 
-def push_vllm_image(cfg: LabConfig, standin_ref: str) -> None:
-    """Publish the stand-in image in the lab registry under the production image name."""
-    target = f"{cfg.registry_push}/{VLLM_IMAGE}"
+def push_vllm_image(cfg: LabConfig, standin_ref: str, name: str = VLLM_IMAGE) -> None:
+    """Publish a stand-in image in the lab registry under ``name`` (by default the production
+    image name)."""
+    target = f"{cfg.registry_push}/{name}"
     subprocess.run(["docker", "tag", standin_ref, target], check=True)
     subprocess.run(["docker", "push", "-q", target], check=True, stdout=subprocess.DEVNULL)
-    log(f"{VLLM_IMAGE} (stand-in {standin_ref}) published in the lab registry")
+    log(f"{name} (stand-in {standin_ref}) published in the lab registry")
 
 
 def _stop(cfg: LabConfig, name: str, timeout: float = 30.0) -> None:

@@ -152,6 +152,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -896,6 +897,7 @@ class Engine:
         self.default_sampling = default_sampling(args)
         # A dead engine (EngineDeadError): /health 503, generation 500 with an empty body.
         self.dead = knobs.fault == "unhealthy"
+        self.workers: Any = None  # ray_executor.RayWorkers with the Ray backend and TP > 1
         self.keep_alive = os.environ.get("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "0") not in ("", "0")
         self.should_exit = threading.Event()  # uvicorn's server.should_exit
         self.quiet_paths: set[str] = set()  # --disable-access-log-for-endpoints
@@ -923,6 +925,19 @@ class Engine:
                 self.tokenizer = None
         how = f"tokenizer {tokenizer_file}" if self.tokenizer else "approximation (regex)"
         log("INFO", "standin", f"prompt token counting: {how}")
+
+    def step_workers(self) -> None:
+        """A model step on the Ray workers, if any: a worker gone kills the engine."""
+        if self.workers is None or self.dead:
+            return
+        try:
+            self.workers.step()
+        except Exception as exc:  # Ray's ActorDiedError, GetTimeoutError, ...
+            engine_dies(
+                self,
+                f"{type(exc).__module__}.{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                ["v1/executor/ray_executor.py", "v1/executor/ray_utils.py"],
+            )
 
     def terminate_if_errored(self) -> None:
         """vLLM's launcher.terminate_if_errored: a dead engine stops the server unless
@@ -1382,6 +1397,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(
                     404, f"The model `{model}` does not exist.", "NotFoundError", "model"
                 )
+            if engine:
+                self.engine.step_workers()
             if engine and self.engine.dead:
                 # launcher.py: EngineDeadError -> an empty 500, and the server stops unless
                 # VLLM_KEEP_ALIVE_ON_ENGINE_DEATH is set
@@ -1882,7 +1899,16 @@ def schedule_crash(knobs: Knobs, engine: Engine) -> None:
     timer.start()
 
 
-def engine_dies(engine: Engine) -> None:
+CUDA_FAULT = (
+    "torch.AcceleratorError: CUDA error: an illegal memory access was encountered\n"
+    "CUDA kernel errors might be asynchronously reported at some other API call, so the "
+    "stacktrace below might be incorrect."
+)
+CUDA_FAULT_FRAMES = ["v1/executor/uniproc_executor.py", "v1/worker/gpu_worker.py",
+                     "v1/worker/gpu_model_runner.py"]  # fmt: skip
+
+
+def engine_dies(engine: Engine, cause: str = CUDA_FAULT, frames: list[str] | None = None) -> None:
     """What vLLM 0.16 logs when its engine core dies while serving; the engine is dead after.
 
     v1/engine/core.py:1008 logs the fatal error with its root cause (here a CUDA illegal
@@ -1892,12 +1918,9 @@ def engine_dies(engine: Engine) -> None:
     """
     log("ERROR", "core.py:1008", "EngineCore encountered a fatal error.", ENGINE_CORE)
     traceback(
-        "torch.AcceleratorError: CUDA error: an illegal memory access was encountered\n"
-        "CUDA kernel errors might be asynchronously reported at some other API call, so the "
-        "stacktrace below might be incorrect.",
+        cause,
         ["v1/engine/core.py", "v1/engine/core.py", "v1/engine/core.py",
-         "v1/executor/uniproc_executor.py", "v1/worker/gpu_worker.py",
-         "v1/worker/gpu_model_runner.py"],
+         *(CUDA_FAULT_FRAMES if frames is None else frames)],
         proc=ENGINE_CORE,
     )  # fmt: skip
     log("ERROR", "core_client.py:617",
@@ -1986,6 +2009,7 @@ def main(argv: list[str] | None = None) -> int:
     # process started in the background by a shell inherits SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        engine.workers = start_ray_workers(args)
         load(args, knobs, config, shards, kv_gib, kv_tokens, architecture)
     except KeyboardInterrupt as exc:
         # uncaught: CPython ends through SIGINT (exit_sigint), which as the container's PID 1
@@ -2045,6 +2069,32 @@ def main(argv: list[str] | None = None) -> int:
     if not stopped_by_signal.is_set():
         uvicorn_log(f"Finished server process [{os.getpid()}]")
     return 0  # serve_http returns normally, whatever stopped it (vllm#48966)
+
+
+def start_ray_workers(args: argparse.Namespace) -> Any:
+    """With ``--distributed-executor-backend ray`` and a tensor parallel size above 1, join
+    the Ray cluster and start the workers (ray_executor.py); vLLM's start-up errors end the
+    engine core (exit 1). None otherwise."""
+    world_size = int(getattr(args, "tensor_parallel_size", 1) or 1)
+    if getattr(args, "distributed_executor_backend", None) != "ray" or world_size <= 1:
+        return None
+    ray_executor: Any = importlib.import_module("ray_executor")  # beside this file
+
+    # vllm/utils/network_utils.py get_ip: VLLM_HOST_IP first
+    host_ip = os.environ.get("VLLM_HOST_IP") or socket.gethostbyname(socket.gethostname())
+    wait = float(os.environ.get("VLLM_STANDIN_PG_WAIT_SECONDS", ray_executor.PG_WAIT_TIMEOUT))
+    frames = ["v1/executor/abstract.py", "v1/executor/ray_executor.py", "v1/executor/ray_utils.py"]
+    try:
+        return ray_executor.initialize(
+            world_size, host_ip, wait, lambda level, where, msg: log(level, where, msg, ENGINE_CORE)
+        )
+    except ModuleNotFoundError as exc:  # ray_utils.py assert_ray_available
+        engine_core_failed(
+            f"ValueError: Failed to import Ray: {exc}. Please install Ray with `pip install ray`.",
+            frames,
+        )
+    except (ValueError, ConnectionError) as exc:
+        engine_core_failed(f"{type(exc).__name__}: {exc}", frames)
 
 
 def load(
