@@ -774,6 +774,33 @@ def test_a_deploy_killed_after_the_environment_write_is_finished_by_the_next_run
         assert _served_len() == PROFILE.max_model_len
 
 
+def test_a_narrowed_bind_address_is_where_health_and_status_look(tmp_path: Path) -> None:
+    """With vllm_bind_address one of the host's addresses, nothing answers on 127.0.0.1:8000:
+    the health check and status.yml reach the proxy at that address."""
+    address = _sparklab_address(HOST)
+    narrowed = ("-e", f"vllm_bind_address={address}")
+    try:
+        run = converge(*narrowed, "--tags", "service,health")
+        assert run.rc == 0, run.output[-3000:]
+        assert run.result["healthy"] is True
+        assert run.result["endpoint"] == f"http://{address}:8000/v1"
+        assert f"{address}:8000" in sh("ss -Hltn 'sport = :8000'")
+        assert curl("http://127.0.0.1:8000/health")[0] == 0  # nothing there
+        status_file = tmp_path / "status.json"
+        status = subprocess.run(
+            ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO.parents[1] / "playbooks" /
+             "status.yml"), *narrowed, "-e", f"fleet_status_output_file={status_file}"],
+            capture_output=True, text=True, timeout=600, check=False,
+            env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout[-3000:]
+        report = json.loads(status_file.read_text())[HOST]
+        assert report["metrics_error"] is None and report["metrics"], report
+    finally:
+        run = converge("--tags", "service")
+        assert run.rc == 0, run.output[-3000:]
+
+
 def test_a_host_running_the_bridged_container_is_moved_to_the_host_network() -> None:
     """As the role left a host before: vLLM in a bridged container published on 127.0.0.1
     (PORT 8000 inside, -p 127.0.0.1:18000:8000) under another configuration digest. One run
