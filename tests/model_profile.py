@@ -43,9 +43,10 @@ class ModelProfile:
         """The model's path inside the container, as vllm_service mounts it by default."""
         return "/models/" + os.path.basename(self.model_dir.rstrip("/"))
 
-    def container_env(self, *, port: int = 8000, served: bool = True) -> dict[str, str]:
+    def container_env(self, *, port: int = 18000, served: bool = True) -> dict[str, str]:
         """The container environment vllm_service writes for this profile with its defaults
-        (no API key, no extra env): the card's kernel settings, the image's variables, usage
+        (no API key, no extra env): the card's kernel settings, the image's variables (vLLM on
+        the host's loopback, 127.0.0.1:``port``, the role's vllm_internal_port), usage
         reporting off, and the access log quiet for /health and /metrics."""
         args = list(self.extra_args)
         if served:
@@ -54,6 +55,7 @@ class ModelProfile:
         return {
             **self.kernel_env,
             "MODEL": self.model_mount,
+            "HOST": "127.0.0.1",
             "PORT": str(port),
             "MAX_MODEL_LEN": str(self.max_model_len),
             "GPU_MEMORY_UTIL": str(self.gpu_memory_util),

@@ -242,9 +242,10 @@ def sse(url, payload, api_key="", timeout=10.0):
 def assemble_chat_stream(events):
     """One chat completion from its ``chat.completion.chunk`` events: a dict with ``content``,
     ``reasoning``, ``tool_calls`` (OpenAI's shape, ``arguments`` joined by index),
-    ``finish_reason``, ``usage`` (the last one sent), ``chunks``; or a sentence when an event is
-    not a valid chunk."""
-    content, reasoning, calls = [], [], {}
+    ``argument_events`` (per tool call, by index: how many events carried a piece of its
+    arguments), ``finish_reason``, ``usage`` (the last one sent), ``chunks``; or a sentence when
+    an event is not a valid chunk."""
+    content, reasoning, calls, argument_events = [], [], {}, {}
     finish, usage = None, None
     for event in events:
         if event.get("object") != "chat.completion.chunk":
@@ -267,10 +268,14 @@ def assemble_chat_stream(events):
                 function = call.get("function") or {}
                 entry["function"]["name"] += function.get("name") or ""
                 entry["function"]["arguments"] += function.get("arguments") or ""
+                if function.get("arguments"):
+                    argument_events[call["index"]] = argument_events.get(call["index"], 0) + 1
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
     return {"content": "".join(content), "reasoning": "".join(reasoning),
-            "tool_calls": [calls[i] for i in sorted(calls)], "finish_reason": finish,
+            "tool_calls": [calls[i] for i in sorted(calls)],
+            "argument_events": [argument_events.get(i, 0) for i in sorted(calls)],
+            "finish_reason": finish,
             "usage": usage, "chunks": len(events)}
 
 

@@ -24,7 +24,9 @@ description:
     the tool's name and JSON arguments holding its required parameter.
   - "With O(stream), C(chat) and C(tool_call) read the answer as vLLM streams it (server-sent
     events, C(data: [DONE]) last, tool calls in deltas joined by index); any other line, an
-    event that is not a C(chat.completion.chunk) or a stream without C([DONE]) fails."
+    event that is not a C(chat.completion.chunk) or a stream without C([DONE]) fails, and so
+    does a streamed tool call whose arguments come in one event (a build that buffers them;
+    vLLM streams them as they are generated)."
   - "C(chat) and C(tool_call) judge the answer and send the request again, up to O(attempts)
     times, before they fail: a reasoning model at temperature 1.0 may run out of O(max_tokens)
     while it reasons, or answer in words once."
@@ -342,7 +344,8 @@ def chat(module, p, base, messages, extra):
     stream = assemble_chat_stream(answer["events"])
     if isinstance(stream, str):
         module.fail_json(msg="streamed chat completion from %s: %s" % (url, stream))
-    message = dict(content=stream["content"], tool_calls=stream["tool_calls"])
+    message = dict(content=stream["content"], tool_calls=stream["tool_calls"],
+                   argument_events=stream["argument_events"])
     metrics = dict(latency_ms=round(answer["total_ms"], 1), chunks=stream["chunks"],
                    first_chunk_ms=round(answer["first_event_ms"] or 0.0, 1))
     return stream["finish_reason"], message, stream["usage"] or {}, metrics
@@ -403,6 +406,15 @@ def check_tool_call(module, p, base):
         if not isinstance(arguments, dict) or "location" not in arguments:
             raise Unfit("tool call arguments %s lack the required location"
                         % json.dumps(arguments))
+        # vLLM's minimax_m2 parser streams the arguments as they are generated ("{", each
+        # parameter, "}"); a build that buffers the call and sends it whole at the end
+        # (vllm#28963, #40779, #39649) passes every other check, and would again next time.
+        events = (message.get("argument_events") or [None])[0]
+        if events is not None and events < 2:
+            module.fail_json(msg="streamed tool call: its arguments %s came in %d event(s); vLLM "
+                             "streams them in several as they are generated, so this server "
+                             "buffers streamed tool calls (vllm#28963, #40779, #39649)"
+                             % (json.dumps(function.get("arguments")), events))
         return dict(function=function["name"], arguments=arguments)
 
     messages = [{"role": "user", "content": p["tool_prompt"]}]

@@ -15,7 +15,12 @@ options:
   service_name: {description: systemd unit name without .service., type: str, required: true}
   container_name: {description: Container name., type: str, required: true}
   model_dir: {description: Model directory holding .sparkfleet-manifest.json., type: path, required: true}
-  port: {description: "Endpoint port (C(/metrics) is read from C(http://127.0.0.1:PORT)).", type: int, required: true}
+  port: {description: "Endpoint port (C(/metrics) is read from C(http://ADDRESS:PORT)).", type: int, required: true}
+  address:
+    description:
+      - Address the endpoint listens on, as seen from the host (an IPv6 address without brackets).
+    type: str
+    default: 127.0.0.1
 author: sparkfleet maintainers (!UNKNOWN)
 """
 
@@ -256,6 +261,7 @@ def main():
             "container_name": {"type": "str", "required": True},
             "model_dir": {"type": "path", "required": True},
             "port": {"type": "int", "required": True},
+            "address": {"type": "str", "default": "127.0.0.1"},
         },
         supports_check_mode=True,
     )
@@ -268,7 +274,9 @@ def main():
         "metrics_error": None,
     }
     try:
-        url = "http://127.0.0.1:%d/metrics" % params["port"]
+        address = params["address"]
+        host = "[%s]" % address if ":" in address else address
+        url = "http://%s:%d/metrics" % (host, params["port"])
         resp = open_url(url, timeout=10)
         status["metrics"] = parse_metrics(resp.read().decode("utf-8", "replace"))
     except Exception as exc:  # noqa: BLE001 - reported, not raised

@@ -518,3 +518,19 @@ def test_a_streamed_tool_call_is_joined_from_its_deltas(capsys: pytest.CaptureFi
         assert server.requests[0]["stream_options"] == {"include_usage": True}
     finally:
         server.close()
+
+
+def test_a_streamed_tool_call_sent_whole_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    """A build that buffers the call and sends its arguments in one event (vllm#28963) fails at
+    once: vLLM streams them as they are generated, and a retry would only buffer again."""
+    whole = {"index": 0, "id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'}}  # fmt: skip
+    events = [chunk({"content": "<think>w</think>"}), chunk({"tool_calls": [whole]}, "tool_calls"),
+              "data: [DONE]\n\n"]  # fmt: skip
+    server = Scripted([stream(*events)])
+    try:
+        rc, result = run_module(api_module, api(server.port, "tool_call", stream=True), capsys)
+        assert rc == 1 and "came in 1 event(s)" in result["msg"], result["msg"]
+        assert "buffers streamed tool calls" in result["msg"] and len(server.requests) == 1
+    finally:
+        server.close()

@@ -886,6 +886,46 @@ def test_api_key_guards_v1_only(key_server: Standin) -> None:
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [("Bearer sekret", 200), ("bearer sekret", 200), ("BEARER sekret", 200),
+     ("Bearer  sekret", 401), ("Bearer sekret junk", 401), ("Bearersekret", 401),
+     ("Basic sekret", 401)],
+)  # fmt: skip
+def test_the_key_is_matched_as_vllm_matches_it(
+    key_server: Standin, authorization: str, status: int
+) -> None:
+    """server_utils.AuthenticationMiddleware.verify_token: value.partition(" "), the scheme
+    "bearer" in any case, the rest exactly the key (one space, nothing after it)."""
+    headers = {"Authorization": authorization}
+    assert requests.get(f"{key_server.base}/v1/models", headers=headers, timeout=5).status_code == (
+        status
+    )
+
+
+def test_head_on_a_get_route_is_405_as_in_fastapi(key_server: Standin) -> None:
+    """FastAPI's APIRoute keeps only the declared methods (Starlette's Route would add HEAD)."""
+    head = requests.head(f"{key_server.base}/health", timeout=5)
+    assert (head.status_code, head.content) == (405, b"")
+    assert requests.head(f"{key_server.base}/v1/models", timeout=5).status_code == 401
+
+
+def test_listens_on_host_and_port_only(tmp_path: Path, launcher: Launcher) -> None:
+    """--host/--port (the entrypoint's HOST and PORT): on 127.0.0.1 the server is not reached at
+    another address of the machine; a port already taken ends the start as vLLM's bind() does."""
+    standin = launcher(make_model_dir(tmp_path))
+    standin.wait_ready()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet sent: picks the address of the default route
+        other = probe.getsockname()[0]
+    assert other != "127.0.0.1"
+    with pytest.raises(OSError):
+        socket.create_connection((other, standin.port), timeout=5).close()
+    taken = launcher(make_model_dir(tmp_path / "second"), PORT=str(standin.port))
+    assert taken.wait_exit() != 0
+    assert "Address already in use" in taken.output()
+
+
 def test_routes_outside_v1_are_open_even_with_a_key(key_server: Standin) -> None:
     """vLLM 0.16 checks the key on /v1/* only (server_utils.AuthenticationMiddleware):
     /invocations serves chat completions without it, and /tokenize, /detokenize and

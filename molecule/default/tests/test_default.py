@@ -49,12 +49,12 @@ def test_unit_enabled_and_active(host: Any) -> None:
         "--device nvidia.com/gpu=all --ipc=host "
         f"-v {MODEL_DIR}:{PROFILE.model_mount}:ro -v {cache}/vllm:/root/.cache/vllm "
         f"-v {cache}/flashinfer:/root/.cache/flashinfer -v {cache}/triton:/root/.triton "
-        "-p 127.0.0.1:18000:8000 --env-file /etc/vllm/vllm.env "
+        "--network host --env-file /etc/vllm/vllm.env "
         "--log-driver json-file --log-opt max-size=50m --log-opt max-file=3 "
     )
     assert exec_start.endswith(" " + PROFILE.image)
-    assert "127.0.0.1:8000/health" in exec_start  # Docker's health probe, inside the container
-    # started = serving: the unit waits for vLLM's own port, published on the loopback only
+    assert "127.0.0.1:18000/health" in exec_start  # Docker's health probe, on vLLM's own port
+    # started = serving: the unit waits for vLLM's own port, on the loopback only
     assert "http://127.0.0.1:18000/health" in text.split("ExecStartPost=", 1)[1].split("\n", 1)[0]
     # clients reach it through the authenticating proxy on port 8000
     assert host.service("vllm-proxy").is_running
@@ -92,7 +92,11 @@ def test_container_runs_with_exactly_the_card_environment(host: Any) -> None:
     assert added == CARD_ENV
     assert info["Config"]["Image"] == PROFILE.image
     assert info["HostConfig"]["IpcMode"] == "host"
-    assert "127.0.0.1:8000/health" in info["Config"]["Healthcheck"]["Test"][1]
+    assert "127.0.0.1:18000/health" in info["Config"]["Healthcheck"]["Test"][1]
+    # the host's network, vLLM on its loopback: no container address a LAN neighbour could route to
+    assert info["HostConfig"]["NetworkMode"] == "host"
+    assert host.socket("tcp://127.0.0.1:18000").is_listening
+    assert not host.socket("tcp://0.0.0.0:18000").is_listening
     # the GPU through CDI (the toolkit's spec), which a systemd daemon-reload cannot take away
     requests = [(r["Driver"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"]]
     assert requests == [("cdi", ["nvidia.com/gpu=all"])]

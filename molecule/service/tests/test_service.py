@@ -212,8 +212,8 @@ def test_unit_file_runs_the_cards_launch(host: Any) -> None:
         "/usr/bin/docker run --rm --name minimax --pull=never",
         "--device nvidia.com/gpu=all --ipc=host",
         f"-v {MODEL_DIR}:{MOUNT}:ro -v /var/cache/sparkfleet/vllm/vllm:/root/.cache/vllm",
-        "-p 127.0.0.1:18000:8000 --env-file /etc/vllm/vllm.env --log-driver json-file",
-        'u.urlopen(\\"http://127.0.0.1:8000/health\\", timeout=5)',
+        "--network host --env-file /etc/vllm/vllm.env --log-driver json-file",
+        'u.urlopen(\\"http://127.0.0.1:18000/health\\", timeout=5)',
         f"--health-start-period=900s --health-retries=3 {ref}",
     ]:
         assert part in exec_start
@@ -264,11 +264,11 @@ def test_container_runs_with_the_cards_environment_and_a_read_only_model() -> No
     # the GPU through CDI (the toolkit's spec), which a systemd daemon-reload cannot take away
     requests = [(r["Driver"], r["DeviceIDs"]) for r in info["HostConfig"]["DeviceRequests"]]
     assert requests == [("cdi", ["nvidia.com/gpu=all"])]
-    # published on the host's loopback only: the proxy is the way in
-    bindings = {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18000"}]}
-    assert info["HostConfig"]["PortBindings"] == bindings
+    # on the host's network, vLLM listening on the loopback only: the proxy is the way in
+    assert info["HostConfig"]["NetworkMode"] == "host"
+    assert not info["HostConfig"]["PortBindings"]
     probe = info["Config"]["Healthcheck"]["Test"]
-    assert probe[0] == "CMD-SHELL" and "127.0.0.1:8000/health" in probe[1]
+    assert probe[0] == "CMD-SHELL" and "127.0.0.1:18000/health" in probe[1]
     sh("docker exec minimax " + " ".join(shlex.quote(p) for p in ["sh", "-c", probe[1]]))
     wait_for(
         "Docker's health check to pass",
@@ -326,13 +326,35 @@ def test_requests_without_the_key_are_refused_on_every_route_but_health(request_
         assert curl(f"{json_type}{head}http://127.0.0.1:18000{target[-1]}")[0] == direct
 
 
+# Authorization headers as vLLM 0.16's AuthenticationMiddleware.verify_token reads the first one
+# (entrypoints/openai/server_utils.py: value.partition(" "), scheme "bearer" in any case, the
+# rest exactly the key); the proxy accepts exactly what it accepts.
+AUTHORIZATION: dict[str, tuple[list[str], int]] = {
+    "Bearer KEY": ([f"Bearer {API_KEY}"], 200),
+    "bearer KEY": ([f"bearer {API_KEY}"], 200),
+    "BEARER KEY": ([f"BEARER {API_KEY}"], 200),
+    "Bearer KEY, trailing space (HTTP strips it)": ([f"Bearer {API_KEY} "], 200),
+    "Bearer  KEY (two spaces)": ([f"Bearer  {API_KEY}"], 401),
+    "Bearer KEY junk": ([f"Bearer {API_KEY} junk"], 401),
+    "Bearer KEYx": ([f"Bearer {API_KEY}x"], 401),
+    "BearerKEY": ([f"Bearer{API_KEY}"], 401),
+    "Basic KEY": ([f"Basic {API_KEY}"], 401),
+    "KEY alone": ([API_KEY], 401),
+    "a wrong header, then the right one": (["Bearer nope", f"Bearer {API_KEY}"], 401),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTHORIZATION))
+def test_the_key_is_matched_exactly_as_vllm_matches_it(case: str) -> None:
+    headers, status = AUTHORIZATION[case]
+    args = " ".join(f"-H {shlex.quote('Authorization: ' + h)}" for h in headers)
+    assert curl(f"{args} http://127.0.0.1:8000/v1/models")[0] == status
+
+
 def test_the_proxy_is_the_only_way_in_from_the_network() -> None:
     """From the controller on the lab network: the proxy's port answers (401 without the key),
     vLLM's loopback port does not answer at all."""
-    address = subprocess.run(
-        ["docker", "inspect", "-f", '{{(index .NetworkSettings.Networks "sparklab").IPAddress}}',
-         HOST], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    address = _sparklab_address(HOST)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://{address}:8000/v1/models", timeout=10)
     assert refused.value.code == 401
@@ -341,6 +363,65 @@ def test_the_proxy_is_the_only_way_in_from_the_network() -> None:
     assert "127.0.0.1:18000" in sh("ss -Hltn 'sport = :18000'")
     assert "0.0.0.0:8000" in sh("ss -Hltnp 'sport = :8000'")
     assert "haproxy" in sh("ss -Hltnp 'sport = :8000'")
+
+
+# Connects to each (address, port) given as JSON and prints what happened: "open" or the error.
+_CONNECT_PROBE = """
+import json, socket, sys
+result = {}
+for address, port in json.loads(sys.argv[1]):
+    try:
+        socket.create_connection((address, port), timeout=5).close()
+        result[f"{address}:{port}"] = "open"
+    except OSError as exc:
+        result[f"{address}:{port}"] = type(exc).__name__
+print(json.dumps(result))
+"""
+
+
+def _sparklab_address(container: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", '{{(index .NetworkSettings.Networks "sparklab").IPAddress}}',
+         container], capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_a_lan_neighbour_routing_to_the_hosts_containers_reaches_only_the_proxy() -> None:
+    """A neighbour on the lab LAN that routes Docker's bridge networks through the host (Docker
+    before 28 forwards such traffic to a published container port, even one published on
+    127.0.0.1 only) reaches no vLLM port: vLLM runs on the host's network, on the loopback. A
+    container bridged as vLLM's was before, started here, shows the neighbour does get through."""
+    address = _sparklab_address(HOST)
+    assert json.loads(sh("docker inspect minimax"))[0]["HostConfig"]["NetworkMode"] == "host"
+    control = f"sparklab-bridged-{uuid.uuid4().hex[:8]}"
+    image = sh("docker inspect -f '{{.Image}}' minimax").strip()
+    sh(f"docker run -d --rm --name {control} -p 127.0.0.1:18999:8000 --entrypoint python3 "
+       f"{image} -m http.server 8000")  # fmt: skip
+    try:
+        wait_for("the bridged container", lambda: curl("http://127.0.0.1:18999/")[0] == 200, 60)
+        subnets = sh("docker network inspect bridge -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}'")
+        addresses = sh(
+            "docker ps -q | xargs docker inspect -f "
+            "'{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}'"
+        ).split()
+        control_ip = sh(f"docker inspect -f '{{{{.NetworkSettings.IPAddress}}}}' {control}").strip()
+        assert control_ip in addresses
+        targets = [[address, 18000]] + [[ip, port] for ip in addresses for port in (8000, 18000)]
+        routes = " && ".join(f"ip route add {net} via {address}" for net in subnets.split())
+        neighbour = subprocess.run(
+            ["docker", "run", "--rm", "--network", "sparklab", "--cap-add", "NET_ADMIN",
+             "--label", "sparklab.molecule=service", "--entrypoint", "sh",
+             "sparklab/spark-sim:latest", "-c",
+             f"{routes} && python3 -c {shlex.quote(_CONNECT_PROBE)} "
+             f"{shlex.quote(json.dumps(targets))} && curl -s -o /dev/null -w '%{{http_code}}' http://{address}:8000/v1/models"],
+            capture_output=True, text=True, timeout=300, check=True,
+        ).stdout.splitlines()  # fmt: skip
+        reached = json.loads(neighbour[0])
+        assert reached.pop(f"{control_ip}:8000") == "open"  # the hole the host network closes
+        assert "open" not in reached.values(), reached
+        assert neighbour[1] == "401"  # the proxy: the way in, with the key
+    finally:
+        sh(f"docker rm -f {control}", check=False)
 
 
 def test_the_proxy_passes_a_stream_as_it_comes() -> None:
@@ -428,6 +509,11 @@ BAD_INPUTS = {
         "vllm_model_dir=/srv/models/partial is not a complete model: 1 of 20 shards named by "
         "the index are missing or empty (model-00007-of-00020.safetensors)",
     ),
+    "bind address the host does not have": (
+        ["-e", "vllm_bind_address=198.51.100.77"],
+        'vllm_bind_address="198.51.100.77" is not an address of svc-spark: allowed are 0.0.0.0, '
+        "::, 127.0.0.1, ::1, 172.",
+    ),
     "digest not sha256": (
         ["-e", "vllm_image_digest=sha256:1234"],
         'vllm_image_digest="sha256:1234" empty or sha256: followed by 64 lowercase hex digits',
@@ -481,7 +567,9 @@ def test_check_mode_shows_a_change_without_making_it(
     run = runs["check mode, proxy"]
     assert run.rc == 0, run.output[-2000:]
     assert "-    acl open_route path /metrics" in run.output
-    assert "Reload the proxy whose loaded configuration" in run.output
+    reload = re.search(r"TASK \[vllm_service : Reload the proxy whose loaded [^\n]*\n(\w+)",
+                       run.output)  # fmt: skip
+    assert reload and reload[1] == "changed", run.output[-3000:]
     assert "changed: [svc-spark] => (item=vllm.service)" not in run.output
     stop = re.search(r"TASK \[vllm_service : Stop the service that runs another[^\n]*\n(\w+)",
                      run.output)  # fmt: skip
@@ -577,7 +665,8 @@ def test_port_clash_is_diagnosed() -> None:
         assert hints[0]["pattern"] == "port_in_use"
         assert "vllm_internal_port=18000 is already taken on the host (held by" in hints[0]["hint"]
         assert '"python3"' in hints[0]["hint"]
-        assert "address already in use" in run.output
+        # vLLM's own bind() on the host's network (Docker's proxy said "address already in use")
+        assert "OSError: [Errno 98] Address already in use" in run.output
     finally:
         sh("systemctl stop sparklab-squatter", check=False)
         restore_service()
@@ -686,6 +775,59 @@ def test_a_deploy_killed_after_the_environment_write_is_finished_by_the_next_run
         assert _served_len() == PROFILE.max_model_len
 
 
+def test_a_narrowed_bind_address_is_where_health_and_status_look(tmp_path: Path) -> None:
+    """With vllm_bind_address one of the host's addresses, nothing answers on 127.0.0.1:8000:
+    the health check and status.yml reach the proxy at that address."""
+    address = _sparklab_address(HOST)
+    narrowed = ("-e", f"vllm_bind_address={address}")
+    try:
+        run = converge(*narrowed, "--tags", "service,health")
+        assert run.rc == 0, run.output[-3000:]
+        assert run.result["healthy"] is True
+        assert run.result["endpoint"] == f"http://{address}:8000/v1"
+        assert f"{address}:8000" in sh("ss -Hltn 'sport = :8000'")
+        assert curl("http://127.0.0.1:8000/health")[0] == 0  # nothing there
+        status_file = tmp_path / "status.json"
+        status = subprocess.run(
+            ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO.parents[1] / "playbooks" /
+             "status.yml"), *narrowed, "-e", f"fleet_status_output_file={status_file}"],
+            capture_output=True, text=True, timeout=600, check=False,
+            env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout[-3000:]
+        report = json.loads(status_file.read_text())[HOST]
+        assert report["metrics_error"] is None and report["metrics"], report
+    finally:
+        run = converge("--tags", "service")
+        assert run.rc == 0, run.output[-3000:]
+
+
+def test_a_host_running_the_bridged_container_is_moved_to_the_host_network() -> None:
+    """As the role left a host before: vLLM in a bridged container published on 127.0.0.1
+    (PORT 8000 inside, -p 127.0.0.1:18000:8000) under another configuration digest. One run
+    restarts it on the host's network; the next changes nothing."""
+    unit = sh("cat /etc/systemd/system/vllm.service")
+    env = sh("cat /etc/vllm/vllm.env")
+    label = re.search(r"sparkfleet\.config=([0-9a-f]{64})", unit)
+    assert label
+    old_unit = unit.replace("--network host", "-p 127.0.0.1:18000:8000").replace(label[1], "0" * 64)
+    old_env = env.replace("HOST=127.0.0.1\n", "").replace("PORT=18000", "PORT=8000")
+    assert old_unit != unit and old_env != env
+    sh(f"printf '%s' {shlex.quote(old_unit)} > /etc/systemd/system/vllm.service")
+    sh(f"printf '%s' {shlex.quote(old_env)} > /etc/vllm/vllm.env")
+    sh("systemctl daemon-reload")
+    restart_and_wait_until_active()
+    assert json.loads(sh("docker inspect minimax"))[0]["HostConfig"]["NetworkMode"] != "host"
+    run = converge(json_output=True)
+    assert run.rc == 0, run.output[-3000:]
+    changed = {name.split(" : ", 1)[-1] for name in run.changed_tasks()}
+    assert "Stop the service that runs another configuration than the one written" in changed
+    assert json.loads(sh("docker inspect minimax"))[0]["HostConfig"]["NetworkMode"] == "host"
+    again = converge(json_output=True)
+    assert again.rc == 0, again.output[-3000:]
+    assert again.json_output()["stats"][HOST]["changed"] == 0, again.changed_tasks()
+
+
 def _listening(port: int) -> bool:
     return sh(f"ss -Hltn 'sport = :{port}' | wc -l").strip() != "0"
 
@@ -757,6 +899,34 @@ def test_a_proxy_change_reloads_the_proxy_and_leaves_vllm_alone() -> None:
     finally:
         converge("--tags", "service")
     assert snapshot()["started_at"] == before["started_at"]
+
+
+def test_a_reload_that_fails_is_not_recorded_as_loaded() -> None:
+    """A configuration HAProxy checks as valid but cannot apply (an address the host does not
+    have): the reload fails, the old workers go on serving, and the record of what the proxy
+    loaded stays, so the next run of the role still sees the files differ from what runs."""
+    config = sh("cat /etc/vllm/vllm-proxy.cfg")
+    loaded = sh("cat /run/vllm-proxy/loaded")
+    pid = _proxy_pid()
+    try:
+        sh("sed -i 's/^    bind .*/    bind 198.51.100.77:8000/' /etc/vllm/vllm-proxy.cfg")
+        sh("haproxy -c -q -f /etc/vllm/vllm-proxy.cfg")  # the check does not bind: it passes
+        reload = subprocess.run(
+            ["docker", "exec", HOST, "systemctl", "reload", "vllm-proxy"],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert reload.returncode != 0
+        assert sh("cat /run/vllm-proxy/loaded") == loaded
+        assert _proxy_pid() == pid
+        assert "started no new worker" in sh("journalctl -u vllm-proxy -n 20 --no-pager -o cat")
+        authorized = f"-H 'Authorization: Bearer {API_KEY}' http://127.0.0.1:8000/v1/models"
+        wait_for("the old workers to serve again", lambda: curl(authorized)[0] == 200, 60)
+    finally:
+        sh(f"printf '%s' {shlex.quote(config)} > /etc/vllm/vllm-proxy.cfg")
+    # what runs is what the files say again: the next run writes nothing and reloads nothing
+    run = converge("--tags", "service", json_output=True)
+    assert run.rc == 0, run.output[-3000:]
+    assert run.json_output()["stats"][HOST]["changed"] == 0, run.changed_tasks()
 
 
 def test_the_cards_sampling_served_as_vllms_defaults() -> None:
@@ -856,6 +1026,10 @@ def test_uninstall_removes_the_proxy_and_only_the_haproxy_it_installed() -> None
 
     installed = "dpkg-query -W -f '${Status}' haproxy 2>/dev/null; true"
     assert json.loads(sh("cat /var/lib/sparkfleet/vllm-proxy.json")) == {"installed_haproxy": True}
+    # the package's own instance, which nothing configured, does not run beside the proxy
+    assert sh(
+        "systemctl is-enabled haproxy.service; systemctl is-active haproxy.service", check=False
+    ).split() == ["disabled", "inactive"]
     proc = run_uninstall()
     assert proc.returncode == 0, proc.stdout[-3000:]
     for path in ("/etc/systemd/system/vllm-proxy.service", "/etc/vllm/vllm-proxy.cfg",
@@ -871,6 +1045,11 @@ def test_uninstall_removes_the_proxy_and_only_the_haproxy_it_installed() -> None
     run = converge("--tags", "service")
     assert run.rc == 0, run.output[-3000:]
     assert json.loads(sh("cat /var/lib/sparkfleet/vllm-proxy.json")) == {"installed_haproxy": False}
+    # the host's own instance is left alone (its enablement is dpkg's: a reinstall after a
+    # removal without purge keeps the state the package had)
+    leave = re.search(r"TASK \[vllm_service : Stop and disable the distribution's [^\n]*\n(\w+)",
+                      run.output)  # fmt: skip
+    assert leave and leave[1] == "skipping", run.output[-3000:]
     install = re.search(r"TASK \[vllm_service : Install HAProxy from the [^\n]*\n(\w+)",
                         run.output)  # fmt: skip
     assert install and install[1] == "skipping", run.output[-3000:]

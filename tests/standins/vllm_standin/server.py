@@ -1251,7 +1251,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def send_json(self, status: int, payload: Any) -> None:
         body = compact_json(payload).encode()
@@ -1284,6 +1285,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.route("GET", b"")
+
+    def do_HEAD(self) -> None:
+        # FastAPI's APIRoute (fastapi/routing.py) takes only the methods it is declared with,
+        # unlike Starlette's Route, which adds HEAD to GET: vLLM's GET routes answer 405 to HEAD.
+        self.route("HEAD", b"")
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
