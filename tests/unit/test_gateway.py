@@ -3,9 +3,14 @@ real ``ansible-inventory``), and the gateway's view in ``sparkfleet status``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from rich.console import Console
 
 from sparkfleet import Fleet
@@ -14,6 +19,8 @@ from sparkfleet.gateway import GatewayError, endpoint_from
 from sparkfleet.result import HostResult, RunResult
 
 pytestmark = pytest.mark.nolab
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def inventory(**gateway_vars: Any) -> dict[str, Any]:
@@ -79,3 +86,120 @@ def test_status_shows_each_gateways_view_per_host() -> None:
         "s-3": ["DOWN", "0", "7"],
     }
     assert gateway_table(RunResult("status", "status.yml", "successful", 0, {})) is None
+
+
+PLAY = """
+- name: The gateway role's variable check, then the backends it would serve
+  hosts: gw
+  gather_facts: false
+  tasks:
+    - name: The role's checks and variables
+      ansible.builtin.include_role:
+        name: fleet_gateway
+        tasks_from: validate
+        public: true
+    - name: Show the backends
+      ansible.builtin.debug:
+        msg: >-
+          BACKENDS {{ _fleet_gateway_backends | map(attribute='address') | join(' ') }}
+          CHECKED AT {{ _fleet_gateway_local_url }}
+"""
+
+
+def run_gateway_checks(
+    tmp_path: Path, gateway_vars: dict[str, Any] | None = None, **spark_hosts: dict[str, Any]
+) -> tuple[int, str]:
+    """The role's variable check on a local gateway host ``gw`` (with ``gateway_vars``) in front
+    of ``spark_hosts`` (check mode: nothing on this machine changes)."""
+    inventory = {
+        "all": {
+            "children": {
+                "spark": {"hosts": spark_hosts},
+                "gateway": {
+                    "hosts": {"gw": {"ansible_connection": "local"}},
+                    "vars": {
+                        "fleet_gateway_api_key": "gateway-key-0123456789abcdef",
+                        **(gateway_vars or {}),
+                    },
+                },
+            }
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "play.yml").write_text(PLAY)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"),
+         "--check", str(tmp_path / "play.yml"),
+         "-e", f"ansible_python_interpreter={sys.executable}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_a_host_bound_to_one_address_is_reached_there(tmp_path: Path) -> None:
+    rc, out = run_gateway_checks(
+        tmp_path,
+        **{
+            "s-1": {"ansible_host": "10.0.0.11", "vllm_bind_address": "192.168.5.11"},
+            "s-2": {"ansible_host": "10.0.0.12", "vllm_bind_address": "0.0.0.0"},
+            "s-3": {"ansible_host": "10.0.0.13", "vllm_bind_address": "::"},
+            "s-4": {"ansible_host": "10.0.0.14"},
+            "s-5": {"vllm_bind_address": "127.0.0.1", "fleet_gateway_backend_address": "10.9.0.5"},
+        },
+    )
+    assert rc == 0, out
+    assert "BACKENDS 192.168.5.11 10.0.0.12 10.0.0.13 10.0.0.14 10.9.0.5" in out, out
+    # a gateway on every address checks itself on the loopback
+    assert "CHECKED AT http://127.0.0.1:8080" in out, out
+
+
+def test_a_gateway_on_one_address_checks_itself_there(tmp_path: Path) -> None:
+    for bind, url in (("10.0.0.5", "http://10.0.0.5:8080"), ("fd00::5", "http://[fd00::5]:8080"),
+                      ("::", "http://[::1]:8080")):  # fmt: skip
+        rc, out = run_gateway_checks(
+            tmp_path, {"fleet_gateway_bind_address": bind}, **{"s-1": {"ansible_host": "10.1.0.1"}}
+        )
+        assert rc == 0 and f"CHECKED AT {url}" in out, out
+
+
+def test_a_host_bound_to_its_loopback_is_refused_unless_it_is_the_gateway(tmp_path: Path) -> None:
+    rc, out = run_gateway_checks(
+        tmp_path,
+        **{
+            "s-1": {"ansible_host": "10.0.0.11", "vllm_bind_address": "127.0.0.1"},
+            "s-2": {"ansible_host": "10.0.0.12"},
+        },
+    )
+    assert rc != 0, out
+    assert 's-1: its proxy answers only on 127.0.0.1 (vllm_bind_address="127.0.0.1")' in out, out
+    assert "which the gateway gw cannot reach" in out, out
+    assert "BACKENDS" not in out, out
+    # the gateway on the host itself reaches its loopback
+    rc, out = run_gateway_checks(tmp_path, gw={"vllm_bind_address": "127.0.0.1"})
+    assert rc == 0, out
+    assert "BACKENDS 127.0.0.1" in out, out
+
+
+def test_bad_gateway_variables_are_named_with_value_and_range(tmp_path: Path) -> None:
+    cert, key = tmp_path / "gw.crt", tmp_path / "gw.key"
+    cert.write_text("not a certificate\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n")
+    bad = {
+        "fleet_gateway_affinity_expire_m": 0,
+        "fleet_gateway_prometheus_scrape_interval_s": 0,
+        "fleet_gateway_instance": "my gateway",
+        "fleet_gateway_tls_cert_file": str(cert),
+        "fleet_gateway_tls_key_file": str(key),
+    }
+    rc, out = run_gateway_checks(tmp_path, bad, **{"s-1": {"ansible_host": "10.0.0.11"}})
+    assert rc != 0, out
+    for named in (
+        "fleet_gateway_affinity_expire_m=0 and fleet_gateway_affinity_table_size=100000: each at",
+        "fleet_gateway_prometheus_scrape_interval_s=0: must be at least 1",
+        'fleet_gateway_instance="my gateway": a name of letters, digits and . _ -',
+        f"fleet_gateway_tls_cert_file='{cert}' / fleet_gateway_tls_key_file='{key}': must be a PEM",
+    ):
+        assert named in out, out
+    assert "c2VjcmV0" not in out, out
+    assert "BACKENDS" not in out, out

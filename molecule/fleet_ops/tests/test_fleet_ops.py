@@ -1,69 +1,34 @@
 """Fleet operations on three simulated hosts: status, benchmark, rolling restart, uninstall.
 
 The playbooks run as a user runs them (``ansible-playbook``) against this scenario's inventory.
-Each host's stand-in server is set in molecule.yml: fleet-2 runs out of memory above 0.91 of GPU
-memory, fleet-3 decodes at 50 tokens/s where the others decode at 150.
+Each host's stand-in server is set in its host_vars: fleet-2 runs out of memory above 0.91 of GPU
+memory, fleet-3 decodes at 50 tokens/s where the others decode at 150. fleet-1 is also the
+fleet's gateway (test_gateway.py), so every roll here drains hosts there first.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fleet_hosts import HOSTS, address, on, playbook
+
 from tests.lab import services
 from tests.lab.config import LabConfig
 from tests.standins.vllm_standin.server import prefill_rate
 
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
-HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
 IMAGE = "avarok/dgx-vllm-nvfp4-kernel"
 MODEL_DIR = "/opt/huggingface/models/MiniMax-M2.5-REAP-172B-NVFP4"
 REGISTRY = "127.0.0.1:35000"
 
 
-def playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    return subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / name), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        cwd=PROJECT,
-    )
-
-
-def on(host: str, *cmd: str) -> str:
-    return subprocess.run(
-        ["docker", "exec", host, *cmd], capture_output=True, text=True, check=True
-    ).stdout
-
-
 def container(host: str) -> dict[str, Any]:
     info: dict[str, Any] = json.loads(on(host, "docker", "inspect", "minimax"))[0]
     return info
-
-
-def address(host: str) -> str:
-    return subprocess.run(
-        ["docker", "inspect", "-f", '{{(index .NetworkSettings.Networks "sparklab").IPAddress}}',
-         host],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()  # fmt: skip
 
 
 def metric(host: str, name: str) -> float:
@@ -212,7 +177,8 @@ def test_site_restarts_in_batches_and_the_peer_fetch_costs_the_hub_one_copy() ->
     served = hub_bytes_served() - before_bytes
     assert served == total, (served, total)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout)
-    serve_part = plain.split("PLAY [Serve", 1)[1]
+    # the serving batches, up to the gateway's play (fleet-1 is the gateway too)
+    serve_part = plain.split("PLAY [Serve", 1)[1].split("PLAY [Open the fleet's front door")[0]
     batches = ["PLAY [Serve" + b for b in serve_part.split("PLAY [Serve")]
     assert len(batches) == 3, plain[-3000:]
     # each batch stops, starts and checks exactly one host, in inventory order

@@ -1,0 +1,291 @@
+"""The fleet's front door on this scenario's three hosts: fleet-1 is also the gateway (group
+``gateway``, the distribution's HAProxy 3.0 beside its own proxy), converged by the scenario's
+``site.yml`` run; each host has its own ``vllm_api_key`` (host_vars).
+
+- one key at the edge: keyless or wrong-key requests get 401 on every route but /health, a
+  host's key is not the gateway's and vice versa, streaming and plain chat work with the key,
+  the keys are only in 0600 files (not in argv, not in the journal);
+- affinity: requests carrying the same session header land on one host;
+- a bounded load of streaming and plain chat requests (on the lab network only) runs through
+  the gateway during ``rolling_restart.yml`` over the three hosts: no request fails, and the
+  gateway's per-host counters, sampled during the roll, show each host out of rotation (MAINT)
+  and taking no request while the others took its traffic;
+- ``Fleet.endpoint()`` and ``Fleet.status()`` (the gateway's view);
+- the generated Prometheus configuration passes ``promtool check config`` (Debian's ``promtool``)
+  and the gateway's exporter answers; a host that leaves the gateway leaves no key file behind;
+- bad gateway variables are refused before any change; TLS termination with a test certificate
+  (the gateway's play alone, ``--tags gateway``): ``--check --diff`` shows the change and changes
+  nothing, a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from fleet_hosts import HOSTS, INVENTORY, PROJECT, address, on, playbook
+
+from sparkfleet import Fleet
+from tests.lab.chat_load import BackendStat, ChatLoad, chat_once, gateway_backends
+from tests.model_profile import load as load_profile
+
+SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+SPARKS = HOSTS
+GATEWAY = "fleet-1"
+_VARS = {h: yaml.safe_load((SCENARIO / "host_vars" / f"{h}.yml").read_text()) for h in SPARKS}
+GATEWAY_KEY: str = _VARS[GATEWAY]["fleet_gateway_api_key"]
+SESSION_HEADER: str = _VARS[GATEWAY]["fleet_gateway_affinity_header"]
+HOST_KEYS: dict[str, str] = {h: _VARS[h]["vllm_api_key"] for h in SPARKS}
+PORT, METRICS_PORT = 8080, 8405
+CONF = "/etc/sparkfleet-gateway"
+MODEL = load_profile().served_model_name
+
+
+def gateway_play(*extra: str) -> subprocess.CompletedProcess[str]:
+    """site.yml's gateway play alone: the gateway shares fleet-1 with a Spark, whose own plays
+    the tag leaves out."""
+    return playbook("site.yml", "--limit", "gateway", "--tags", "gateway", *extra)
+
+
+def in_host(host: str, script: str) -> str:
+    return on(host, "sh", "-c", script)
+
+
+URL = f"http://{address(GATEWAY)}:{PORT}"
+STATS = f"http://{address(GATEWAY)}:{METRICS_PORT}/stats"
+
+
+def status_of(url: str, path: str, key: str | None = None, method: str = "GET") -> int:
+    data = b"{}" if method == "POST" else None
+    req = urllib.request.Request(url + path, data=data, method=method)
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_one_key_at_the_edge() -> None:
+    assert status_of(URL, "/health") == 200
+    routes = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"),
+              ("POST", "/tokenize"), ("POST", "/invocations"), ("GET", "/version"),
+              ("GET", "/no-such-route")]  # fmt: skip
+    for method, path in routes:
+        assert status_of(URL, path, method=method) == 401, path
+        assert status_of(URL, path, key="wrong-key-0123456789", method=method) == 401, path
+    # each host's key opens only that host; the gateway's key opens no host directly
+    one = SPARKS[1]
+    direct = f"http://{address(one)}:8000"
+    assert status_of(direct, "/v1/models", key=GATEWAY_KEY) == 401
+    assert status_of(direct, "/v1/models", key=HOST_KEYS[one]) == 200
+    assert status_of(URL, "/v1/models", key=HOST_KEYS[one]) == 401
+    assert status_of(URL, "/v1/models", key=GATEWAY_KEY) == 200
+    for stream in (True, False):
+        outcome = chat_once(URL, GATEWAY_KEY, 0, stream=stream, model=MODEL)
+        assert outcome.ok, outcome
+    # keys only in 0600 files of root: not in any process's argv, not in the journal
+    modes = in_host(
+        GATEWAY, f"stat -c '%a %U %n' {CONF}/*.lst {CONF}/*.map {CONF}/prometheus/keys/*"
+    )
+    assert modes.count("600 root") == 2 + len(SPARKS), modes
+    argv = in_host(GATEWAY, "ps -eo args")
+    journal = in_host(GATEWAY, "journalctl --no-pager -o cat")
+    config = in_host(GATEWAY, f"cat {CONF}/haproxy.cfg")
+    for key in [GATEWAY_KEY, *HOST_KEYS.values()]:
+        assert key not in argv and key not in journal and key not in config
+
+
+def test_same_session_header_same_host() -> None:
+    for session in ("conversation-a", "conversation-b"):
+        before = gateway_backends(STATS)
+        for i in range(8):
+            outcome = chat_once(
+                URL, GATEWAY_KEY, i, stream=i % 2 == 0, model=MODEL,
+                headers={SESSION_HEADER: session},
+            )  # fmt: skip
+            assert outcome.ok, outcome
+        after = gateway_backends(STATS)
+        grew = {h: after[h].served - before[h].served for h in SPARKS}
+        assert sorted(grew.values()) == [0, 0, 8], grew
+    # without the header, leastconn spreads sequential requests over the hosts
+    before = gateway_backends(STATS)
+    for i in range(9):
+        assert chat_once(URL, GATEWAY_KEY, i, stream=False, model=MODEL).ok
+    after = gateway_backends(STATS)
+    assert all(after[h].served > before[h].served for h in SPARKS), (before, after)
+
+
+def test_rolling_restart_under_load_fails_no_request() -> None:
+    # runs until the roll ends (bounded: at most 8000 requests, 25 minutes); every 10th request
+    # streams a long answer (1200 tokens: 8 s at fleet-1's and fleet-2's 150 tokens/s, 24 s at
+    # fleet-3's 50), so a host taken out of rotation still has requests in flight that the drain
+    # must wait for
+    load = ChatLoad(
+        URL, GATEWAY_KEY, MODEL, total=8000, concurrency=6, deadline_s=1500, long_every=10,
+        long_max_tokens=1200,
+    )  # fmt: skip
+    samples: list[dict[str, BackendStat]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(gateway_backends(STATS))
+            time.sleep(0.3)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    load.start()
+    sampler.start()
+    run = playbook("rolling_restart.yml")
+    time.sleep(3)  # some traffic after the last host is back
+    load.stop()
+    outcomes = load.join()
+    done.set()
+    sampler.join()
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert load.sent < load.total, "the load ended before the roll did"
+    failed = [o for o in outcomes if not o.ok]
+    assert len(outcomes) >= 200, f"only {len(outcomes)} requests sent during the roll"
+    assert failed == [], f"{len(failed)} of {len(outcomes)} failed, first: {failed[:3]}"
+    assert {o.stream for o in outcomes} == {True, False}
+    # the drain waited for requests in flight (it polled the gateway more than once) and never
+    # gave up on them
+    waited = rf"RETRYING: \[fleet-\d( -> {GATEWAY})?\]: .*wait for the host's requests in flight"
+    drain = [line for line in run.stdout.splitlines() if "Gateway |" in line or "RETRY" in line]
+    assert re.search(waited, run.stdout), "\n".join(drain)
+    assert "restarting it anyway" not in run.stdout
+    # each host was out of rotation (MAINT) at some point, took no request meanwhile, while the
+    # others served its share
+    for host in SPARKS:
+        out = [i for i, s in enumerate(samples) if s[host].status.startswith("MAINT")]
+        assert out, f"{host} never seen out of rotation: {[s[host].status for s in samples]}"
+        first, last = samples[out[0]], samples[out[-1]]
+        assert last[host].served == first[host].served, f"{host} got traffic while out"
+        others = [h for h in SPARKS if h != host]
+        assert sum(last[h].served - first[h].served for h in others) > 0, host
+    final = gateway_backends(STATS)
+    assert all(final[h].status == "UP" for h in SPARKS), final
+    print(f"{len(outcomes)} requests during the roll, 0 failed; samples {len(samples)}")
+
+
+def test_status_shows_the_gateways_view_and_the_api_its_endpoint() -> None:
+    fleet = Fleet(INVENTORY, project_dir=PROJECT)
+    assert fleet.endpoint() == f"{URL}/v1"
+    result = fleet.status()
+    assert result.ok, result.to_json()
+    view = result.hosts[GATEWAY].gateway_status
+    assert view is not None and view["error"] == ""
+    backends = {b["host"]: b for b in view["backends"]}
+    assert sorted(backends) == SPARKS
+    assert all(b["state"] == "UP" and b["served"] > 0 for b in backends.values()), backends
+    # the same counters as the gateway's statistics page
+    stats = gateway_backends(STATS)
+    assert all(stats[h].served >= backends[h]["served"] for h in SPARKS)
+
+
+def scrape_targets() -> dict[str, str]:
+    config = yaml.safe_load(in_host(GATEWAY, f"cat {CONF}/prometheus/fleet.yml"))
+    return {
+        job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
+    }
+
+
+def test_prometheus_configuration_passes_promtool() -> None:
+    in_host(GATEWAY, "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq promtool >/dev/null")
+    check = subprocess.run(
+        ["docker", "exec", GATEWAY, "promtool", "check", "config", f"{CONF}/prometheus/fleet.yml"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    targets = scrape_targets()
+    assert targets["sparkfleet-gateway"] == f"{address(GATEWAY)}:{METRICS_PORT}"
+    for host in SPARKS:
+        assert targets[f"vllm-{host}"] == f"{address(host)}:8000"
+    with urllib.request.urlopen(f"http://{address(GATEWAY)}:{METRICS_PORT}/metrics") as resp:
+        exported = resp.read().decode()
+    assert 'haproxy_server_status{proxy="fleet",server="fleet-2"' in exported
+
+
+def test_bad_input_is_refused_before_any_change() -> None:
+    before = in_host(GATEWAY, f"find {CONF} -type f -exec sha256sum {{}} +")
+    # one run, three bad values: each is named with its value and what is allowed
+    bad = {
+        "fleet_gateway_api_key": "k3y-sh0rt",
+        "fleet_gateway_timeout_s": 60,
+        "fleet_gateway_balance": "random",
+    }
+    run = gateway_play("-e", json.dumps(bad))
+    assert run.returncode != 0, run.stdout[-3000:]
+    for named in ("fleet_gateway_api_key must be set (at least 16 characters; it has 9)",
+                  "fleet_gateway_timeout_s=60: must be at least 300",
+                  "fleet_gateway_balance=random: must be leastconn or roundrobin"):  # fmt: skip
+        assert named in run.stdout, run.stdout[-3000:]
+    assert "k3y-sh0rt" not in run.stdout + run.stderr
+    assert in_host(GATEWAY, f"find {CONF} -type f -exec sha256sum {{}} +") == before
+
+
+def test_a_host_that_leaves_leaves_no_key_then_tls_termination() -> None:
+    # fleet-3 out of the gateway: its scrape job and its key file go
+    run = gateway_play("-e", json.dumps({"fleet_gateway_backends": SPARKS[:2]}))
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert in_host(GATEWAY, f"ls {CONF}/prometheus/keys").split() == SPARKS[:2]
+    assert "vllm-fleet-3" not in scrape_targets()
+    # back with all three, and TLS with a test certificate
+    work = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp"))
+    cert, key = work / "gw.crt", work / "gw.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=sparkfleet-gateway", "-addext", f"subjectAltName=IP:{address(GATEWAY)}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = json.dumps(
+        {"fleet_gateway_tls_cert_file": str(cert), "fleet_gateway_tls_key_file": str(key)}
+    )
+    # --check --diff first: the configuration's change shown, no key shown, nothing changed
+    before = in_host(GATEWAY, f"find {CONF} -type f -exec sha256sum {{}} +")
+    check = gateway_play("--check", "--diff", "-e", tls)
+    assert check.returncode == 0, check.stdout[-6000:] + check.stderr[-2000:]
+    assert re.search(r"\+\s*bind :8080 ssl crt /etc/sparkfleet-gateway/tls.pem", check.stdout), (
+        check.stdout[-6000:]
+    )
+    assert "PRIVATE KEY" not in check.stdout and GATEWAY_KEY not in check.stdout
+    assert in_host(GATEWAY, f"find {CONF} -type f -exec sha256sum {{}} +") == before
+    run = gateway_play("-e", tls)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert in_host(GATEWAY, f"ls {CONF}/prometheus/keys").split() == SPARKS
+    again = gateway_play("-e", tls)
+    assert again.returncode == 0 and re.search(rf"{GATEWAY}\s*:.*changed=0 ", again.stdout), (
+        again.stdout[-3000:]
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    url = f"https://{address(GATEWAY)}:{PORT}"
+    for stream in (True, False):
+        outcome = chat_once(url, GATEWAY_KEY, 0, stream=stream, model=MODEL, context=context)
+        assert outcome.ok, outcome
+    req = urllib.request.Request(url + "/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, context=context, timeout=60)
+    assert refused.value.code == 401
+    assert in_host(GATEWAY, f"stat -c %a {CONF}/tls.pem").strip() == "600"
+    models = json.loads(
+        urllib.request.urlopen(
+            urllib.request.Request(
+                url + "/v1/models", headers={"Authorization": f"Bearer {GATEWAY_KEY}"}
+            ),
+            context=context,
+            timeout=60,
+        ).read()
+    )
+    assert [m["id"] for m in models["data"]] == [MODEL]
