@@ -142,6 +142,11 @@ def test_uninstall_keeps_the_model_and_site_converges_again() -> None:
         assert on(host, "sh", "-c", "test -e /etc/systemd/system/vllm.service; echo $?") == "1\n"
         assert on(host, "docker", "ps", "-aq", "--filter", "name=minimax") == ""
         assert on(host, "test", "-f", f"{MODEL_DIR}/.sparkfleet-manifest.json") == ""
+    # HAProxy, which the role installed, goes where nothing else runs it; fleet-1 also runs the
+    # fleet's gateway (its own unit, its own configuration), which keeps it and can still reload
+    kept = {h: on(h, "sh", "-c", "test -x /usr/sbin/haproxy; echo $?").strip() for h in HOSTS}
+    assert kept == {"fleet-1": "0", "fleet-2": "1", "fleet-3": "1"}, kept
+    assert on("fleet-1", "sh", "-c", "systemctl reload sparkfleet-gateway && echo ok") == "ok\n"
     again = playbook("uninstall.yml")
     assert again.returncode == 0
     plain = re.sub(r"\x1b\[[0-9;]*m", "", again.stdout)
