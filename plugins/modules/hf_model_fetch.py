@@ -1207,6 +1207,10 @@ RSYNC_PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+\d+%")
 # rsync --list-only: "-rw-r--r--     12,345,678 2026/11/30 12:00:00 path/name"
 RSYNC_LIST_LINE = re.compile(r"^-\S+\s+([\d,.]+)\s+(\S+\s+\S+)\s(.+)$")
 RSYNC_BUSY = 5  # "@ERROR: max connections (N) reached -- try again later" (and other refusals)
+# A daemon that does not admit this host (its "hosts allow" lacks the address this host connects
+# from) answers "@ERROR: Unknown module '...'" for a `list = no` module, else "@ERROR: access
+# denied to ... from ...", exit 5 as for a full daemon (rsync clientserver.c rsync_module()).
+RSYNC_REFUSED = re.compile(r"@ERROR: (?:Unknown module|access denied)[^\n]*")
 RSYNC_DOWN = (10, 12, 30, 35)  # socket I/O, protocol stream, I/O timeout, connect timeout
 RSYNC_GONE = (23, 24)  # the file is not (or no longer) there
 PEER_POLL_S = 1.0
@@ -1257,6 +1261,7 @@ class PeerSource:
         self.busy_until = 0.0
         self.active = 0
         self.bytes = 0
+        self.refused = None  # the daemon's refusal of this host, while it refuses
 
     def usable(self, now):
         return self.down_until <= now and self.busy_until <= now
@@ -1379,8 +1384,10 @@ class PeerFetch:
             stdin=b"".join(p.encode() + b"\0" for p in paths), on_bytes=on_bytes)
         if rc == 0:
             failed = None
-        elif rc == RSYNC_BUSY:
+        elif rc == RSYNC_BUSY and not RSYNC_REFUSED.search(tail):
             failed = "busy"
+        elif rc == RSYNC_BUSY:
+            failed = "down"
         elif rc in RSYNC_DOWN:
             failed = "down"
         elif rc in RSYNC_GONE:
@@ -1404,10 +1411,12 @@ class PeerFetch:
 
     def list(self, source, now):
         rc, tail, out = self.rsync.run(["--list-only", "--recursive", source.url + "/"])
+        refused = RSYNC_REFUSED.search(tail) if rc == RSYNC_BUSY else None
+        source.refused = refused.group(0) if refused else None
         if rc == 0:
             source.listing = parse_listing(out)
             source.listed_at = now
-        elif rc == RSYNC_BUSY:
+        elif rc == RSYNC_BUSY and not refused:
             source.busy_until = now + PEER_POLL_S
         else:
             source.down_until = now + PEER_DOWN_S
@@ -1573,9 +1582,14 @@ class PeerFetch:
                 if any(s.down_until <= now for s in self.sources) or flying:
                     last_answer = now
                 elif now - last_answer > stall:
+                    refused = ["%s (%s)" % (s.name, s.refused) for s in self.sources if s.refused]
                     raise FetchError("no host of the fleet (%s) answered for %d s "
-                                     "(hf_model_stall_timeout_s)" % (
-                                         ", ".join(s.name for s in self.sources), stall))
+                                     "(hf_model_stall_timeout_s)%s" % (
+                                         ", ".join(s.name for s in self.sources), stall,
+                                         "; refused this host: %s (their daemons admit the "
+                                         "play's hosts by hf_model_peer_address: it must be "
+                                         "the address this host connects from)"
+                                         % ", ".join(refused) if refused else ""))
                 if now - kept_alive >= stall / 2:
                     # a connection to every host that answers, so that no daemon of the fleet
                     # takes itself for idle (the role's unit stops it then) while this runs

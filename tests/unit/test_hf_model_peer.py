@@ -68,7 +68,8 @@ class Host:
     def status(self) -> Path:
         return self.root / "run"
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, allow: str = "127.0.0.0/8") -> None:
+        """Serve as the role's daemon does, admitting the addresses in ``allow``."""
         self.model.mkdir(parents=True, exist_ok=True)
         self.status.mkdir(parents=True, exist_ok=True)
         conf = self.root / "rsyncd.conf"
@@ -76,10 +77,10 @@ class Host:
             "use chroot = no\nuid = root\ngid = root\nreverse lookup = no\n"
             f"pid file = {self.root / 'rsyncd.pid'}\n"
             f"[hf_model]\n path = {self.model}\n read only = yes\n list = no\n"
-            " hosts allow = 127.0.0.0/8\n hosts deny = *\n exclude = /.cache/\n"
+            f" hosts allow = {allow}\n hosts deny = *\n exclude = /.cache/\n"
             f" max connections = 8\n lock file = {self.root / 'rsyncd.lock'}\n"
             f"[hf_model_status]\n path = {self.status}\n read only = yes\n list = no\n"
-            " hosts allow = 127.0.0.0/8\n hosts deny = *\n"
+            f" hosts allow = {allow}\n hosts deny = *\n"
             " include = /hf_model-progress.json\n exclude = *\n"
         )
         self.proc = subprocess.Popen(
@@ -353,3 +354,29 @@ def test_another_runs_status_is_ignored_and_a_done_seed_without_a_good_copy_fail
         assert (me.model / path).is_file()
     digest = hashlib.sha256((me.model / good[0]).read_bytes()).hexdigest()
     assert digest == next(f["sha256"] for f in fleet.meta["files"] if f["path"] == good[0])
+
+
+def test_a_peer_every_host_refuses_fails_naming_the_refusal(
+    fleet: Fleet, hosts: list[Host], tmp_path: Path
+) -> None:
+    """The daemons admit hosts by address (hf_model_peer_address): a host that connects from
+    another address is refused ("@ERROR: Unknown module", rsync's answer for a `list = no`
+    module to a host it does not admit, exit 5, as for "max connections reached"). That is no
+    busy host to wait for: the peer fails after hf_model_stall_timeout_s, saying why."""
+    seed, parent, me = hosts
+    fill(fleet, seed)
+    seed.say("fetching")
+    for host in (seed, parent):
+        host.serve(fleet.port, allow="127.0.0.99")  # not the address this host connects from
+    peer = start_module(peer_args(fleet, hosts, me, stall_timeout_s=5), tmp_path)
+    try:
+        out, _ = peer.communicate(timeout=120)
+    finally:
+        peer.kill()
+    result = parse_result(out)
+    assert result["failed"]
+    assert result["msg"].startswith("no host of the fleet (seed, a) answered for 5 s"), result
+    refused = "@ERROR: Unknown module 'hf_model'"
+    assert f"refused this host: seed ({refused}), a ({refused})" in result["msg"], result
+    assert "hf_model_peer_address" in result["msg"], result
+    assert not list(me.model.glob("*.safetensors"))

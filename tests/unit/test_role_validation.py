@@ -50,6 +50,8 @@ CASES = [
     ("hf_model", "hf_model_stall_timeout_s", 4, "5-3600"),
     ("hf_model", "hf_model_proxy", "ftp://proxy:3128", "without credentials"),
     ("hf_model", "hf_model_peer_port", 0, "1-65535"),
+    ("hf_model", "hf_model_peer_address", "spark-2.lan", "an IP address"),
+    ("hf_model", "hf_model_peer_address", "10.0.0.256", "an IP address"),
     ("hf_model", "hf_model_disk_margin_gb", -1, "0 or more"),
     ("hf_model", "hf_model_fetch_timeout_s", 59, "60 or more"),
 ]
@@ -100,3 +102,13 @@ def test_a_proxy_with_credentials_is_named_without_them(tmp_path: Path) -> None:
     assert rc != 0, out
     assert 'hf_model_proxy=\\"http://***@proxy:3128\\" must be empty or http(s)' in out, out
     assert "s3cret" not in out, out
+
+
+@pytest.mark.parametrize("address", ["172.29.78.5", "fe80::1", "2001:db8::5"])
+def test_an_ip_address_passes_the_peer_address_check(tmp_path: Path, address: str) -> None:
+    """A good hf_model_peer_address passes: only the one bad variable given with it is named."""
+    rc, out = run_role(tmp_path, "hf_model", {"hf_model_peer_address": address,
+                                              "hf_model_workers": 65})  # fmt: skip
+    assert rc != 0, out
+    failed = [line for line in out.splitlines() if line.startswith("failed: [localhost] (item=")]
+    assert len(failed) == 1 and "hf_model_workers=65" in failed[0], out

@@ -122,6 +122,7 @@ def test_an_interrupted_play_leaves_daemons_that_end_by_themselves(host: Any) ->
     assert left["daemon"] == "active"
     if name == "hf-peer-3":
         assert left["fetch_jobs"] >= 1
+    assert fault_result(f"ended-{name}") == []  # its configuration, lock and log went with it
 
 
 def test_a_run_after_an_interrupted_one_replaces_it_and_finishes(host: Any) -> None:
