@@ -82,6 +82,28 @@ def status_of(url: str, path: str, key: str | None = None, method: str = "GET") 
         return err.code
 
 
+class Sampler:
+    """The gateway's per-host counters (its statistics page), read every 0.3 s in a thread from
+    start() to stop()."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, BackendStat]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append(gateway_backends(STATS))
+            time.sleep(0.3)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def test_one_key_at_the_edge() -> None:
     assert status_of(URL, "/health") == 200
     routes = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"),
@@ -141,23 +163,15 @@ def test_rolling_restart_under_load_fails_no_request() -> None:
         URL, GATEWAY_KEY, MODEL, total=8000, concurrency=6, deadline_s=1500, long_every=10,
         long_max_tokens=1200,
     )  # fmt: skip
-    samples: list[dict[str, BackendStat]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(gateway_backends(STATS))
-            time.sleep(0.3)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = Sampler()
+    samples = sampler.samples
     load.start()
     sampler.start()
     run = playbook("rolling_restart.yml")
     time.sleep(3)  # some traffic after the last host is back
     load.stop()
     outcomes = load.join()
-    done.set()
-    sampler.join()
+    sampler.stop()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert load.sent < load.total, "the load ended before the roll did"
     failed = [o for o in outcomes if not o.ok]
@@ -240,15 +254,8 @@ def test_a_key_rotation_sends_no_client_a_401() -> None:
     host out of rotation (its health check asks with the key) with no request failing either."""
     one, new_key = SPARKS[1], "rotated-key-fleet-2-0123456789"
     load = ChatLoad(URL, GATEWAY_KEY, MODEL, total=3000, concurrency=4, deadline_s=900)
-    samples: list[dict[str, BackendStat]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(gateway_backends(STATS))
-            time.sleep(0.3)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = Sampler()
+    samples = sampler.samples
     load.start()
     sampler.start()
     limit = ("--limit", f"{one}:gateway", "--tags", "service,health,gateway")
@@ -262,8 +269,7 @@ def test_a_key_rotation_sends_no_client_a_401() -> None:
         back = playbook("site.yml", *limit, "-e", host_keys())
         load.stop()
         outcomes = load.join()
-        done.set()
-        sampler.join()
+        sampler.stop()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert back.returncode == 0, back.stdout[-6000:] + back.stderr[-2000:]
     assert (new_works, old_refused) == (200, 401)
