@@ -203,3 +203,46 @@ def test_bad_gateway_variables_are_named_with_value_and_range(tmp_path: Path) ->
         assert named in out, out
     assert "c2VjcmV0" not in out, out
     assert "BACKENDS" not in out, out
+
+
+def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_path: Path) -> None:
+    bad = {
+        "fleet_gateway_bind_address": "eth0",
+        "fleet_gateway_metrics_bind_address": "10.0.0.5 ssl",
+        "fleet_gateway_config_dir": "/etc",
+        "fleet_gateway_run_dir": "/var/run/gw",
+        "fleet_gateway_admin_socket": "/run/gw/admin sock",
+        "fleet_gateway_package": "haproxy; reboot",
+        "fleet_gateway_timeout_s": 100000,
+        "fleet_gateway_api_key": "#fleet-key-0123456789",
+    }
+    rc, out = run_gateway_checks(
+        tmp_path, bad, **{"s-1": {"fleet_gateway_backend_address": "10.0.0.11:8000/x"}}
+    )
+    assert rc != 0, out
+    for named in (
+        'fleet_gateway_bind_address="eth0": an IPv4 or IPv6 address',
+        'fleet_gateway_metrics_bind_address="10.0.0.5 ssl": an IPv4 or',
+        's-1: address "10.0.0.11:8000/x" (fleet_gateway_backend_address)',
+        'fleet_gateway_config_dir="/etc": an absolute directory of the gateway\'s own',
+        'fleet_gateway_run_dir="/var/run/gw": /run/NAME',
+        'fleet_gateway_admin_socket="/run/gw/admin sock": an absolute path',
+        'fleet_gateway_package="haproxy; reboot": a Debian package name',
+        "fleet_gateway_timeout_s=100000: must be at least 300",
+        "and may not start with # (HAProxy's key file would read it as a comment)",
+    ):
+        assert named in out, out
+    assert "#fleet-key-0123456789" not in out, out
+    assert "BACKENDS" not in out, out
+    # the same values, good: an IPv6 gateway on every address, a comma in the key
+    good = {
+        "fleet_gateway_bind_address": "::",
+        "fleet_gateway_metrics_bind_address": "127.0.0.1",
+        "fleet_gateway_config_dir": "/etc/gw-a",
+        "fleet_gateway_run_dir": "/run/gw-a",
+        "fleet_gateway_package": "haproxy=2.8.16-0ubuntu0.24.04.1",
+        "fleet_gateway_timeout_s": 86400,
+        "fleet_gateway_api_key": "fleet,key-0123456789",
+    }
+    rc, out = run_gateway_checks(tmp_path, good, **{"s-1": {"ansible_host": "fd00::11"}})
+    assert rc == 0 and "BACKENDS fd00::11" in out, out

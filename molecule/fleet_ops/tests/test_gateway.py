@@ -11,6 +11,10 @@
   gateway's per-host counters, sampled during the roll, show each host out of rotation (MAINT)
   and taking no request while the others took its traffic;
 - ``Fleet.endpoint()`` and ``Fleet.status()`` (the gateway's view);
+- a reload HAProxy cannot apply (an address the host lacks) fails the role, keeps the old
+  configuration serving and recorded, and is retried; a host's key rotated through site.yml under
+  load, and another changed behind the gateway's back, fail no request; an unreachable second
+  gateway stops no run;
 - the generated Prometheus configuration passes ``promtool check config`` (Debian's ``promtool``)
   and the gateway's exporter answers; a host that leaves the gateway leaves no key file behind;
 - bad gateway variables are refused before any change; TLS termination with a test certificate
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import ssl
 import subprocess
 import threading
@@ -75,6 +80,28 @@ def status_of(url: str, path: str, key: str | None = None, method: str = "GET") 
             return int(resp.status)
     except urllib.error.HTTPError as err:
         return err.code
+
+
+class Sampler:
+    """The gateway's per-host counters (its statistics page), read every 0.3 s in a thread from
+    start() to stop()."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, BackendStat]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append(gateway_backends(STATS))
+            time.sleep(0.3)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def test_one_key_at_the_edge() -> None:
@@ -136,15 +163,8 @@ def test_rolling_restart_under_load_fails_no_request() -> None:
         URL, GATEWAY_KEY, MODEL, total=8000, concurrency=6, deadline_s=1500, long_every=10,
         long_max_tokens=1200,
     )  # fmt: skip
-    samples: list[dict[str, BackendStat]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(gateway_backends(STATS))
-            time.sleep(0.3)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = Sampler()
+    samples = sampler.samples
     load.start()
     sampler.start()
     run = playbook("rolling_restart.yml")
@@ -155,8 +175,7 @@ def test_rolling_restart_under_load_fails_no_request() -> None:
         time.sleep(1)
     load.stop()
     outcomes = load.join()
-    done.set()
-    sampler.join()
+    sampler.stop()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert load.sent < load.total, "the load ended before the roll did"
     failed = [o for o in outcomes if not o.ok]
@@ -196,6 +215,116 @@ def test_status_shows_the_gateways_view_and_the_api_its_endpoint() -> None:
     # the same counters as the gateway's statistics page
     stats = gateway_backends(STATS)
     assert all(stats[h].served >= backends[h]["served"] for h in SPARKS)
+
+
+def test_a_reload_haproxy_cannot_apply_fails_keeps_serving_and_is_retried() -> None:
+    """A metrics address the gateway host does not have passes ``haproxy -c`` but cannot be
+    bound: the reload forks no worker, the role fails with the unit's journal, the old
+    configuration goes on serving and is still the one recorded as loaded; each run retries."""
+    loaded = "/run/sparkfleet-gateway/loaded.sha256"
+    before = in_host(GATEWAY, f"cat {loaded}")
+    assert in_host(GATEWAY, f"stat -c %a {loaded}").strip() == "600"
+    bad = json.dumps({"fleet_gateway_metrics_bind_address": "192.0.2.77"})
+    for _attempt in range(2):  # not recorded as loaded: the next run tries again
+        run = gateway_play("-e", bad)
+        assert run.returncode != 0, run.stdout[-3000:]
+        assert "sparkfleet-gateway.service did not reload" in run.stdout, run.stdout[-3000:]
+        assert "HAProxy started no new worker within 30 s" in run.stdout, run.stdout[-3000:]
+        assert in_host(GATEWAY, f"cat {loaded}") == before
+        assert status_of(URL, "/v1/models", key=GATEWAY_KEY) == 200
+        assert status_of(f"http://{address(GATEWAY)}:{METRICS_PORT}", "/metrics") == 200
+    # the inventory's configuration again: it is what runs, so it is written back, not reloaded
+    run = gateway_play()
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    reload = run.stdout.split("Reload the gateway with the configuration written", 1)[1]
+    assert reload.split("TASK [", 1)[0].strip().splitlines()[-1].startswith("skipping:"), reload[
+        :800
+    ]
+    assert in_host(GATEWAY, f"cat {loaded}") == before
+
+
+def host_keys(**changed: str) -> str:
+    """Extra vars giving each host its scenario key, but ``changed`` ones (host name: key)."""
+    keys = {**HOST_KEYS, **changed}
+    return json.dumps(
+        {"vllm_api_key": "{{ " + json.dumps(keys) + ".get(inventory_hostname, '') }}"}
+    )
+
+
+def test_a_key_rotation_sends_no_client_a_401() -> None:
+    """fleet-2's key changes through site.yml (its serving batch and the gateway play) under a
+    steady load through the gateway: fleet-2 is drained first and back with the new key, no
+    request fails; then a key changed behind the gateway's back (fleet-3's proxy) takes that
+    host out of rotation (its health check asks with the key) with no request failing either."""
+    one, new_key = SPARKS[1], "rotated-key-fleet-2-0123456789"
+    load = ChatLoad(URL, GATEWAY_KEY, MODEL, total=3000, concurrency=4, deadline_s=900)
+    sampler = Sampler()
+    samples = sampler.samples
+    load.start()
+    sampler.start()
+    limit = ("--limit", f"{one}:gateway", "--tags", "service,health,gateway")
+    try:
+        run = playbook("site.yml", *limit, "-e", host_keys(**{one: new_key}))
+        time.sleep(3)
+        direct = f"http://{address(one)}:8000"
+        new_works = status_of(direct, "/v1/models", key=new_key)
+        old_refused = status_of(direct, "/v1/models", key=HOST_KEYS[one])
+    finally:
+        back = playbook("site.yml", *limit, "-e", host_keys())
+        load.stop()
+        outcomes = load.join()
+        sampler.stop()
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert back.returncode == 0, back.stdout[-6000:] + back.stderr[-2000:]
+    assert (new_works, old_refused) == (200, 401)
+    failed = [o for o in outcomes if not o.ok]
+    assert len(outcomes) >= 50, f"only {len(outcomes)} requests during the rotation"
+    assert failed == [], f"{len(failed)} of {len(outcomes)} failed, first: {failed[:3]}"
+    assert any(s[one].status.startswith("MAINT") for s in samples), "never drained"
+    assert status_of(f"http://{address(one)}:8000", "/v1/models", key=HOST_KEYS[one]) == 200
+    # the gateway's files hold the key in use again, and only in its 0600 map
+    assert in_host(GATEWAY, f"stat -c %a {CONF}/host-keys.map").strip() == "600"
+
+    # behind the gateway's back: fleet-3's proxy takes another key
+    three, keys = SPARKS[2], "/etc/vllm/vllm-proxy.keys"
+    saved = in_host(three, f"cat {keys}")
+    load = ChatLoad(URL, GATEWAY_KEY, MODEL, total=600, concurrency=2, deadline_s=300)
+    load.start()
+    try:
+        in_host(three, f"echo other-key-0123456789abcdef > {keys} && systemctl reload vllm-proxy")
+        deadline = time.monotonic() + 120
+        while gateway_backends(STATS)[three].status.startswith("UP"):
+            assert time.monotonic() < deadline, "a host with another key stayed in rotation"
+            time.sleep(0.5)
+        time.sleep(5)
+    finally:
+        in_host(three, f"printf %s {shlex.quote(saved)} > {keys} && systemctl reload vllm-proxy")
+        load.stop()
+        outcomes = load.join()
+    assert [o for o in outcomes if not o.ok] == [], [o for o in outcomes if not o.ok][:3]
+    deadline = time.monotonic() + 120
+    while not gateway_backends(STATS)[three].status.startswith("UP"):
+        assert time.monotonic() < deadline, "the host did not come back with its key"
+        time.sleep(0.5)
+
+
+def test_an_unreachable_gateway_stops_no_run(tmp_path: Path) -> None:
+    """A second gateway that cannot be reached: site.yml's serving batch for a host warns and
+    goes on; the host stays in rotation at the gateway that answers."""
+    extra = tmp_path / "gone.yml"
+    extra.write_text(
+        yaml.safe_dump(
+            {"gateway": {"hosts": {"gw-gone": {
+                "ansible_connection": "ssh", "ansible_host": "192.0.2.1",
+                "ansible_ssh_common_args": "-o ConnectTimeout=5",
+            }}}}
+        )
+    )  # fmt: skip
+    three = SPARKS[2]
+    run = playbook("site.yml", "-i", str(extra), "--limit", three, "--tags", "service,health")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "WARNING: gateway gw-gone cannot be reached" in run.stdout, run.stdout[-6000:]
+    assert gateway_backends(STATS)[three].status.startswith("UP")
 
 
 def scrape_targets() -> dict[str, str]:
