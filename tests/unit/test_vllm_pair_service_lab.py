@@ -3,9 +3,10 @@
 Two lab hosts with a link of their own (``tests/lab/pair.py``) and the pair stand-in image (real
 Ray, ``LabConfig.vllm_pair_image`` pinned by its registry digest): the role converges both, the
 head's proxy serves ``max_model_len`` 196608 once the worker's Ray node has joined (vLLM's
-placement group needs both GPUs), a second run changes nothing, Ray's GCS port, open on every
-interface of the head, answers the peer over the link but not a LAN neighbour (the firewall),
-and the worker's container killed, the pair comes back serving by systemd and the watches alone.
+placement group needs both GPUs), a second run and a check-mode run change nothing, Ray's GCS
+port, open on every interface of the head, answers the peer over the link but not a LAN
+neighbour (the firewall), and the worker's container killed, the pair comes back serving by
+systemd and the watches alone.
 """
 
 from __future__ import annotations
@@ -112,12 +113,12 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
     return tmp
 
 
-def playbook(tmp: Path, name: str) -> subprocess.CompletedProcess[str]:
+def playbook(tmp: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO_ROOT / "roles"),
                ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / "collections"),
                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_PIPELINING="True")  # fmt: skip
     return subprocess.run(
-        [venv_tool("ansible-playbook"), "-i", str(tmp / "inventory"), str(tmp / name)],
+        [venv_tool("ansible-playbook"), "-i", str(tmp / "inventory"), str(tmp / name), *args],
         capture_output=True, text=True, check=False, env=env, timeout=1800,
     )  # fmt: skip
 
@@ -187,6 +188,10 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     recap = [line for line in second.stdout.splitlines() if "changed=" in line]
     assert recap and all("changed=0" in line for line in recap), second.stdout[-6000:]
     log("pair: the second run changed nothing")
+    checked = playbook(workdir, "converge.yml", "--check", "--diff")
+    assert checked.returncode == 0, checked.stdout[-6000:]
+    recap = [line for line in checked.stdout.splitlines() if "changed=" in line]
+    assert recap and all("changed=0" in line for line in recap), checked.stdout[-6000:]
 
     # Ray's GCS listens on every interface of the head; only the peer (over the link) gets in.
     listening = hosts.sh(head.name, "ss -Hltn 'sport = :6379'").stdout
