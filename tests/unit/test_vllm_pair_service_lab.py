@@ -75,6 +75,9 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
             "vllm_image": CFG.vllm_pair_image,
             "vllm_image_digest": digest,
             "vllm_extra_env": {"VLLM_STANDIN_LOAD_SECONDS": "1"},
+            # shorter waits than a Spark's, to keep the test short (make test runs it)
+            "vllm_restart_sec": 5,
+            "vllm_watch_interval_s": 5,
         }
     (tmp / "inventory").mkdir()
     (tmp / "inventory" / "hosts.yml").write_text(yaml.safe_dump({"spark": {"hosts": host_vars}}))
