@@ -33,6 +33,8 @@ class ModelProfile:
     max_model_len: int
     gpu_memory_util: float
     gpu_memory_util_max: float
+    pair_max_model_len: int
+    pair_gpu_memory_util: float
     kernel_env: dict[str, str]
     extra_args: list[str]
     sampling: dict[str, float]
@@ -90,6 +92,8 @@ def load(path: Path = PROFILE_FILE) -> ModelProfile:
         max_model_len=int(v["max_model_len"]),
         gpu_memory_util=float(v["gpu_memory_util"]),
         gpu_memory_util_max=float(v["gpu_memory_util_max"]),
+        pair_max_model_len=int(v["pair_max_model_len"]),
+        pair_gpu_memory_util=float(v["pair_gpu_memory_util"]),
         kernel_env={str(k): str(x) for k, x in v["kernel_env"].items()},
         extra_args=[str(a) for a in v["extra_args"]],
         sampling={str(k): x for k, x in v["sampling"].items()},

@@ -10,8 +10,10 @@ so a pair with unequal MTUs can be made by connecting one host to a second netwo
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tests.lab import hosts
@@ -94,3 +96,14 @@ def remove_pair(cfg: LabConfig, net: PairNet) -> None:
     """Remove the pair's hosts (``cfg``'s label) and its network."""
     hosts.remove_hosts(cfg)
     subprocess.run(["docker", "network", "rm", net.name], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def own_pair(cfg: LabConfig, net: PairNet, image: str) -> Iterator[list[PairMember]]:
+    """A fresh pair (``start_pair``, after removing what ``cfg`` and ``net`` name), removed
+    afterwards."""
+    remove_pair(cfg, net)
+    try:
+        yield start_pair(cfg, net, image)
+    finally:
+        remove_pair(cfg, net)

@@ -58,6 +58,10 @@ def test_readme_table_matches_the_profile() -> None:
     assert _number(_codes(table["model_profile_gpu_memory_util"])[0]) == PROFILE.gpu_memory_util
     util_max = _number(_codes(table["model_profile_gpu_memory_util_max"])[0])
     assert util_max == PROFILE.gpu_memory_util_max
+    pair_len = int(_codes(table["model_profile_pair_max_model_len"])[0])
+    assert pair_len == PROFILE.pair_max_model_len == PROFILE.context_len
+    pair_util = _number(_codes(table["model_profile_pair_gpu_memory_util"])[0])
+    assert pair_util == PROFILE.pair_gpu_memory_util
     assert _pairs(table["model_profile_kernel_env"]) == PROFILE.kernel_env
     assert _codes(table["model_profile_extra_args"])[0].split() == PROFILE.extra_args
     sampling = {k: _number(v) for k, v in _pairs(table["model_profile_sampling"]).items()}

@@ -203,11 +203,8 @@ def test_pair_serves_only_with_both_members(image: str, ray_net: None) -> None:
 
 @pytest.fixture
 def pair_hosts() -> Iterator[list[pair.PairMember]]:
-    pair.remove_pair(CFG, NET)
-    try:
-        yield pair.start_pair(CFG, NET, f"{CFG.sim_image}:latest")
-    finally:
-        pair.remove_pair(CFG, NET)
+    with pair.own_pair(CFG, NET, f"{CFG.sim_image}:latest") as members:
+        yield members
 
 
 def test_pair_hosts_reach_each_other_over_the_link(pair_hosts: list[pair.PairMember]) -> None:

@@ -1,0 +1,219 @@
+"""A pair of simulated Sparks served as one model server by ``vllm_service`` (``vllm_pair_role``).
+
+Two lab hosts with a link of their own (``tests/lab/pair.py``) and the pair stand-in image (real
+Ray, ``LabConfig.vllm_pair_image`` pinned by its registry digest): the role converges both, the
+head's proxy serves ``max_model_len`` 196608 once the worker's Ray node has joined (vLLM's
+placement group needs both GPUs), a second run and a check-mode run change nothing, Ray's GCS
+port, open on every interface of the head, answers the peer over the link but not a LAN
+neighbour (the firewall), and the worker's container killed, the pair comes back serving by
+systemd and the watches alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import access, hosts, images, pair, services
+from tests.lab.config import REPO_ROOT, LabConfig, log, venv_tool
+
+pytestmark = pytest.mark.lab
+
+CFG = LabConfig(host_prefix="pairsvc", host_label="sparklab.pairsvc")
+NET = pair.PairNet("sparklab-pairsvc", "172.29.93.0/24", mtu=9000)
+CONTEXT = 196608
+MODEL = "MiniMax-M2.5-REAP-172B-NVFP4"
+# A loaded 2-core machine: liveness limits, not bounds.
+SERVE_UP_S = 1500
+JOURNAL = "journalctl -u vllm -u vllm-watch -n 40 --no-pager"
+
+
+def pair_image_digest() -> str:
+    """The registry digest of this tree's pair stand-in, published under the pair tag."""
+    ref = images.build_vllm_standin_ray(CFG, images.build_vllm_standin(CFG, images.build_base(CFG)))
+    repo = f"{CFG.registry_push}/{CFG.vllm_pair_image.split(':', 1)[0]}@"
+    services.push_vllm_image(CFG, ref, CFG.vllm_pair_image)
+    out = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", ref],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    digests: list[str] = json.loads(out) or []
+    found = [d.split("@", 1)[1] for d in digests if d.startswith(repo)]
+    assert found, out
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def members() -> Iterator[list[pair.PairMember]]:
+    with pair.own_pair(CFG, NET, f"{CFG.sim_image}:latest") as members:
+        yield members
+
+
+@pytest.fixture(scope="module")
+def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An inventory of the pair (the lab's group_vars) and the playbooks, the hosts prepared."""
+    tmp = tmp_path_factory.mktemp("pairsvc")
+    digest = pair_image_digest()
+    host_vars: dict[str, dict[str, object]] = {}
+    for index, member in enumerate(members):
+        host_vars[member.name] = {
+            **access.ansible_host_vars(CFG, member.lab_address, sudo_password=False),
+            "vllm_pair_role": ("head", "worker")[index],
+            "vllm_pair_peer": members[1 - index].name,
+            "vllm_pair_interface": member.interface,
+            "vllm_pair_address": member.pair_address,
+            "vllm_image": CFG.vllm_pair_image,
+            "vllm_image_digest": digest,
+            "vllm_extra_env": {"VLLM_STANDIN_LOAD_SECONDS": "1"},
+            # shorter waits than a Spark's, to keep the test short (make test runs it)
+            "vllm_restart_sec": 5,
+            "vllm_watch_interval_s": 5,
+        }
+    (tmp / "inventory").mkdir()
+    (tmp / "inventory" / "hosts.yml").write_text(yaml.safe_dump({"spark": {"hosts": host_vars}}))
+    (tmp / "inventory" / "group_vars").symlink_to(REPO_ROOT / "inventory" / "lab" / "group_vars")
+    model = CFG.state_dir / "hub" / "repo" / "files"
+    subprocess.run(["tar", "-C", str(model), "-cf", str(tmp / "model.tar"), "."], check=True)
+    prepare = [
+        {
+            "name": "Prepare the pair",
+            "hosts": "spark",
+            "become": True,
+            "gather_facts": False,
+            "tasks": [
+                {"ansible.builtin.wait_for_connection": {"timeout": 300}},
+                {"ansible.builtin.command": "systemctl is-system-running --wait",
+                 "register": "boot", "changed_when": False,
+                 "failed_when": "boot.stdout not in ['running', 'degraded']"},
+                {"ansible.builtin.command": "docker info", "register": "d",
+                 "until": "d.rc == 0", "retries": 60, "delay": 1, "changed_when": False},
+                {"ansible.builtin.setup": {"gather_subset": ["min"]}},
+                {"ansible.builtin.include_role": {"name": "nvidia_container_toolkit"}},
+                {"ansible.builtin.file": {"path": "/opt/huggingface/models/" + MODEL,
+                                          "state": "directory", "mode": "0755"}},
+                {"ansible.builtin.unarchive": {"src": str(tmp / "model.tar"),
+                                               "dest": "/opt/huggingface/models/" + MODEL,
+                                               "mode": "0644"}},
+            ],
+        }
+    ]  # fmt: skip
+    (tmp / "prepare.yml").write_text(yaml.safe_dump(prepare, sort_keys=False))
+    converge = [{"name": "Serve the pair", "hosts": "spark", "become": True,
+                 "gather_facts": True, "roles": ["vllm_service"]}]  # fmt: skip
+    (tmp / "converge.yml").write_text(yaml.safe_dump(converge))
+    done = playbook(tmp, "prepare.yml")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    return tmp
+
+
+def playbook(tmp: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO_ROOT / "roles"),
+               ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / "collections"),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_PIPELINING="True")  # fmt: skip
+    return subprocess.run(
+        [venv_tool("ansible-playbook"), "-i", str(tmp / "inventory"), str(tmp / name), *args],
+        capture_output=True, text=True, check=False, env=env, timeout=1800,
+    )  # fmt: skip
+
+
+def request(url: str, body: dict[str, object] | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except OSError:
+        return 0, b""
+
+
+def chat(head: pair.PairMember) -> int:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    return request(f"http://{head.lab_address}:8000/v1/chat/completions", body)[0]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, *names: str) -> float:
+    """Poll ``check`` every 5 s; returns the seconds it took, fails with the units' journals."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(5)
+    journals = {
+        name: hosts.sh(
+            name, "journalctl -u vllm -u vllm-watch -n 40 --no-pager", check=False
+        ).stdout
+        for name in names
+    }
+    raise AssertionError(f"{what}: not within {timeout:.0f} s; journals: {journals}")
+
+
+def connect(address: str, port: int) -> str:
+    """A shell command that opens a TCP connection (exit 1 when it cannot)."""
+    call = f"socket.create_connection(('{address}', {port}), timeout=10).close()"
+    return f'python3 -c "import socket; {call}"'
+
+
+def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Path) -> None:
+    head, worker = members
+    names = (head.name, worker.name)
+    started = time.monotonic()
+    first = playbook(workdir, "converge.yml")
+    assert first.returncode == 0, first.stdout[-8000:] + first.stderr[-3000:]
+    took = wait_for("the pair serving", lambda: chat(head) == 200, SERVE_UP_S, *names)
+    log(f"pair: serving {time.monotonic() - started:.0f} s after the run began ({took:.0f} after)")
+    status, raw = request(f"http://{head.lab_address}:8000/v1/models")
+    assert status == 200
+    assert json.loads(raw)["data"][0]["max_model_len"] == CONTEXT
+    logs = hosts.sh(head.name, "docker logs minimax 2>&1").stdout
+    assert (
+        f"Ray workers (rank: node ip): {{0: '{head.pair_address}', 1: '{worker.pair_address}'}}"
+        in logs
+    ), logs[-3000:]
+    env = hosts.sh(head.name, "cat /etc/vllm/vllm.env").stdout
+    assert "TENSOR_PARALLEL_SIZE=2" in env and f"HEAD_IP={head.pair_address}" in env
+    assert f"NCCL_SOCKET_IFNAME={head.interface}" in env
+    assert "GPU_MEMORY_UTIL=0.93" in env and f"MAX_MODEL_LEN={CONTEXT}" in env
+
+    second = playbook(workdir, "converge.yml")
+    assert second.returncode == 0, second.stdout[-6000:]
+    recap = [line for line in second.stdout.splitlines() if "changed=" in line]
+    assert recap and all("changed=0" in line for line in recap), second.stdout[-6000:]
+    log("pair: the second run changed nothing")
+    checked = playbook(workdir, "converge.yml", "--check", "--diff")
+    assert checked.returncode == 0, checked.stdout[-6000:]
+    recap = [line for line in checked.stdout.splitlines() if "changed=" in line]
+    assert recap and all("changed=0" in line for line in recap), checked.stdout[-6000:]
+
+    # Ray's GCS listens on every interface of the head; only the peer (over the link) gets in.
+    listening = hosts.sh(head.name, "ss -Hltn 'sport = :6379'").stdout
+    assert "0.0.0.0:6379" in listening or "*:6379" in listening, listening
+    with pytest.raises(OSError):
+        socket.create_connection((head.lab_address, 6379), timeout=10).close()
+    hosts.sh(worker.name, connect(head.pair_address, 6379))
+    hosts.sh(worker.name, connect(head.lab_address, 8000))  # the API stays open
+
+    # The worker's container killed: the worker's unit brings it back, the head's server learns
+    # of the loss at its next generation (its watch's probe or a client's), ends and comes back.
+    restarts_before = hosts.sh(head.name, "systemctl show vllm -p NRestarts --value").stdout.strip()
+    killed = time.monotonic()
+    hosts.sh(worker.name, "docker kill minimax")
+    log("pair: the worker's container killed")
+    time.sleep(20)
+    took = wait_for("the pair serving again", lambda: chat(head) == 200, SERVE_UP_S, *names)
+    log(f"pair: serving again {time.monotonic() - killed:.0f} s after the worker was killed")
+    restarts_after = hosts.sh(head.name, "systemctl show vllm -p NRestarts --value").stdout.strip()
+    assert int(restarts_after) > int(restarts_before), (restarts_before, restarts_after)
+    logs = hosts.sh(head.name, "docker logs minimax 2>&1").stdout
+    assert f"1: '{worker.pair_address}'" in logs, logs[-3000:]
