@@ -1,6 +1,7 @@
 # sparkfleet: provisioning for NVIDIA DGX Spark fleets, and its lab.
 #   make lab        build the lab, start HOSTS simulated Sparks, run site.yml, show a chat completion
-#   make test       lint, unit tests and molecule scenarios (what CI runs), each stage timed
+#   make test       lint, unit tests and molecule scenarios (what CI runs), each stage timed; the
+#                   unit tests and the scenarios run side by side, LAB_JOBS at a time
 #   make quick      lint and the unit tests that need no lab (no Docker, no root)
 #   make lab-down   remove the lab's hosts, network and services
 VENV ?= .venv
@@ -9,15 +10,20 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 PY := $(VENV)/bin/python
 # The lab's state (tests/lab/config.py); its vault password unlocks the hosts' sudo password.
 LAB_VAULT_PASSWORD_FILE = $(or $(SPARKLAB_DIR),/var/lib/sparklab)/ssh/vault-password
-# Molecule scenarios (every molecule/*/molecule.yml), run one by one, each timed; a failing one
-# does not stop the others, but fails the target. Alphabetical, as 'molecule test --all' ran
-# them: default fleet_ops hf_model_peer hostprep service (default, the whole site.yml, first).
-SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# Molecule scenarios (every molecule/*/molecule.yml). The lab stages (the unit tests and each
+# scenario) run side by side, LAB_JOBS at a time (tests/stages.py: each stage's log printed whole
+# when it ends, with its time; a failing one does not stop the others, but fails the target). The
+# longest start first: fleet_ops, service, hostprep, then the others alphabetically.
+ALL_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+LONG_SCENARIOS := fleet_ops service hostprep
+SCENARIOS ?= $(foreach s,$(LONG_SCENARIOS),$(filter $(s),$(ALL_SCENARIOS))) $(filter-out $(LONG_SCENARIOS),$(ALL_SCENARIOS))
+LAB_JOBS ?= 3
 # -rfEs: a summary line for each failure, error and skip (with its reason); the slowest tests
 PYTEST_FLAGS ?= -rfEs --durations=10
 
-.PHONY: setup lab lab-prepare lab-down test quick lint sanity ee dist unit unit-nolab molecule
-# The stages share the lab (and the terminal): one at a time, even under -j.
+.PHONY: setup lab lab-prepare lab-down test quick lint sanity ee dist unit unit-nolab molecule lab-stages
+# Make's own stages one at a time, even under -j (the lab stages run side by side through
+# tests/stages.py instead, their output kept apart).
 .NOTPARALLEL:
 
 # $(call timed,LABEL,COMMANDS): run COMMANDS, then print "[time] LABEL: N s" (with FAILED and the
@@ -70,11 +76,11 @@ unit-nolab: setup
 	@$(call timed,unit (no lab),pytest -q $(PYTEST_FLAGS) -m nolab tests/unit)
 
 molecule: lab-prepare
-	@failed=""; \
-	for scenario in $(SCENARIOS); do \
-		( $(call timed,molecule $$scenario,molecule test -s $$scenario) ) || failed="$$failed $$scenario"; \
-	done; \
-	test -z "$$failed" || { echo "molecule scenarios that failed:$$failed"; exit 1; }
+	@$(PY) -m tests.stages --jobs $(LAB_JOBS) $(foreach s,$(SCENARIOS),'molecule $(s)=molecule test -s $(s)')
+
+# The unit tests and every scenario, side by side
+lab-stages: lab-prepare
+	@$(PY) -m tests.stages --jobs $(LAB_JOBS) 'molecule $(firstword $(SCENARIOS))=molecule test -s $(firstword $(SCENARIOS))' 'unit=pytest -q $(PYTEST_FLAGS) tests/unit' $(foreach s,$(wordlist 2,99,$(SCENARIOS)),'molecule $(s)=molecule test -s $(s)')
 
 molecule-%: lab-prepare
 	@$(call timed,molecule $*,molecule test -s $*)
@@ -82,7 +88,7 @@ molecule-%: lab-prepare
 # The stages run in one sub-make, in order, so that the total covers them all and is printed
 # whether they pass or not; the sub-make's status is the target's.
 test:
-	@$(call timed,total,$(MAKE) --no-print-directory lint sanity ee unit molecule)
+	@$(call timed,total,$(MAKE) --no-print-directory lint sanity ee lab-stages)
 
 quick:
 	@$(call timed,total,$(MAKE) --no-print-directory lint unit-nolab)
