@@ -337,6 +337,16 @@ PATTERNS = [
         "killed it. Look for a stalled load above (unified memory under pressure wedges loads).",
     ),
     (
+        # A pair's head: a model step met a Ray worker that is gone (Ray's exceptions, as
+        # ray.exceptions names them; vLLM's Ray executor does not check its workers before).
+        "ray_worker_lost",
+        r"ray\.exceptions\.(ActorDiedError|ActorUnavailableError|RayActorError|NodeDiedError|"
+        r"RayChannelError|RayChannelTimeoutError)|The actor died unexpectedly",
+        "the pair's server lost its Ray worker: the worker {pair_peer} ({pair_peer_address}) "
+        "left the cluster. Look at it (`journalctl -u {service}` on {pair_peer}); systemd "
+        "restarts this server, which waits for the worker to join again.",
+    ),
+    (
         "engine_died",
         r"EngineDeadError|EngineCore encountered a fatal error|Engine core initialization failed",
         "the vLLM engine died: the lines above it name the cause. systemd restarts the unit "

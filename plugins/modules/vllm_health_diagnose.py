@@ -44,7 +44,8 @@ options:
   settings:
     description: The service's settings named in hints (gpu_memory_util, max_model_len, port,
       port_variable (the variable that sets that port, default vllm_port), image, model_dir,
-      model_mount, start_timeout_s).
+      model_mount, start_timeout_s; at the head of a pair also pair_peer and pair_peer_address,
+      the worker's host and link address, and service, its unit).
     type: dict
     default: {}
 author: sparkfleet maintainers (!UNKNOWN)
@@ -210,7 +211,7 @@ from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_health_probe
 )
 
 SETTINGS = ("gpu_memory_util", "max_model_len", "port", "port_variable", "image", "model_dir",
-            "model_mount", "start_timeout_s")
+            "model_mount", "start_timeout_s", "pair_peer", "pair_peer_address", "service")
 
 
 def port_owner(run, port):
@@ -256,6 +257,7 @@ def main():
     settings = dict((k, p["settings"].get(k, "")) for k in SETTINGS)
     settings["port_variable"] = settings["port_variable"] or "vllm_port"
     settings["port_owner"] = ""
+    settings["service"] = settings["service"] or p["service"] or "vllm"
     if any(re.search(r"address already in use|port is already allocated", line, re.I) for line in scan_text):
         settings["port_owner"] = port_owner(run, settings["port"])
     hints = find_hints(scan_text, settings)

@@ -21,6 +21,27 @@ options:
       - Address the endpoint listens on, as seen from the host (an IPv6 address without brackets).
     type: str
     default: 127.0.0.1
+  pair_role:
+    description:
+      - A pair of Sparks' member role (its vllm_pair_role); empty for a single host. C(head) and
+        C(worker) also read the pair's Ray cluster inside the container (its members' nodes,
+        with address, alive and GPUs); a C(worker) serves no API, so its C(/metrics) is not read.
+    type: str
+    default: ""
+    choices: ["", head, worker]
+  pair_members:
+    description: Both members of the pair, each with C(name), C(role) and C(address) (its vllm_pair_address).
+    type: list
+    elements: dict
+    default: []
+  gcs_address:
+    description: The head's Ray GCS, C(ADDRESS:PORT).
+    type: str
+    default: ""
+  docker_bin:
+    description: Docker client (reads the cluster inside the container).
+    type: path
+    default: docker
 author: sparkfleet maintainers (!UNKNOWN)
 """
 
@@ -142,8 +163,16 @@ status:
       type: dict
       returned: always
     metrics_error:
-      description: Why C(/metrics) could not be read, null when it was.
+      description: Why C(/metrics) could not be read, null when it was (and on a pair's worker).
       type: str
+      returned: always
+    pair:
+      description: >-
+        A pair's member - role, head (its host), peer, members (name, role, address, node_id,
+        alive, gpus: as the Ray cluster has them, an empty list when it could not be read),
+        problems (sentences naming the host), error (why the cluster could not be read, else
+        null); null on a single host.
+      type: dict
       returned: always
 """
 
@@ -155,6 +184,11 @@ import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_pair_ray import (
+    judge,
+    parse_nodes,
+    probe_argv,
+)
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 GAUGES = {
@@ -254,6 +288,25 @@ def model_status(model_dir):
             "files": len(manifest.get("files", {}))}
 
 
+def pair_status(role, members, gcs_address, docker, container, service):
+    """The pair's Ray cluster as this member's container reads it (module option pair)."""
+    members = [{"name": str(m.get("name", "")), "role": str(m.get("role", "")),
+                "address": str(m.get("address", ""))} for m in members]
+    head = next((m["name"] for m in members if m["role"] == "head"), "")
+    peer = next((m["name"] for m in members if m["role"] != role), "")
+    status = {"role": role, "head": head, "peer": peer, "members": [], "problems": [],
+              "error": None}
+    if not container.get("running"):
+        status["error"] = "the container does not run"
+        return status
+    nodes, error = parse_nodes(*_run(probe_argv(docker, container["name"], gcs_address)))
+    if nodes is None:
+        status["error"] = error
+        return status
+    status["members"], status["problems"] = judge(nodes, members, service)
+    return status
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -262,6 +315,10 @@ def main():
             "model_dir": {"type": "path", "required": True},
             "port": {"type": "int", "required": True},
             "address": {"type": "str", "default": "127.0.0.1"},
+            "pair_role": {"type": "str", "default": "", "choices": ["", "head", "worker"]},
+            "pair_members": {"type": "list", "elements": "dict", "default": []},
+            "gcs_address": {"type": "str", "default": ""},
+            "docker_bin": {"type": "path", "default": "docker"},
         },
         supports_check_mode=True,
     )
@@ -272,7 +329,15 @@ def main():
         "model": model_status(params["model_dir"]),
         "metrics": {},
         "metrics_error": None,
+        "pair": None,
     }
+    if params["pair_role"]:
+        container = dict(status["container"], name=params["container_name"])
+        status["pair"] = pair_status(params["pair_role"], params["pair_members"],
+                                     params["gcs_address"], params["docker_bin"], container,
+                                     params["service_name"])
+    if params["pair_role"] == "worker":
+        module.exit_json(changed=False, status=status)  # no API, no /metrics
     try:
         address = params["address"]
         host = "[%s]" % address if ":" in address else address

@@ -304,7 +304,14 @@ def host_detail(host: HostResult) -> str:
     if health is not None:
         # the endpoint a client on the controller reaches, never the host's own loopback
         where = f"endpoint {host.endpoint} " if host.endpoint else ""
-        if not health.checked:
+        if health.served_by is not None:
+            state = (
+                "not checked"
+                if not health.checked
+                else ("Ray node alive" if health.healthy else "Ray node NOT alive")
+            )
+            text = f"worker of {health.served_by}: {state} (the pair is served and checked there)"
+        elif not health.checked:
             text = f"{where}not checked (check mode sends no request)"
         elif not health.healthy:
             text = f"{where}does not serve {health.model}"
@@ -346,13 +353,31 @@ def host_detail(host: HostResult) -> str:
 
 
 def _serving_text(report: StatusResult) -> str:
-    """``status``'s verdict in a line: serving (and where) or what is missing."""
+    """``status``'s verdict in a line: serving (and where) or what is missing; for a pair's
+    member, its Ray cluster (a worker serves at its head)."""
     if report.serving:
-        return f"serving at {report.endpoint}" if report.endpoint else "serving"
+        if report.pair_role == "worker":
+            return f"worker of {report.pair_head}, {_ray_text(report)}"
+        where = f"serving at {report.endpoint}" if report.endpoint else "serving"
+        return where + (f", {_ray_text(report)}" if report.pair_role else "")
     missing = [f"unit {report.unit}"] if not report.unit.startswith("active/") else []
     missing += [] if report.container_running else ["container not running"]
     missing += [f"metrics: {report.metrics_error}"] if report.metrics_error else []
-    return "NOT serving: " + ", ".join(missing)
+    missing += [f"Ray: {report.ray_error}"] if report.ray_error else list(report.ray_problems)
+    role = f" (worker of {report.pair_head})" if report.pair_role == "worker" else ""
+    return f"NOT serving{role}: " + ", ".join(missing)
+
+
+def _ray_text(report: StatusResult) -> str:
+    """A pair's Ray cluster: ``Ray: spark-01 192.168.100.10 1 GPU, spark-02 ... 1 GPU``."""
+    if report.ray_error:
+        return f"Ray: {report.ray_error}"
+    members = []
+    for m in report.ray_members:
+        alive = m.get("alive") and m.get("gpus") is not None
+        members.append(f"{m.get('name')} {m.get('address')} "
+                       + (f"{float(m['gpus']):g} GPU" if alive else "no node"))  # fmt: skip
+    return "Ray: " + ", ".join(members)
 
 
 def _benchmark_text(report: dict[str, Any]) -> str:
@@ -496,5 +521,18 @@ def _status_cells(name: str, report: StatusResult) -> list[RenderableType]:
         _or_dash(report.prompt_tokens),
         _or_dash(report.generation_tokens),
         ttft,
-        Text(f"metrics: {report.metrics_error}", style="red") if report.metrics_error else "",
+        _status_note(report),
     ]
+
+
+def _status_note(report: StatusResult) -> RenderableType:
+    """The note column: why ``/metrics`` could not be read; a pair's Ray cluster (what is wrong
+    with it, in red); a pair's worker, whose head serves."""
+    if report.metrics_error:
+        return Text(f"metrics: {report.metrics_error}", style="red")
+    if report.pair_role is None:
+        return ""
+    if report.ray_error or report.ray_problems:
+        return Text(_serving_text(report).removeprefix("NOT serving"), style="red")
+    worker = f"worker of {report.pair_head}, " if report.pair_role == "worker" else ""
+    return worker + _ray_text(report)

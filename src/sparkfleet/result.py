@@ -98,6 +98,9 @@ class HealthResult:
     completion_tokens: int | None
     answer: str
     checked: bool = True
+    served_by: str | None = None
+    """A pair's worker (no API of its own): the head that serves the pair and where it is
+    checked; None for a head or a single host."""
 
     @classmethod
     def from_fact(cls, fact: Mapping[str, Any]) -> HealthResult:
@@ -115,6 +118,7 @@ class HealthResult:
             chat_seconds=_num(fact.get("chat_seconds"), float),
             completion_tokens=_num(fact.get("completion_tokens"), int),
             answer=str(fact.get("answer", "")),
+            served_by=_str(fact.get("served_by")),
         )
 
 
@@ -135,7 +139,13 @@ class StatusResult:
         kv_cache_usage: KV-cache use as a fraction in [0, 1].
         prompt_tokens / generation_tokens: tokens processed since the server started.
         ttft_mean_s: mean time to first token since the server started, in seconds.
-        metrics_error: why ``/metrics`` could not be read (None when it was).
+        metrics_error: why ``/metrics`` could not be read (None when it was, and on a pair's
+            worker, which has no API).
+        pair_role: ``head`` or ``worker`` for a member of a pair of Sparks, None for a single
+            host; ``pair_head`` the pair's head (inventory name).
+        ray_members: a pair's members as its Ray cluster has them, ``[{name, role, address,
+            node_id, alive, gpus}]`` (empty when the cluster could not be read: ``ray_error``);
+            ``ray_problems`` what is wrong with it, a sentence each naming the host.
     """
 
     unit: str
@@ -153,12 +163,20 @@ class StatusResult:
     generation_tokens: int | None
     ttft_mean_s: float | None
     metrics_error: str | None
+    pair_role: str | None = None
+    pair_head: str | None = None
+    ray_members: tuple[dict[str, Any], ...] = ()
+    ray_problems: tuple[str, ...] = ()
+    ray_error: str | None = None
 
     @property
     def serving(self) -> bool:
-        """The unit is active, its container runs and ``/metrics`` answered."""
+        """The unit is active, its container runs and ``/metrics`` answered; for a pair's
+        member, its Ray cluster also has both members' nodes alive with a GPU each (a pair's
+        worker has no API: its Ray node in the head's cluster stands for ``/metrics``)."""
+        pair_ok = self.pair_role is None or (self.ray_error is None and not self.ray_problems)
         return (self.unit.startswith("active/") and self.container_running
-                and self.metrics_error is None)  # fmt: skip
+                and self.metrics_error is None and pair_ok)  # fmt: skip
 
     @classmethod
     def from_fact(cls, fact: Mapping[str, Any]) -> StatusResult:
@@ -169,6 +187,7 @@ class StatusResult:
         metrics = fact.get("metrics") or {}
         digests = container.get("digests") or []
         digest = str(digests[0]).rpartition("@")[2] if digests else None
+        pair = fact.get("pair") or {}
         return cls(
             unit=f"{unit.get('active', 'unknown')}/{unit.get('sub', 'unknown')}",
             restarts=_num(unit.get("restarts"), int),
@@ -185,6 +204,11 @@ class StatusResult:
             generation_tokens=_num(metrics.get("generation_tokens"), int),
             ttft_mean_s=_num(metrics.get("ttft_mean_s"), float),
             metrics_error=_str(fact.get("metrics_error")),
+            pair_role=_str(pair.get("role")),
+            pair_head=_str(pair.get("head")),
+            ray_members=tuple(dict(m) for m in pair.get("members") or () if isinstance(m, Mapping)),
+            ray_problems=tuple(str(p) for p in pair.get("problems") or ()),
+            ray_error=_str(pair.get("error")),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,11 @@ head's proxy serves ``max_model_len`` 196608 once the worker's Ray node has join
 placement group needs both GPUs), a second run and a check-mode run change nothing, Ray's GCS
 port, open on every interface of the head, answers the peer over the link but not a LAN
 neighbour (the firewall), and the worker's container killed, the pair comes back serving by
-systemd and the watches alone.
+systemd and the watches alone. Health and status know the pair: ``status.yml`` reports the Ray
+cluster's members on both (the worker, which has no API, not as down); with the worker's unit
+stopped the head's ``vllm_health`` fails naming the worker and where to look; once the pair is
+back, ``vllm_health`` passes on both members, the head's naming both members and their link
+addresses.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
             "vllm_pair_address": member.pair_address,
             "vllm_image": CFG.vllm_pair_image,
             "vllm_image_digest": digest,
-            "vllm_extra_env": {"VLLM_STANDIN_LOAD_SECONDS": "1"},
+            # a fast decode keeps the health check's four requests short
+            "vllm_extra_env": {"VLLM_STANDIN_LOAD_SECONDS": "1", "VLLM_STANDIN_DECODE_TPS": "2000"},
             # shorter waits than a Spark's, to keep the test short (make test runs it)
             "vllm_restart_sec": 5,
             "vllm_watch_interval_s": 5,
@@ -111,6 +116,11 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
     converge = [{"name": "Serve the pair", "hosts": "spark", "become": True,
                  "gather_facts": True, "roles": ["vllm_service"]}]  # fmt: skip
     (tmp / "converge.yml").write_text(yaml.safe_dump(converge))
+    # site.yml's serving play as `--tags health` runs it (vllm_service's variables, vllm_health)
+    health = [{"name": "Check the pair", "hosts": "spark", "become": True, "gather_facts": False,
+               "roles": [{"role": "vllm_service", "tags": ["service"]},
+                         {"role": "vllm_health", "tags": ["health"]}]}]  # fmt: skip
+    (tmp / "health.yml").write_text(yaml.safe_dump(health))
     done = playbook(tmp, "prepare.yml")
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     return tmp
@@ -124,6 +134,11 @@ def playbook(tmp: Path, name: str, *args: str) -> subprocess.CompletedProcess[st
         [venv_tool("ansible-playbook"), "-i", str(tmp / "inventory"), str(tmp / name), *args],
         capture_output=True, text=True, check=False, env=env, timeout=1800,
     )  # fmt: skip
+
+
+def flat(run: subprocess.CompletedProcess[str]) -> str:
+    """A run's output with its lines joined (Ansible's YAML output wraps long messages)."""
+    return " ".join(run.stdout.split())
 
 
 def request(url: str, body: dict[str, object] | None = None) -> tuple[int, bytes]:
@@ -204,6 +219,20 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     hosts.sh(worker.name, connect(head.pair_address, 6379))
     hosts.sh(worker.name, connect(head.lab_address, 8000))  # the API stays open
 
+    status_file = workdir / "status.json"
+    shown = playbook(workdir, str(REPO_ROOT / "playbooks" / "status.yml"),
+                     "-e", f"fleet_status_output_file={status_file}")  # fmt: skip
+    assert shown.returncode == 0, shown.stdout[-6000:]
+    report = json.loads(status_file.read_text())
+    seen = [(m["name"], m["address"], m["alive"], m["gpus"])
+            for m in report[head.name]["pair"]["members"]]  # fmt: skip
+    assert seen == [(head.name, head.pair_address, True, 1.0),
+                    (worker.name, worker.pair_address, True, 1.0)], report  # fmt: skip
+    assert report[worker.name]["pair"]["problems"] == [], report
+    assert report[worker.name]["metrics_error"] is None, report  # no API: not read, not "down"
+    assert f"{worker.name}: active/running | worker of {head.name}" in flat(shown), shown.stdout
+    log("pair: status reports both members of the Ray cluster")
+
     # The worker's container killed: the worker's unit brings it back, the head's server learns
     # of the loss at its next generation (its watch's probe or a client's), ends and comes back.
     restarts_before = hosts.sh(head.name, "systemctl show vllm -p NRestarts --value").stdout.strip()
@@ -217,3 +246,25 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     assert int(restarts_after) > int(restarts_before), (restarts_before, restarts_after)
     logs = hosts.sh(head.name, "docker logs minimax 2>&1").stdout
     assert f"1: '{worker.pair_address}'" in logs, logs[-3000:]
+
+    # The worker's unit stopped: the head's health check fails naming the worker (its node gone
+    # from the cluster, or, once the server met the lost rank, Ray's error in the journal).
+    hosts.sh(worker.name, "systemctl stop vllm")
+    failed = playbook(workdir, "health.yml", "--tags", "health", "--limit", head.name,
+                      "-e", "vllm_health_timeout_s=60")  # fmt: skip
+    assert failed.returncode != 0, failed.stdout[-6000:]
+    said = flat(failed)
+    assert f"the worker {worker.name} ({worker.pair_address})" in said, said[-6000:]
+    assert f"`journalctl -u vllm` on {worker.name}" in said, said[-6000:]
+    log("pair: with the worker stopped, the head's health check names it")
+    hosts.sh(worker.name, "systemctl start vllm")
+    wait_for("the pair serving again", lambda: chat(head) == 200, SERVE_UP_S, *names)
+
+    checked = playbook(workdir, "health.yml", "--tags", "health")
+    assert checked.returncode == 0, checked.stdout[-8000:]
+    said = flat(checked)
+    assert f"{head.name} (head, {head.pair_address}, node " in said, said[-6000:]
+    assert f"{worker.name} (worker, {worker.pair_address}, node " in said, said[-6000:]
+    assert f"{worker.name} is the worker of the pair headed by {head.name}" in said, said[-6000:]
+    assert f"the pair is served and checked at {head.name}" in said, said[-6000:]
+    log("pair: vllm_health passes on both members")
