@@ -43,6 +43,22 @@ def test_endpoint_is_the_first_gateway_with_its_port_and_scheme() -> None:
     assert Fleet(tls).endpoint() == "https://10.0.0.5:443/v1"
 
 
+def test_endpoint_is_the_bind_address_when_the_gateway_listens_on_one() -> None:
+    assert (
+        Fleet(inventory(fleet_gateway_bind_address="10.1.0.5")).endpoint()
+        == "http://10.1.0.5:8080/v1"
+    )
+    assert (
+        Fleet(inventory(fleet_gateway_bind_address="fd00::9")).endpoint()
+        == "http://[fd00::9]:8080/v1"
+    )
+    for wildcard in ("", "::", "0.0.0.0"):
+        assert (
+            Fleet(inventory(fleet_gateway_bind_address=wildcard)).endpoint()
+            == "http://10.0.0.5:8080/v1"
+        )
+
+
 def test_no_gateway_group_no_endpoint() -> None:
     assert Fleet({"s-1": {"ansible_host": "10.0.0.11"}}).endpoint() is None
 
