@@ -138,16 +138,18 @@ def look(run, p, members):
             return unit, container, [], [], ["%s: no such unit (run the vllm_service role)" % where], True
         if unit["active"] in ("inactive", "failed") and not unit["job_pending"]:
             return unit, container, [], [], ["%s: stopped, nothing starts it" % where], True
-        if unit["active"] != "active":
-            return unit, container, [], [], ["%s: not active yet" % where], False
     if not container["exists"] or not container["running"]:
         return unit, container, [], [], ["%s: %s" % (where, describe_container(container))], False
+    # A unit still starting (the head waits for /health, the worker for its raylet) runs its
+    # container already: the cluster is read, so that a failure says what it lacks.
     rc, out, err = run(probe_argv(p["docker_bin"], p["container"], p["gcs_address"]))
     nodes, error = parse_nodes(rc, out, err)
     if nodes is None:
         return unit, container, [], [], ["the Ray cluster at %s could not be read from %s: %s" % (
             p["gcs_address"], p["container"], error)], False
     report, problems = judge(nodes, members, p["service"])
+    if unit is not None and unit["active"] != "active":
+        problems.append("%s: not active yet" % where)
     return unit, container, nodes, report, problems, False
 
 

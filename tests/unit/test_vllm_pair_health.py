@@ -483,3 +483,16 @@ def test_a_bad_pair_declaration_is_named_before_any_check(tmp_path: Path) -> Non
     assert rc != 0, out
     assert 's-1: vllm_pair_role="head" must be head or worker, and vllm_pair_peer="s-2"' in out
     assert '"role": "head", "address": "192.168.100.11"' in out, out
+
+
+def test_a_starting_unit_does_not_pass_but_its_cluster_is_read(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = host([node(HEAD, "h1")], active="activating")
+    rc, result = run_ray_module(monkeypatch, capsys, script, role="head")
+    assert rc == 1
+    assert result["problems"] == [
+        f"the worker spark-02 ({WORKER}): no Ray node of it in the cluster; "
+        "look at `journalctl -u vllm` on spark-02",
+        "the head's vllm.service activating (running): not active yet",
+    ]
