@@ -8,8 +8,9 @@ whose own Ray node is gone; older or newer Rays without it: ``ray.init`` and ``r
 ``ray status`` does not name the nodes' addresses, and ``ray list nodes`` needs the dashboard,
 which the lab's head runs without. Each node the GCS holds alive is also asked for a TCP
 connection to its raylet's port (NodeManagerPort): the GCS marks a node whose raylet was killed
-dead only after its health checks failed (Ray 2.60: 5 checks 3 s apart), and a killed worker's
-container comes back as a new node at the same address meanwhile.
+dead only after its health checks failed (Ray's defaults, src/ray/common/ray_config_def.h:
+health_check_failure_threshold 5, health_check_period_ms 3000), and a killed worker's container
+comes back as a new node at the same address meanwhile.
 
 Node entries (``parse_nodes``): ``node_id`` (hex), ``address`` (NodeManagerAddress: the
 node's ``--node-ip-address``, the member's ``vllm_pair_address``), ``alive`` (the GCS's view),
