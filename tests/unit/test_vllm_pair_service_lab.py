@@ -220,6 +220,7 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     hosts.sh(worker.name, connect(head.lab_address, 8000))  # the API stays open
 
     status_file = workdir / "status.json"
+    step = time.monotonic()
     shown = playbook(workdir, str(REPO_ROOT / "playbooks" / "status.yml"),
                      "-e", f"fleet_status_output_file={status_file}")  # fmt: skip
     assert shown.returncode == 0, shown.stdout[-6000:]
@@ -231,7 +232,7 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     assert report[worker.name]["pair"]["problems"] == [], report
     assert report[worker.name]["metrics_error"] is None, report  # no API: not read, not "down"
     assert f"{worker.name}: active/running | worker of {head.name}" in flat(shown), shown.stdout
-    log("pair: status reports both members of the Ray cluster")
+    log(f"pair: status reports both members of the Ray cluster ({time.monotonic() - step:.0f} s)")
 
     # The worker's container killed: the worker's unit brings it back, the head's server learns
     # of the loss at its next generation (its watch's probe or a client's), ends and comes back.
@@ -249,6 +250,7 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
 
     # The worker's unit stopped: the head's health check fails naming the worker (its node gone
     # from the cluster, or, once the server met the lost rank, Ray's error in the journal).
+    step = time.monotonic()
     hosts.sh(worker.name, "systemctl stop vllm")
     failed = playbook(workdir, "health.yml", "--tags", "health", "--limit", head.name,
                       "-e", "vllm_health_timeout_s=60")  # fmt: skip
@@ -256,10 +258,15 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     said = flat(failed)
     assert f"the worker {worker.name} ({worker.pair_address})" in said, said[-6000:]
     assert f"`journalctl -u vllm` on {worker.name}" in said, said[-6000:]
-    log("pair: with the worker stopped, the head's health check names it")
+    named = said[said.find(f"the worker {worker.name} (") :][:200]
+    log(f"pair: with the worker stopped, the head's health check names it "
+        f"({time.monotonic() - step:.0f} s): ...{named}...")  # fmt: skip
+    step = time.monotonic()
     hosts.sh(worker.name, "systemctl start vllm")
     wait_for("the pair serving again", lambda: chat(head) == 200, SERVE_UP_S, *names)
+    log(f"pair: serving again {time.monotonic() - step:.0f} s after the worker was started")
 
+    step = time.monotonic()
     checked = playbook(workdir, "health.yml", "--tags", "health")
     assert checked.returncode == 0, checked.stdout[-8000:]
     said = flat(checked)
@@ -267,4 +274,4 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     assert f"{worker.name} (worker, {worker.pair_address}, node " in said, said[-6000:]
     assert f"{worker.name} is the worker of the pair headed by {head.name}" in said, said[-6000:]
     assert f"the pair is served and checked at {head.name}" in said, said[-6000:]
-    log("pair: vllm_health passes on both members")
+    log(f"pair: vllm_health passes on both members ({time.monotonic() - step:.0f} s)")
