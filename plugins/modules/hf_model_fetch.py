@@ -42,6 +42,9 @@ description:
     check is refused from that host and taken from another; a host that stops answering is
     passed over. The peer fails when the seed's fetch failed, or when the seed is done and no
     host offers a good copy of a file.
+  - With I(upstream=pair) the first host of I(fleet) is this host's pair partner, reached over
+    the pair's direct link, the only host it copies from; it stands for the seed above (its
+    failure, its progress, its copies) and the messages name it as the pair partner.
   - Progress (bytes done, total, rate) is written as JSON to I(progress_file) every second.
   - A manifest (repo, commit, files, sizes, hashes) is written to C(.sparkfleet-manifest.json).
   - Must run with a Python interpreter that has huggingface_hub installed (source=hub).
@@ -72,6 +75,14 @@ options:
     type: list
     elements: dict
   host_name: {description: "This host's name in I(fleet) (source=peer).", type: str}
+  upstream:
+    description:
+      - What the first host of I(fleet) is to this host (source=peer), as the messages name it;
+        seed, the host that fetches from the Hub; pair, this host's pair partner, whose copy it
+        copies over their link.
+    type: str
+    choices: [seed, pair]
+    default: seed
   peer_port: {description: "TCP port of every host's temporary rsync daemon (1-65535).", type: int, default: 8730}
   fanout: {description: "Children per host in the tree the copies follow (1-16).", type: int, default: 2}
   streams: {description: "Files copied from peers at the same time (1-16).", type: int, default: 2}
@@ -1352,6 +1363,8 @@ class PeerFetch:
         self.rsync = Rsync(params["stall_timeout_s"])
         names = [host.get("name") for host in params["fleet"]]
         self.seed_name = names[0]
+        self.seed_label = ("its pair partner %s" if params.get("upstream") == "pair"
+                           else "the seed %s") % self.seed_name
         self.sources = [PeerSource(e, params["peer_port"])
                         for e in peer_order(params["fleet"], params["host_name"],
                                             params["fanout"])]
@@ -1522,8 +1535,8 @@ class PeerFetch:
         if status is None:
             return
         if status.get("phase") == "failed":
-            raise FetchError("the seed %s failed to fetch the model: %s"
-                             % (self.seed_name, status.get("message")))
+            raise FetchError("%s failed to fetch the model: %s"
+                             % (self.seed_label, status.get("message")))
         if status.get("phase") != "done":
             self.check_seed_alive(status)
             return
@@ -1531,9 +1544,9 @@ class PeerFetch:
         lost = sorted(p for p in waiting if not self.offered(p))
         if lost:
             refused = sorted({"%s (%s)" % (r["source"], r["path"]) for r in self.rejections})
-            raise FetchError("the seed %s is done, but no host of the fleet offers a copy of %s "
+            raise FetchError("%s is done, but no host of the fleet offers a copy of %s "
                              "that matches the manifest%s" % (
-                                 self.seed_name, ", ".join(lost),
+                                 self.seed_label, ", ".join(lost),
                                  "; refused: " + ", ".join(refused) if refused else ""))
 
     def check_seed_alive(self, status):
@@ -1556,10 +1569,10 @@ class PeerFetch:
             except (TypeError, ValueError, OverflowError):
                 at = ""
             raise FetchError(
-                "the seed %s stopped updating its progress file in phase %s%s: unchanged for "
+                "%s stopped updating its progress file in phase %s%s: unchanged for "
                 "%d s, more than hf_model_stall_timeout_s (%d s); its fetch process is gone "
                 "(killed?): run the play again" % (
-                    self.seed_name, status.get("phase"), at, unchanged, stall))
+                    self.seed_label, status.get("phase"), at, unchanged, stall))
 
     def run(self):
         stall = float(self.params["stall_timeout_s"])
@@ -1583,13 +1596,16 @@ class PeerFetch:
                     last_answer = now
                 elif now - last_answer > stall:
                     refused = ["%s (%s)" % (s.name, s.refused) for s in self.sources if s.refused]
+                    admitted = ("its daemon admits this host by its vllm_pair_address: it must "
+                                "be the address this host connects from over the link"
+                                if self.params.get("upstream") == "pair" else
+                                "their daemons admit the play's hosts by hf_model_peer_address: "
+                                "it must be the address this host connects from")
                     raise FetchError("no host of the fleet (%s) answered for %d s "
                                      "(hf_model_stall_timeout_s)%s" % (
                                          ", ".join(s.name for s in self.sources), stall,
-                                         "; refused this host: %s (their daemons admit the "
-                                         "play's hosts by hf_model_peer_address: it must be "
-                                         "the address this host connects from)"
-                                         % ", ".join(refused) if refused else ""))
+                                         "; refused this host: %s (%s)"
+                                         % (", ".join(refused), admitted) if refused else ""))
                 if now - kept_alive >= stall / 2:
                     # a connection to every host that answers, so that no daemon of the fleet
                     # takes itself for idle (the role's unit stops it then) while this runs
@@ -1684,6 +1700,7 @@ def main():
             "manifest": {"type": "dict"},
             "fleet": {"type": "list", "elements": "dict"},
             "host_name": {"type": "str"},
+            "upstream": {"type": "str", "default": "seed", "choices": ["seed", "pair"]},
             "peer_port": {"type": "int", "default": 8730},
             "fanout": {"type": "int", "default": 2},
             "streams": {"type": "int", "default": 2},

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from tests.lab import hosts
-from tests.lab.config import LabConfig, log
+import yaml
+
+from tests.lab import access, hosts
+from tests.lab.config import REPO_ROOT, LabConfig, log, venv_tool
 
 
 @dataclass(frozen=True)
@@ -107,3 +111,37 @@ def own_pair(cfg: LabConfig, net: PairNet, image: str) -> Iterator[list[PairMemb
         yield start_pair(cfg, net, image)
     finally:
         remove_pair(cfg, net)
+
+
+def declared(cfg: LabConfig, members: list[PairMember]) -> dict[str, dict[str, object]]:
+    """{name: inventory variables} of the pair: SSH access as the lab's passwordless-sudo user,
+    and the pair's declaration (``vllm_pair_*``), the first member the head."""
+    return {
+        member.name: {
+            **access.ansible_host_vars(cfg, member.lab_address, sudo_password=False),
+            "vllm_pair_role": ("head", "worker")[index],
+            "vllm_pair_peer": members[1 - index].name,
+            "vllm_pair_interface": member.interface,
+            "vllm_pair_address": member.pair_address,
+        }
+        for index, member in enumerate(members)
+    }
+
+
+def write_inventory(where: Path, host_vars: dict[str, dict[str, object]]) -> None:
+    """``where``/inventory: the group ``spark`` of ``host_vars``, with the lab's group_vars."""
+    (where / "inventory").mkdir()
+    (where / "inventory" / "hosts.yml").write_text(yaml.safe_dump({"spark": {"hosts": host_vars}}))
+    (where / "inventory" / "group_vars").symlink_to(REPO_ROOT / "inventory" / "lab" / "group_vars")
+
+
+def playbook(where: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ansible-playbook`` of ``where``/``name`` on ``where``/inventory, with this tree's roles
+    and collection (never raises on failure; 30 minutes at most)."""
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO_ROOT / "roles"),
+               ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / "collections"),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_PIPELINING="True")  # fmt: skip
+    return subprocess.run(
+        [venv_tool("ansible-playbook"), "-i", str(where / "inventory"), str(where / name), *args],
+        capture_output=True, text=True, check=False, env=env, timeout=1800,
+    )  # fmt: skip

@@ -380,3 +380,34 @@ def test_a_peer_every_host_refuses_fails_naming_the_refusal(
     assert f"refused this host: seed ({refused}), a ({refused})" in result["msg"], result
     assert "hf_model_peer_address" in result["msg"], result
     assert not list(me.model.glob("*.safetensors"))
+
+
+def test_a_pair_member_copies_from_its_partner_alone_and_names_it(
+    fleet: Fleet, hosts: list[Host], tmp_path: Path
+) -> None:
+    """upstream=pair (the role's plan for a pair's follower): the fleet is the partner and this
+    host; the partner stands for the seed (its progress, its failure), named as the partner."""
+    seed, partner, me = hosts
+    fill(fleet, seed)
+    fill(fleet, partner)
+    seed.say("done")
+    partner.say("done")
+    seed.serve(fleet.port)
+    partner.serve(fleet.port)
+    pair = [partner, me]
+    result = run_module(peer_args(fleet, pair, me, upstream="pair"), tmp_path)
+    assert not result.get("failed"), result.get("msg")
+    assert_verified(fleet, me)
+    total = sum(int(f["size"]) for f in fleet.meta["files"])
+    assert result["peer_bytes"] == {"a": total}  # the seed serves too, but is not its source
+
+    for host in (me, partner):  # nothing here, nothing to copy from the partner
+        shutil.rmtree(host.model)
+        host.model.mkdir()
+    partner.say("failed", "the seed seed failed to fetch the model: HTTP 500")
+    result = run_module(peer_args(fleet, pair, me, upstream="pair"), tmp_path)
+    assert result["failed"]
+    assert result["msg"] == (
+        "its pair partner a failed to fetch the model: the seed seed failed to fetch the "
+        "model: HTTP 500"
+    )

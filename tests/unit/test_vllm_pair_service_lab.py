@@ -16,7 +16,6 @@ addresses.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -28,8 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab import access, hosts, images, pair, services
-from tests.lab.config import REPO_ROOT, LabConfig, log, venv_tool
+from tests.lab import hosts, images, pair, services
+from tests.lab.config import LabConfig, log
 
 pytestmark = pytest.mark.lab
 
@@ -68,14 +67,9 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
     """An inventory of the pair (the lab's group_vars) and the playbooks, the hosts prepared."""
     tmp = tmp_path_factory.mktemp("pairsvc")
     digest = pair_image_digest()
-    host_vars: dict[str, dict[str, object]] = {}
-    for index, member in enumerate(members):
-        host_vars[member.name] = {
-            **access.ansible_host_vars(CFG, member.lab_address, sudo_password=False),
-            "vllm_pair_role": ("head", "worker")[index],
-            "vllm_pair_peer": members[1 - index].name,
-            "vllm_pair_interface": member.interface,
-            "vllm_pair_address": member.pair_address,
+    host_vars = pair.declared(CFG, members)
+    for member in members:
+        host_vars[member.name] |= {
             "vllm_image": CFG.vllm_pair_image,
             "vllm_image_digest": digest,
             # a fast decode keeps the health check's four requests short
@@ -84,9 +78,7 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
             "vllm_restart_sec": 5,
             "vllm_watch_interval_s": 5,
         }
-    (tmp / "inventory").mkdir()
-    (tmp / "inventory" / "hosts.yml").write_text(yaml.safe_dump({"spark": {"hosts": host_vars}}))
-    (tmp / "inventory" / "group_vars").symlink_to(REPO_ROOT / "inventory" / "lab" / "group_vars")
+    pair.write_inventory(tmp, host_vars)
     model = CFG.state_dir / "hub" / "repo" / "files"
     subprocess.run(["tar", "-C", str(model), "-cf", str(tmp / "model.tar"), "."], check=True)
     prepare = [
@@ -127,13 +119,7 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
 
 
 def playbook(tmp: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO_ROOT / "roles"),
-               ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / "collections"),
-               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_PIPELINING="True")  # fmt: skip
-    return subprocess.run(
-        [venv_tool("ansible-playbook"), "-i", str(tmp / "inventory"), str(tmp / name), *args],
-        capture_output=True, text=True, check=False, env=env, timeout=1800,
-    )  # fmt: skip
+    return pair.playbook(tmp, name, *args)
 
 
 def flat(run: subprocess.CompletedProcess[str]) -> str:
