@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.lab import hosts, images, pair, services
-from tests.lab.config import LabConfig, log
+from tests.lab.config import REPO_ROOT, LabConfig, log
 
 pytestmark = pytest.mark.lab
 
