@@ -148,9 +148,29 @@ def start_dockerd(cfg: LabConfig) -> None:
     raise SystemExit(f"dockerd did not answer within 60 s; see {logfile}")
 
 
+# Each simulated host runs systemd, journald, udevd, dockerd and containerd, which hold inotify
+# instances of their own; privileged containers without a user namespace count them against the
+# machine's root (fs.inotify.max_user_instances, 128 by default on Debian and Ubuntu). With the
+# test stages side by side (a dozen hosts), a host's path unit (nvidia-cdi-refresh.path) once
+# failed to start at 128; systemd needs an inotify instance for each path unit. Raised, never
+# lowered.
+INOTIFY_LIMITS = {"max_user_instances": 1024, "max_user_watches": 524288}
+
+
+def raise_inotify_limits(proc: Path = Path("/proc/sys/fs/inotify")) -> None:
+    """Raise the machine's inotify limits to INOTIFY_LIMITS where they are lower (needs root)."""
+    for name, wanted in INOTIFY_LIMITS.items():
+        path = proc / name
+        current = int(path.read_text())
+        if current < wanted:
+            path.write_text(f"{wanted}\n")
+            log(f"fs.inotify.{name}: {current} -> {wanted} (the lab's hosts share the limit)")
+
+
 def ensure_engine(cfg: LabConfig) -> None:
     """Make sure a Docker engine runs that can start privileged containers."""
     ensure_host_tools()
+    raise_inotify_limits()
     if not docker_ok():
         start_dockerd(cfg)
         return
