@@ -10,14 +10,12 @@ systemd and the watches alone. Health and status know the pair: ``status.yml`` r
 cluster's members on both (the worker, which has no API, not as down); with the worker's unit
 stopped the head's ``vllm_health`` fails naming the worker and where to look; once the pair is
 back, ``vllm_health`` passes on both members, the head's naming both members and their link
-addresses. ``rolling_restart.yml`` restarts the pair in one batch (both containers new) and
-it serves again.
+addresses.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 import time
@@ -263,16 +261,3 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     assert f"{worker.name} is the worker of the pair headed by {head.name}" in said, said[-6000:]
     assert f"the pair is served and checked at {head.name}" in said, said[-6000:]
     log(f"pair: vllm_health passes on both members ({time.monotonic() - step:.0f} s)")
-
-    # rolling_restart.yml takes the pair as one unit: one batch with both members (the head
-    # first), both containers restarted, the head's health check passing for the pair.
-    step = time.monotonic()
-    ids = {n: hosts.sh(n, "docker inspect -f '{{.Id}}' minimax").stdout.strip() for n in names}
-    rolled = playbook(workdir, str(REPO_ROOT / "playbooks" / "rolling_restart.yml"))
-    assert rolled.returncode == 0, rolled.stdout[-8000:]
-    batches = re.findall(r"PLAY \[Roll the vLLM service across the fleet\]", rolled.stdout)
-    assert len(batches) == 1, rolled.stdout[-8000:]
-    after = {n: hosts.sh(n, "docker inspect -f '{{.Id}}' minimax").stdout.strip() for n in names}
-    assert all(after[n] and after[n] != ids[n] for n in names), (ids, after)
-    assert chat(head) == 200
-    log(f"pair: rolling_restart.yml restarted both in one batch ({time.monotonic() - step:.0f} s)")
