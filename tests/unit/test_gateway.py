@@ -262,3 +262,34 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
     }
     rc, out = run_gateway_checks(tmp_path, good, **{"s-1": {"ansible_host": "fd00::11"}})
     assert rc == 0 and "BACKENDS fd00::11" in out, out
+
+
+def test_a_health_run_leaves_the_gateway_alone(tmp_path: Path) -> None:
+    """``sparkfleet health`` (``site.yml --tags health``) reaches no gateway task: it would put a
+    host back that a rolling restart has just taken out. A service run puts hosts back."""
+    inventory = {
+        "all": {
+            "children": {
+                "spark": {"hosts": {"s-1": {"ansible_host": "10.0.0.11"}}},
+                "gateway": {"hosts": {"gw": {"ansible_host": "10.0.0.5"}}},
+            }
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+
+    def tasks(tags: str) -> str:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "ansible-playbook"), "--list-tasks",
+             "-i", str(tmp_path / "hosts.yml"), "--tags", tags, "playbooks/site.yml"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    # the gateway play's own checks (read-only) stay in a health run
+    health = tasks("health")
+    assert "Put the healthy host back into the gateway's rotation" not in health, health
+    assert "Drain the host at the gateway" not in health, health
+    assert "fleet_gateway : Check the gateway\t" in health, health
+    assert "Put the healthy host back into the gateway's rotation" in tasks("service")
