@@ -293,3 +293,34 @@ def test_a_health_run_leaves_the_gateway_alone(tmp_path: Path) -> None:
     assert "Drain the host at the gateway" not in health, health
     assert "fleet_gateway : Check the gateway\t" in health, health
     assert "Put the healthy host back into the gateway's rotation" in tasks("service")
+
+
+def test_an_address_out_of_range_and_a_bad_host_port_are_refused(tmp_path: Path) -> None:
+    bad = {
+        "fleet_gateway_bind_address": "10.0.0.300",
+        "fleet_gateway_metrics_bind_address": "1::2::3",
+    }
+    hosts: dict[str, dict[str, Any]] = {
+        "s-1": {"ansible_host": "10.0.0.11", "vllm_port": "80x"},
+        "s-2": {"ansible_host": "10.0.0.12", "vllm_port": 70000},
+        "s-3": {"ansible_host": "10.0.0.13", "vllm_port": 8001},
+    }
+    rc, out = run_gateway_checks(tmp_path, bad, **hosts)
+    assert rc != 0, out
+    for named in (
+        'fleet_gateway_bind_address="10.0.0.300": an IPv4 or IPv6 address',
+        'fleet_gateway_metrics_bind_address="1::2::3": an IPv4 or',
+        's-1: vllm_port="80x"; s-2: vllm_port=70000; each backend\'s vllm_port',
+        "must be a number 1-65535",
+    ):
+        assert named in out, out
+    assert "s-3: vllm_port" not in out, out
+    assert "BACKENDS" not in out, out
+    good = {
+        "fleet_gateway_bind_address": "255.255.255.254",
+        "fleet_gateway_metrics_bind_address": "::ffff:10.0.0.5",
+    }
+    rc, out = run_gateway_checks(
+        tmp_path, good, **{"s-1": {"ansible_host": "10.0.0.11", "vllm_port": 65535}}
+    )
+    assert rc == 0 and "BACKENDS 10.0.0.11" in out, out

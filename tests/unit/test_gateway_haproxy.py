@@ -313,3 +313,53 @@ def test_a_gateway_that_refuses_the_hosts_entry_says_why(gateway: Gateway) -> No
         "gateway gw: add map /etc/sftest-elsewhere/host-keys.map b2: Unknown map identifier" in out
     ), out
     assert "host-key-b2" not in out, out
+
+
+def test_a_configuration_haproxy_refuses_stops_the_run_before_the_keys_change(
+    tmp_path: Path,
+) -> None:
+    """The role's own tasks from its configuration directory on (this machine as the gateway; the
+    install, unit and start after them are not reached): a certificate HAProxy cannot load
+    passes the role's checks (PEM markers) but not ``haproxy -c``, whose reason is shown, and
+    the key files keep what the running gateway has."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "client-keys.lst").write_text("old-fleet-key-0123456789\n")
+    (etc / "host-keys.map").write_text("s-1 old-host-key-0123456789\n")
+    cert, key = tmp_path / "gw.crt", tmp_path / "gw.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    inventory = {
+        "all": {
+            "children": {
+                "spark": {"hosts": {"s-1": {"ansible_host": "10.0.0.11",
+                                            "vllm_api_key": "new-host-key-0123456789"}}},
+                "gateway": {"hosts": {"gw": LOCAL}, "vars": {
+                    "fleet_gateway_api_key": "new-fleet-key-0123456789",
+                    "fleet_gateway_config_dir": str(etc),
+                    "fleet_gateway_prometheus_dir": "",
+                    "fleet_gateway_tls_cert_file": str(cert),
+                    "fleet_gateway_tls_key_file": str(key),
+                }},
+            }
+        }
+    }  # fmt: skip
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "play.yml").write_text(
+        yaml.safe_dump([{"hosts": "gw", "gather_facts": False, "roles": ["fleet_gateway"]}])
+    )
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"),
+         "--start-at-task", "fleet_gateway : Create the configuration directory (root only)",
+         str(tmp_path / "play.yml")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Write the HAProxy configuration" in out and "failed to validate" in out, out
+    assert "[ALERT]" in out and str(etc / "tls.pem") in out, out
+    assert (etc / "client-keys.lst").read_text() == "old-fleet-key-0123456789\n"
+    assert (etc / "host-keys.map").read_text() == "s-1 old-host-key-0123456789\n"
+    assert not (etc / "haproxy.cfg").exists()
+    assert "new-fleet-key" not in out and "new-host-key" not in out, out
