@@ -14,9 +14,9 @@ import yaml
 from rich.console import Console
 
 from sparkfleet import Fleet
-from sparkfleet.display import gateway_table
+from sparkfleet.display import gateway_table, status_table
 from sparkfleet.gateway import GatewayError, endpoint_from
-from sparkfleet.result import HostResult, RunResult
+from sparkfleet.result import ExitCode, HostResult, RunResult
 
 pytestmark = pytest.mark.nolab
 
@@ -324,3 +324,21 @@ def test_an_address_out_of_range_and_a_bad_host_port_are_refused(tmp_path: Path)
         tmp_path, good, **{"s-1": {"ansible_host": "10.0.0.11", "vllm_port": 65535}}
     )
     assert rc == 0 and "BACKENDS 10.0.0.11" in out, out
+
+
+def test_status_of_a_stopped_gateway_is_not_serving_and_no_spark_row() -> None:
+    """A gateway whose statistics page does not answer (its HAProxy stopped) makes ``status``
+    exit NOT_SERVING; a gateway-only host is shown in the gateway table, not as an empty Spark
+    row."""
+    refused = "Status code was -1 and not [200]: Request failed: <urlopen error [Errno 111] ...>"
+    stopped = {"endpoint": "http://10.0.0.5:8080/v1", "backends": [], "error": refused}
+    gw = HostResult("gw-1", ok=3, facts={"fleet_gateway_status": stopped})
+    result = RunResult("status", "status.yml", "successful", 0, {"gw-1": gw})
+    assert result.not_serving_hosts == ["gw-1"]
+    assert result.exit_code == ExitCode.NOT_SERVING
+    console = Console(width=200, record=True)
+    console.print(status_table(result))
+    assert "gw-1" not in console.export_text()
+    running = HostResult("gw-1", ok=3, facts={"fleet_gateway_status": {**stopped, "error": ""}})
+    ok = RunResult("status", "status.yml", "successful", 0, {"gw-1": running})
+    assert ok.exit_code == ExitCode.OK
