@@ -43,6 +43,33 @@ def test_endpoint_is_the_first_gateway_with_its_port_and_scheme() -> None:
     assert Fleet(tls).endpoint() == "https://10.0.0.5:443/v1"
 
 
+def test_endpoint_is_the_public_address_when_given() -> None:
+    vip = inventory(fleet_gateway_public_address="gw.lan", fleet_gateway_bind_address="10.1.0.5")
+    assert Fleet(vip).endpoint() == "http://gw.lan:8080/v1"
+    assert Fleet(inventory(fleet_gateway_public_address="fd00::1")).endpoint() == (
+        "http://[fd00::1]:8080/v1"
+    )
+
+
+def test_the_role_reports_and_scrapes_the_gateway_where_it_listens(tmp_path: Path) -> None:
+    """The role's endpoint (fleet_gateway_result, fleet_gateway_status) names the gateway as
+    Fleet.endpoint() does; the scrape configuration targets the exporter's own address."""
+    for gateway_vars, public, scraped in (
+        ({}, "PUBLIC AT 127.0.0.1", "SCRAPED AT 127.0.0.1:8405"),
+        ({"fleet_gateway_bind_address": "10.1.0.5",
+          "fleet_gateway_metrics_bind_address": "10.1.0.6"},
+         "PUBLIC AT 10.1.0.5", "SCRAPED AT 10.1.0.6:8405"),
+        ({"fleet_gateway_public_address": "fd00::1", "fleet_gateway_metrics_bind_address": "::"},
+         "PUBLIC AT [fd00::1]", "SCRAPED AT 127.0.0.1:8405"),
+    ):  # fmt: skip
+        rc, out = run_gateway_checks(
+            tmp_path, {"ansible_host": "127.0.0.1", **gateway_vars},
+            **{"s-1": {"ansible_host": "10.1.0.1"}},
+        )  # fmt: skip
+        said = " ".join(out.split())  # the callback wraps long messages
+        assert rc == 0 and public in said and scraped in said, out
+
+
 def test_endpoint_is_the_bind_address_when_the_gateway_listens_on_one() -> None:
     assert (
         Fleet(inventory(fleet_gateway_bind_address="10.1.0.5")).endpoint()
@@ -119,7 +146,10 @@ PLAY = """
         msg: >-
           BACKENDS {{ _fleet_gateway_backends | map(attribute='address') | join(' ') }}
           CHECKED AT {{ _fleet_gateway_local_url }}
-"""
+          PUBLIC AT {{ _fleet_gateway_public_host }}
+          SCRAPED AT {{ (lookup('ansible.builtin.template', 'ROLE/templates/prometheus.yml.j2')
+                         | from_yaml).scrape_configs[0].static_configs[0].targets[0] }}
+""".replace("ROLE", str(Path(__file__).resolve().parents[2] / "roles/fleet_gateway"))
 
 
 def run_gateway_checks(
