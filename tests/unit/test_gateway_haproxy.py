@@ -145,22 +145,26 @@ class Gateway:
         path.write_text(yaml.safe_dump(inv))
         return path
 
-    def play(self, hosts: str, tasks: list[Any], **gateway_hosts: Any) -> tuple[int, str]:
+    def play(
+        self, hosts: str, tasks: list[Any], *args: str, **gateway_hosts: Any
+    ) -> tuple[int, str]:
         book = self.dir / "play.yml"
         book.write_text(yaml.safe_dump([{"hosts": hosts, "gather_facts": False, "tasks": tasks}]))
         env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         proc = subprocess.run(
             [str(Path(sys.executable).parent / "ansible-playbook"),
-             "-i", str(self.inventory(**gateway_hosts)), str(book)],
+             "-i", str(self.inventory(**gateway_hosts)), *args, str(book)],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
         out = proc.stdout + proc.stderr
         self.runs.append(out)
         return proc.returncode, out
 
-    def role(self, hosts: str, tasks_from: str, **gateway_hosts: Any) -> tuple[int, str]:
+    def role(
+        self, hosts: str, tasks_from: str, *args: str, **gateway_hosts: Any
+    ) -> tuple[int, str]:
         include = {"name": "fleet_gateway", "tasks_from": tasks_from}
-        return self.play(hosts, [{"ansible.builtin.include_role": include}], **gateway_hosts)
+        return self.play(hosts, [{"ansible.builtin.include_role": include}], *args, **gateway_hosts)
 
     def stats(self) -> dict[str, str]:
         """Each host's state in the fleet backend (UP, DOWN, MAINT, ...) from the stats page."""
@@ -280,6 +284,11 @@ def test_drain_and_undrain_act_on_the_gateways_own_instance(gateway: Gateway) ->
 
 
 def test_undrain_checks_the_host_through_the_gateway_before_it_goes_back(gateway: Gateway) -> None:
+    # check mode first: nothing is drained, nothing waited for, nothing said about cut requests
+    rc, out = gateway.role("b2", "drain", "--check")
+    assert rc == 0, out
+    assert "restarting it anyway" not in out, out
+    assert gateway.stats()["b2"] == "UP"
     rc, out = gateway.role("b2", "drain")
     assert rc == 0, out
     # the host's proxy now takes another key than the inventory's (and so the gateway's)
