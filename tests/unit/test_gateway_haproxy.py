@@ -274,8 +274,11 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
 def test_drain_and_undrain_act_on_the_gateways_own_instance(gateway: Gateway) -> None:
     # a second gateway in the group with no HAProxy running: named, not skipped silently
     idle = {**LOCAL, "fleet_gateway_instance": "sftest-not-running"}
-    rc, out = gateway.role("b2", "drain", gw2=idle)
+    # and one that cannot be reached (nothing listens on the loopback's port 1): skipped, named
+    gone = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1}
+    rc, out = gateway.role("b2", "drain", gw2=idle, gw3=gone)
     assert rc == 0, out
+    assert "WARNING: gateway gw3 cannot be reached" in out, out
     assert gateway.stats()["b2"].startswith("MAINT"), out
     assert (
         "WARNING: gateway gw2 has no runtime API socket at /run/sftest-not-running/admin.sock"
