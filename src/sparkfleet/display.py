@@ -459,6 +459,8 @@ def status_table(result: RunResult) -> Table:
         table.add_column(name, justify="right" if right else "left", no_wrap=name != "note")
     for host in result.hosts.values():
         report = host.status_report
+        if report is None and host.gateway_status is not None:
+            continue  # a gateway only: its own table shows it
         if report is None:
             note = host.message.splitlines()[0] if host.message else ""
             state = Text(host.status, style=_STYLE.get(host.status, ""))

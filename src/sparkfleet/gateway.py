@@ -63,8 +63,9 @@ def read_inventory(
 
 def endpoint_from(listing: Mapping[str, Any], group: str = GATEWAY_GROUP) -> str | None:
     """The gateway's base URL from an ``ansible-inventory --list`` listing; None without a host
-    in ``group``. The address is the gateway's ``fleet_gateway_bind_address`` when it names one
-    address (the gateway listens there only), else its ``ansible_host`` (or its name)."""
+    in ``group``. The address is the gateway's ``fleet_gateway_public_address`` (a VIP, a DNS
+    name) when set, else its ``fleet_gateway_bind_address`` when it names one address (the
+    gateway listens there only), else its ``ansible_host`` (or its name); as the role reports it."""
     members: list[str] = list((listing.get(group) or {}).get("hosts") or [])
     if not members:
         return None
@@ -72,12 +73,15 @@ def endpoint_from(listing: Mapping[str, Any], group: str = GATEWAY_GROUP) -> str
     hostvars: Mapping[str, Any] = (listing.get("_meta") or {}).get("hostvars", {}).get(name, {})
     bind = str(hostvars.get("fleet_gateway_bind_address", ""))
     address = str(hostvars.get("ansible_host", name))
-    if bind not in ("", "::", "0.0.0.0", "*"):
+    public = str(hostvars.get("fleet_gateway_public_address", ""))
+    if public:
+        address = public
+    elif bind not in ("", "::", "0.0.0.0", "*"):
         address = bind
     port = hostvars.get("fleet_gateway_port", DEFAULT_PORT)
     tls = hostvars.get("fleet_gateway_tls_cert_file", "")
     for var, value in (("ansible_host", address), ("fleet_gateway_bind_address", bind),
-                       ("fleet_gateway_port", port),
+                       ("fleet_gateway_public_address", public), ("fleet_gateway_port", port),
                        ("fleet_gateway_tls_cert_file", tls)):  # fmt: skip
         if "{{" in str(value):
             raise GatewayError(f"{name}: {var} is a template ({value}); give it as a value")

@@ -63,7 +63,8 @@ class ExitCode(IntEnum):
     """Bad usage or input, nothing ran: options, inventory, playbook errors, no host matched."""
     NOT_SERVING = 4
     """``status`` only: every host was read, and at least one does not serve (its unit is not
-    active, its container does not run, or ``/metrics`` did not answer)."""
+    active, its container does not run, or ``/metrics`` did not answer; a gateway whose
+    statistics page did not answer)."""
     INTERRUPTED = 130
     """The run was stopped (Ctrl-C, SIGTERM or a cancel request) before it finished."""
 
@@ -382,9 +383,11 @@ class RunResult:
 
     @property
     def not_serving_hosts(self) -> list[str]:
-        """Hosts whose serving state was read (``status``) and that do not serve."""
+        """Hosts whose serving state was read (``status``) and that do not serve: a Spark whose
+        report says so, or a gateway whose statistics could not be read (its HAProxy stopped)."""
         return [h.name for h in self.hosts.values()
-                if (report := h.status_report) is not None and not report.serving]  # fmt: skip
+                if ((report := h.status_report) is not None and not report.serving)
+                or ((view := h.gateway_status) is not None and view.get("error"))]  # fmt: skip
 
     @property
     def exit_code(self) -> ExitCode:

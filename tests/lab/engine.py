@@ -44,6 +44,8 @@ HOST_TOOLS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "openssl": "openssl",
+    # the gateway's configuration run by a real HAProxy (tests/unit/test_gateway_haproxy.py)
+    "haproxy": "haproxy",
 }
 
 RUNTIME_NAME = "sparklab-runc"

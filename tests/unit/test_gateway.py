@@ -14,9 +14,9 @@ import yaml
 from rich.console import Console
 
 from sparkfleet import Fleet
-from sparkfleet.display import gateway_table
+from sparkfleet.display import gateway_table, status_table
 from sparkfleet.gateway import GatewayError, endpoint_from
-from sparkfleet.result import HostResult, RunResult
+from sparkfleet.result import ExitCode, HostResult, RunResult
 
 pytestmark = pytest.mark.nolab
 
@@ -41,6 +41,33 @@ def test_endpoint_is_the_first_gateway_with_its_port_and_scheme() -> None:
     assert Fleet(inventory()).endpoint() == "http://10.0.0.5:8080/v1"
     tls = inventory(fleet_gateway_port=443, fleet_gateway_tls_cert_file="/etc/ssl/gw.pem")
     assert Fleet(tls).endpoint() == "https://10.0.0.5:443/v1"
+
+
+def test_endpoint_is_the_public_address_when_given() -> None:
+    vip = inventory(fleet_gateway_public_address="gw.lan", fleet_gateway_bind_address="10.1.0.5")
+    assert Fleet(vip).endpoint() == "http://gw.lan:8080/v1"
+    assert Fleet(inventory(fleet_gateway_public_address="fd00::1")).endpoint() == (
+        "http://[fd00::1]:8080/v1"
+    )
+
+
+def test_the_role_reports_and_scrapes_the_gateway_where_it_listens(tmp_path: Path) -> None:
+    """The role's endpoint (fleet_gateway_result, fleet_gateway_status) names the gateway as
+    Fleet.endpoint() does; the scrape configuration targets the exporter's own address."""
+    for gateway_vars, public, scraped in (
+        ({}, "PUBLIC AT 127.0.0.1", "SCRAPED AT 127.0.0.1:8405"),
+        ({"fleet_gateway_bind_address": "10.1.0.5",
+          "fleet_gateway_metrics_bind_address": "10.1.0.6"},
+         "PUBLIC AT 10.1.0.5", "SCRAPED AT 10.1.0.6:8405"),
+        ({"fleet_gateway_public_address": "fd00::1", "fleet_gateway_metrics_bind_address": "::"},
+         "PUBLIC AT [fd00::1]", "SCRAPED AT 127.0.0.1:8405"),
+    ):  # fmt: skip
+        rc, out = run_gateway_checks(
+            tmp_path, {"ansible_host": "127.0.0.1", **gateway_vars},
+            **{"s-1": {"ansible_host": "10.1.0.1"}},
+        )  # fmt: skip
+        said = " ".join(out.split())  # the callback wraps long messages
+        assert rc == 0 and public in said and scraped in said, out
 
 
 def test_endpoint_is_the_bind_address_when_the_gateway_listens_on_one() -> None:
@@ -119,7 +146,10 @@ PLAY = """
         msg: >-
           BACKENDS {{ _fleet_gateway_backends | map(attribute='address') | join(' ') }}
           CHECKED AT {{ _fleet_gateway_local_url }}
-"""
+          PUBLIC AT {{ _fleet_gateway_public_host }}
+          SCRAPED AT {{ (lookup('ansible.builtin.template', 'ROLE/templates/prometheus.yml.j2')
+                         | from_yaml).scrape_configs[0].static_configs[0].targets[0] }}
+""".replace("ROLE", str(Path(__file__).resolve().parents[2] / "roles/fleet_gateway"))
 
 
 def run_gateway_checks(
@@ -262,3 +292,83 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
     }
     rc, out = run_gateway_checks(tmp_path, good, **{"s-1": {"ansible_host": "fd00::11"}})
     assert rc == 0 and "BACKENDS fd00::11" in out, out
+
+
+def test_a_health_run_leaves_the_gateway_alone(tmp_path: Path) -> None:
+    """``sparkfleet health`` (``site.yml --tags health``) reaches no gateway task: it would put a
+    host back that a rolling restart has just taken out. A service run puts hosts back."""
+    inventory = {
+        "all": {
+            "children": {
+                "spark": {"hosts": {"s-1": {"ansible_host": "10.0.0.11"}}},
+                "gateway": {"hosts": {"gw": {"ansible_host": "10.0.0.5"}}},
+            }
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+
+    def tasks(tags: str) -> str:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "ansible-playbook"), "--list-tasks",
+             "-i", str(tmp_path / "hosts.yml"), "--tags", tags, "playbooks/site.yml"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    # the gateway play's own checks (read-only) stay in a health run
+    health = tasks("health")
+    assert "Put the healthy host back into the gateway's rotation" not in health, health
+    assert "Drain the host at the gateway" not in health, health
+    assert "fleet_gateway : Check the gateway\t" in health, health
+    assert "Put the healthy host back into the gateway's rotation" in tasks("service")
+
+
+def test_an_address_out_of_range_and_a_bad_host_port_are_refused(tmp_path: Path) -> None:
+    bad = {
+        "fleet_gateway_bind_address": "10.0.0.300",
+        "fleet_gateway_metrics_bind_address": "1::2::3",
+    }
+    hosts: dict[str, dict[str, Any]] = {
+        "s-1": {"ansible_host": "10.0.0.11", "vllm_port": "80x"},
+        "s-2": {"ansible_host": "10.0.0.12", "vllm_port": 70000},
+        "s-3": {"ansible_host": "10.0.0.13", "vllm_port": 8001},
+    }
+    rc, out = run_gateway_checks(tmp_path, bad, **hosts)
+    assert rc != 0, out
+    for named in (
+        'fleet_gateway_bind_address="10.0.0.300": an IPv4 or IPv6 address',
+        'fleet_gateway_metrics_bind_address="1::2::3": an IPv4 or',
+        's-1: vllm_port="80x"; s-2: vllm_port=70000; each backend\'s vllm_port',
+        "must be a number 1-65535",
+    ):
+        assert named in out, out
+    assert "s-3: vllm_port" not in out, out
+    assert "BACKENDS" not in out, out
+    good = {
+        "fleet_gateway_bind_address": "255.255.255.254",
+        "fleet_gateway_metrics_bind_address": "::ffff:10.0.0.5",
+    }
+    rc, out = run_gateway_checks(
+        tmp_path, good, **{"s-1": {"ansible_host": "10.0.0.11", "vllm_port": 65535}}
+    )
+    assert rc == 0 and "BACKENDS 10.0.0.11" in out, out
+
+
+def test_status_of_a_stopped_gateway_is_not_serving_and_no_spark_row() -> None:
+    """A gateway whose statistics page does not answer (its HAProxy stopped) makes ``status``
+    exit NOT_SERVING; a gateway-only host is shown in the gateway table, not as an empty Spark
+    row."""
+    refused = "Status code was -1 and not [200]: Request failed: <urlopen error [Errno 111] ...>"
+    stopped = {"endpoint": "http://10.0.0.5:8080/v1", "backends": [], "error": refused}
+    gw = HostResult("gw-1", ok=3, facts={"fleet_gateway_status": stopped})
+    result = RunResult("status", "status.yml", "successful", 0, {"gw-1": gw})
+    assert result.not_serving_hosts == ["gw-1"]
+    assert result.exit_code == ExitCode.NOT_SERVING
+    console = Console(width=200, record=True)
+    console.print(status_table(result))
+    assert "gw-1" not in console.export_text()
+    running = HostResult("gw-1", ok=3, facts={"fleet_gateway_status": {**stopped, "error": ""}})
+    ok = RunResult("status", "status.yml", "successful", 0, {"gw-1": running})
+    assert ok.exit_code == ExitCode.OK

@@ -200,3 +200,19 @@ def test_a_refused_command_fails_without_showing_the_key(api: RuntimeApi, tmp_pa
     assert rc == 1 and out["failed"] is True
     assert "Unknown map identifier" in str(out["msg"])
     assert api.map["s-1"] == "old-key-1" and not Path(other).exists()
+
+
+def test_a_runtime_api_that_does_not_answer_is_named(api: RuntimeApi, tmp_path: Path) -> None:
+    request = {"socket": str(tmp_path / "gone.sock"), "map": api.mapfile, "name": "s-1",
+               "key": "secret-key-0123", "port": 8000, "apply": True}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.read_text()], input=json.dumps(request),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    said = json.loads(proc.stdout)
+    assert (
+        said["msg"]
+        == f"HAProxy's runtime API at {tmp_path / 'gone.sock'}: No such file or directory"
+    )
+    assert "secret-key-0123" not in proc.stdout + proc.stderr

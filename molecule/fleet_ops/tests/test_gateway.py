@@ -229,6 +229,7 @@ def test_a_reload_haproxy_cannot_apply_fails_keeps_serving_and_is_retried() -> N
         run = gateway_play("-e", bad)
         assert run.returncode != 0, run.stdout[-3000:]
         assert "sparkfleet-gateway.service did not reload" in run.stdout, run.stdout[-3000:]
+        assert 'fleet_gateway_metrics_bind_address="192.0.2.77"' in run.stdout, run.stdout[-3000:]
         assert "HAProxy started no new worker within 30 s" in run.stdout, run.stdout[-3000:]
         assert in_host(GATEWAY, f"cat {loaded}") == before
         assert status_of(URL, "/v1/models", key=GATEWAY_KEY) == 200

@@ -25,28 +25,35 @@ import tempfile
 from typing import NoReturn
 
 
+def fail(message: str) -> NoReturn:
+    print(json.dumps({"failed": True, "msg": message}))
+    sys.exit(1)
+
+
 def cli(path: str, command: str) -> str:
-    """One runtime API command; returns its answer (the socket closes after it)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(30)
-        conn.connect(path)
-        conn.sendall(command.encode() + b"\n")
-        chunks: list[bytes] = []
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return b"".join(chunks).decode(errors="replace")
-            chunks.append(data)
+    """One runtime API command; returns its answer (the socket closes after it). Fails (exit 1,
+    the message naming the socket and the error, not the command, which may hold a key) when the
+    socket cannot be used: absent, not root, HAProxy not answering."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(path)
+            conn.sendall(command.encode() + b"\n")
+            chunks: list[bytes] = []
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return b"".join(chunks).decode(errors="replace")
+                chunks.append(data)
+    except OSError as err:
+        denied = isinstance(err, PermissionError)
+        hint = " (the runtime API is root's: run with become)" if denied else ""
+        fail(f"HAProxy's runtime API at {path}: {err.strerror or err}{hint}")
 
 
 def arg(value: str) -> str:
     """A word of a runtime API command: backslash and ';' escaped (keys are printable, no space)."""
     return value.replace("\\", "\\\\").replace(";", "\\;")
-
-
-def fail(message: str) -> NoReturn:
-    print(json.dumps({"failed": True, "msg": message}))
-    sys.exit(1)
 
 
 def report(**result: bool) -> None:
