@@ -17,6 +17,7 @@ from sparkfleet import Fleet
 from sparkfleet.display import gateway_table, status_table
 from sparkfleet.gateway import GatewayError, endpoint_from
 from sparkfleet.result import ExitCode, HostResult, RunResult
+from tests.unit.plays import GATEWAY_CHECK_PLAY, check_play
 
 pytestmark = pytest.mark.nolab
 
@@ -131,27 +132,6 @@ def test_status_shows_each_gateways_view_per_host() -> None:
     assert gateway_table(RunResult("status", "status.yml", "successful", 0, {})) is None
 
 
-PLAY = """
-- name: The gateway role's variable check, then the backends it would serve
-  hosts: gw
-  gather_facts: false
-  tasks:
-    - name: The role's checks and variables
-      ansible.builtin.include_role:
-        name: fleet_gateway
-        tasks_from: validate
-        public: true
-    - name: Show the backends
-      ansible.builtin.debug:
-        msg: >-
-          BACKENDS {{ _fleet_gateway_backends | map(attribute='address') | join(' ') }}
-          CHECKED AT {{ _fleet_gateway_local_url }}
-          PUBLIC AT {{ _fleet_gateway_public_host }}
-          SCRAPED AT {{ (lookup('ansible.builtin.template', 'ROLE/templates/prometheus.yml.j2')
-                         | from_yaml).scrape_configs[0].static_configs[0].targets[0] }}
-""".replace("ROLE", str(Path(__file__).resolve().parents[2] / "roles/fleet_gateway"))
-
-
 def run_gateway_checks(
     tmp_path: Path, gateway_vars: dict[str, Any] | None = None, **spark_hosts: dict[str, Any]
 ) -> tuple[int, str]:
@@ -171,16 +151,7 @@ def run_gateway_checks(
             }
         }
     }
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (tmp_path / "play.yml").write_text(PLAY)
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"),
-         "--check", str(tmp_path / "play.yml"),
-         "-e", f"ansible_python_interpreter={sys.executable}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return proc.returncode, proc.stdout + proc.stderr
+    return check_play(tmp_path, inventory, GATEWAY_CHECK_PLAY)
 
 
 def test_a_host_bound_to_one_address_is_reached_there(tmp_path: Path) -> None:
@@ -195,7 +166,7 @@ def test_a_host_bound_to_one_address_is_reached_there(tmp_path: Path) -> None:
         },
     )
     assert rc == 0, out
-    assert "BACKENDS 192.168.5.11 10.0.0.12 10.0.0.13 10.0.0.14 10.9.0.5" in out, out
+    assert "BACKEND ADDRESSES 192.168.5.11 10.0.0.12 10.0.0.13 10.0.0.14 10.9.0.5" in out, out
     # a gateway on every address checks itself on the loopback
     assert "CHECKED AT http://127.0.0.1:8080" in out, out
 
@@ -220,11 +191,11 @@ def test_a_host_bound_to_its_loopback_is_refused_unless_it_is_the_gateway(tmp_pa
     assert rc != 0, out
     assert 's-1: its proxy answers only on 127.0.0.1 (vllm_bind_address="127.0.0.1")' in out, out
     assert "which the gateway gw cannot reach" in out, out
-    assert "BACKENDS" not in out, out
+    assert "BACKEND ADDRESSES" not in out, out
     # the gateway on the host itself reaches its loopback
     rc, out = run_gateway_checks(tmp_path, gw={"vllm_bind_address": "127.0.0.1"})
     assert rc == 0, out
-    assert "BACKENDS 127.0.0.1" in out, out
+    assert "BACKEND ADDRESSES 127.0.0.1" in out, out
 
 
 def test_bad_gateway_variables_are_named_with_value_and_range(tmp_path: Path) -> None:
@@ -248,7 +219,7 @@ def test_bad_gateway_variables_are_named_with_value_and_range(tmp_path: Path) ->
     ):
         assert named in out, out
     assert "c2VjcmV0" not in out, out
-    assert "BACKENDS" not in out, out
+    assert "BACKEND ADDRESSES" not in out, out
 
 
 def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_path: Path) -> None:
@@ -279,7 +250,7 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
     ):
         assert named in out, out
     assert "#fleet-key-0123456789" not in out, out
-    assert "BACKENDS" not in out, out
+    assert "BACKEND ADDRESSES" not in out, out
     # the same values, good: an IPv6 gateway on every address, a comma in the key
     good = {
         "fleet_gateway_bind_address": "::",
@@ -291,7 +262,7 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
         "fleet_gateway_api_key": "fleet,key-0123456789",
     }
     rc, out = run_gateway_checks(tmp_path, good, **{"s-1": {"ansible_host": "fd00::11"}})
-    assert rc == 0 and "BACKENDS fd00::11" in out, out
+    assert rc == 0 and "BACKEND ADDRESSES fd00::11" in out, out
 
 
 def test_a_health_run_leaves_the_gateway_alone(tmp_path: Path) -> None:
@@ -345,7 +316,7 @@ def test_an_address_out_of_range_and_a_bad_host_port_are_refused(tmp_path: Path)
     ):
         assert named in out, out
     assert "s-3: vllm_port" not in out, out
-    assert "BACKENDS" not in out, out
+    assert "BACKEND ADDRESSES" not in out, out
     good = {
         "fleet_gateway_bind_address": "255.255.255.254",
         "fleet_gateway_metrics_bind_address": "::ffff:10.0.0.5",
@@ -353,7 +324,7 @@ def test_an_address_out_of_range_and_a_bad_host_port_are_refused(tmp_path: Path)
     rc, out = run_gateway_checks(
         tmp_path, good, **{"s-1": {"ansible_host": "10.0.0.11", "vllm_port": 65535}}
     )
-    assert rc == 0 and "BACKENDS 10.0.0.11" in out, out
+    assert rc == 0 and "BACKEND ADDRESSES 10.0.0.11" in out, out
 
 
 def test_status_of_a_stopped_gateway_is_not_serving_and_no_spark_row() -> None:

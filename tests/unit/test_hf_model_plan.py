@@ -9,20 +9,19 @@ copies over the link, the Hub's bytes) is shown in the lab (``test_hf_model_pair
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from ansible.errors import AnsibleFilterError
 from ansible_collections.sparkfleet.spark.plugins.filter.hf_model_plan import (
     PLAN_KEYS,
     FilterModule,
     hf_model_plan,
 )
+
+from tests.unit.plays import check_play
 
 pytestmark = pytest.mark.nolab
 
@@ -223,17 +222,11 @@ def run_role(tmp_path: Path, limit: str, source: str) -> tuple[int, str]:
               "hf_model_source": source, "hf_model_peer_address": "127.0.0.1",
               "hf_model_dir": str(tmp_path / "model")}  # fmt: skip
     inventory = {"spark": {"hosts": {n: {**v, **common} for n, v in pair.items()}}}
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (tmp_path / "play.yml").write_text(PLAY)
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-           "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}  # fmt: skip
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"),
-         "--check", "--limit", limit, str(tmp_path / "play.yml")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    return check_play(
+        tmp_path, inventory, PLAY, "--limit", limit,
+        env={"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+             "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
     )  # fmt: skip
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("source", ["hub", "peer"])

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.sparkfleet.spark.plugins.module_utils import vllm_health_probe as probe
@@ -34,6 +33,7 @@ from ansible_collections.sparkfleet.spark.plugins.modules import vllm_status as 
 
 from sparkfleet.display import host_detail, status_table
 from sparkfleet.result import HostResult, RunResult, StatusResult
+from tests.unit.plays import GATEWAY_CHECK_PLAY, check_play
 
 pytestmark = pytest.mark.nolab
 
@@ -348,45 +348,15 @@ def test_health_of_a_worker_says_where_the_pair_is_checked() -> None:
 # --- the front door -----------------------------------------------------------------------
 
 
-def playbook(tmp_path: Path, inventory: object, play: str, *args: str) -> tuple[int, str]:
-    """(exit status, output) of ``play`` in check mode (nothing on this machine changes but
-    what a task says it writes with check_mode: false) on ``inventory``'s local hosts."""
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (tmp_path / "play.yml").write_text(play)
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"),
-         "--check", str(tmp_path / "play.yml"),
-         "-e", f"ansible_python_interpreter={sys.executable}", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return proc.returncode, proc.stdout + proc.stderr
-
-
 PAIR = {
     "s-1": {"ansible_host": "10.0.0.11", "vllm_pair_role": "head", "vllm_pair_peer": "s-2"},
     "s-2": {"ansible_host": "10.0.0.12", "vllm_pair_role": "worker", "vllm_pair_peer": "s-1"},
     "s-3": {"ansible_host": "10.0.0.13"},
 }
 
-GATEWAY_PLAY = """
-- name: The gateway role's checks, its backends and Prometheus targets
-  hosts: gw
-  gather_facts: false
-  tasks:
-    - name: The role's checks and variables
-      ansible.builtin.include_role:
-        name: fleet_gateway
-        tasks_from: validate
-        public: true
-    - name: Show the backends and the scrape targets
-      ansible.builtin.debug:
-        msg: >-
-          BACKENDS {{ _fleet_gateway_backends | map(attribute='name') | join(' ') }}
-          JOBS {{ (lookup('ansible.builtin.template',
-                          '%s/roles/fleet_gateway/templates/prometheus.yml.j2')
-                   | from_yaml).scrape_configs | map(attribute='job_name') | join(' ') }}
-
+GATEWAY_PLAY = (
+    GATEWAY_CHECK_PLAY
+    + """
 - name: Drain, undrain and rotate each fleet host (a gateway that cannot be reached)
   hosts: spark
   gather_facts: false
@@ -399,6 +369,7 @@ GATEWAY_PLAY = """
       loop_control:
         loop_var: step
 """
+)
 
 
 def run_gateway(tmp_path: Path, gateway_vars: dict[str, Any]) -> tuple[int, str]:
@@ -414,12 +385,12 @@ def run_gateway(tmp_path: Path, gateway_vars: dict[str, Any]) -> tuple[int, str]
                      **gateway_vars},
         },
     }}}  # fmt: skip
-    return playbook(tmp_path, inventory, GATEWAY_PLAY.replace("%s", str(ROOT)))
+    return check_play(tmp_path, inventory, GATEWAY_PLAY)
 
 
 def test_a_pairs_worker_is_no_gateway_member(tmp_path: Path) -> None:
     rc, out = run_gateway(tmp_path, {})
-    assert "BACKENDS s-1 s-3" in out, out
+    assert "BACKEND NAMES s-1 s-3" in out, out
     assert "JOBS sparkfleet-gateway vllm-s-1 vllm-s-3" in out, out
     # the head and the single host are drained, put back and compared at the gateways (the one
     # that cannot be reached is named); the worker: nothing asked of any gateway
@@ -435,7 +406,7 @@ def test_a_worker_listed_as_backend_is_refused(tmp_path: Path) -> None:
     assert rc != 0, out
     assert 'fleet_gateway_backends=["s-1", "s-2", "s-3"] lists s-2: the worker of a' in out, out
     assert "list the pair's head (s-1) instead" in out, out
-    assert "BACKENDS" not in out, out
+    assert "BACKEND NAMES" not in out, out
 
 
 # --- vllm_health on a pair's members (check mode: no request, the declaration checked) ------
@@ -458,7 +429,7 @@ HEALTH_PLAY = """
 def run_health(tmp_path: Path, hosts: dict[str, dict[str, Any]]) -> tuple[int, str]:
     inventory = {"all": {"children": {"spark": {"hosts": {
         h: {**v, "ansible_connection": "local"} for h, v in hosts.items()}}}}}  # fmt: skip
-    return playbook(tmp_path, inventory, HEALTH_PLAY, "-e", f"out_dir={tmp_path}")
+    return check_play(tmp_path, inventory, HEALTH_PLAY, "-e", f"out_dir={tmp_path}")
 
 
 def declared(role: str, peer: str, address: str) -> dict[str, Any]:
