@@ -84,6 +84,8 @@ class Project:
         given = project_dir if project_dir is not None else os.environ.get(PROJECT_DIR_ENV)
         if given:
             root = Path(given).expanduser().resolve()
+            if not root.exists():
+                raise ProjectNotFoundError(f"{root} does not exist (the project directory given)")
             if not _is_project(root):
                 raise ProjectNotFoundError(
                     f"{root} is not a sparkfleet project (no ansible.cfg, playbooks/ or roles/)"

@@ -168,6 +168,8 @@ def test_the_tarball_holds_the_collection_and_no_lab(installed: Installed) -> No
     lab = r"(tests/(lab|unit|standins|conftest\.py|__init__\.py)|molecule|src|bench|inventory/lab)"
     leaked = sorted(n for n in names if re.match(lab + r"(/|$)", n))
     assert leaked == []
+    # of tests/, only the sanity ignore file: the project's own test helpers stay out
+    assert sorted(n for n in names if n.startswith("tests/") and n.endswith(".py")) == []
 
 
 def test_ansible_doc_reads_every_module_and_plugin(installed: Installed) -> None:

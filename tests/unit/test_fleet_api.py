@@ -90,6 +90,8 @@ def test_project_is_found_from_the_package() -> None:
 def test_project_errors(tmp_path: Path) -> None:
     with pytest.raises(ProjectNotFoundError, match="not a sparkfleet project"):
         Project.find(tmp_path)
+    with pytest.raises(ProjectNotFoundError, match=r"/missing does not exist \(the project"):
+        Project.find(tmp_path / "missing")
     (tmp_path / "ansible.cfg").write_text("[defaults]\n")
     (tmp_path / "roles").mkdir()
     (tmp_path / "playbooks").mkdir()
