@@ -356,6 +356,9 @@ def host_report(
     checked = check_reference(reference)
     findings = judge(measured, checked, tolerance)
     short_of = [f.metric for f in findings if f.ok is False]
+    # judged figures of the card the run did not measure (e.g. llm_benchmark_long_context_tokens
+    # 0): no verdict on them, and the host's "ok" says so rather than covering them
+    not_measured = [f.metric for f in findings if f.judged and f.measured is None]
     return {
         "host": host,
         "summary": measured.summary(),
@@ -363,8 +366,17 @@ def host_report(
         "tolerance": tolerance,
         "notes": notes(checked, tolerance),
         "short_of_reference": short_of,
+        "not_measured": not_measured,
         "ok": not short_of,
     }
+
+
+def verdict(report: Mapping[str, Any]) -> str:
+    """A host report's verdict in words: ``ok``, ``SHORT: <metrics>``, with ``(not measured:
+    <metrics>)`` appended when judged figures of the card were not measured."""
+    said = "ok" if report["ok"] else "SHORT: " + ", ".join(report["short_of_reference"])
+    missing = report.get("not_measured") or []
+    return said + (f" (not measured: {', '.join(missing)})" if missing else "")
 
 
 def fleet_markdown(reports: list[dict[str, Any]]) -> str:
@@ -380,8 +392,7 @@ def fleet_markdown(reports: list[dict[str, Any]]) -> str:
     ]
     for rep in reports:
         cells = [_fmt(f["measured"]) + (" ⚠" if f["ok"] is False else "") for f in rep["findings"]]
-        verdict = "ok" if rep["ok"] else "SHORT: " + ", ".join(rep["short_of_reference"])
-        lines.append(f"| {rep['host']} | " + " | ".join(cells) + f" | {verdict} |")
+        lines.append(f"| {rep['host']} | " + " | ".join(cells) + f" | {verdict(rep)} |")
     ref = [
         _fmt(f["reference"]) + ("" if f["judged"] else " (derived)") for f in reports[0]["findings"]
     ]

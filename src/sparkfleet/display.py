@@ -382,7 +382,9 @@ def _ray_text(report: StatusResult) -> str:
 
 def _benchmark_text(report: dict[str, Any]) -> str:
     """``llm_benchmark_result`` in a line: the verdict, then each judged figure and its ratio."""
-    verdict = "ok" if report.get("ok") else "SHORT of " + ", ".join(report["short_of_reference"])
+    said = "ok" if report.get("ok") else "SHORT of " + ", ".join(report["short_of_reference"])
+    missing = report.get("not_measured") or []
+    verdict = said + (f" (not measured: {', '.join(missing)})" if missing else "")
     figures = [
         f"{f['label']} {f['measured']:,.1f} {f['unit']} ({f['ratio']:.2f}x card)"
         for f in report.get("findings", [])

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from sparkfleet.benchmark import BenchmarkDataError, Measured, host_report, judge, measure
+from sparkfleet.benchmark import (
+    BenchmarkDataError,
+    Measured,
+    host_report,
+    judge,
+    measure,
+    verdict,
+)
 from sparkfleet.display import host_detail
 from sparkfleet.result import HostResult
 from tests import model_profile
@@ -178,7 +185,23 @@ def test_the_cli_summary_line_gives_the_verdict_and_the_judged_figures() -> None
     report = host_report("spark-02", measure(_json(SLOW), [512, 4096]), REFERENCE, TOLERANCE)
     host = HostResult("spark-02", ok=12, facts={"llm_benchmark_result": report})
     assert host_detail(host) == (
-        "benchmark SHORT of decode_tps, prefill_512_tps, prefill_4096_tps: "
+        "benchmark SHORT of decode_tps, prefill_512_tps, prefill_4096_tps "
+        "(not measured: long_context_decode_tps): "
         "decode 21.0 tok/s (0.75x card), prefill, 512 tokens 690.0 tok/s (0.75x card), "
         "prefill, 4096 tokens 1,437.0 tok/s (0.75x card)"
     )
+
+
+def test_a_run_without_the_long_context_says_what_it_did_not_measure(tmp_path: Path) -> None:
+    # llm_benchmark_long_context_tokens: 0 leaves the card's long-context decode unmeasured
+    report = host_report("spark-01", measure(_json(CARD), [512, 4096]), REFERENCE, TOLERANCE)
+    assert report["ok"] is True
+    assert report["not_measured"] == ["long_context_decode_tps"]
+    assert verdict(report) == "ok (not measured: long_context_decode_tps)"
+    line = host_detail(HostResult("spark-01", ok=12, facts={"llm_benchmark_result": report}))
+    assert line.startswith("benchmark ok (not measured: long_context_decode_tps): decode 28.0"), (
+        line
+    )
+    # measured in full: nothing said
+    full = json.loads(host_cmd(tmp_path, "spark-01", CARD, CARD_LONG).stdout)
+    assert full["not_measured"] == [] and verdict(full) == "ok"
