@@ -424,7 +424,7 @@ def print_summary(console: Console, result: RunResult) -> None:
         console.print(Text("  no host matched the inventory and limit", style="red"))
     width = max((len(n) for n in result.hosts), default=0)
     for host in result.hosts.values():
-        state = "stopped" if result.canceled and host.succeeded else host.status
+        state = result.host_state(host)
         head = Text(f"  {host.name:<{width}}  ")
         head.append(f"{state:<11}", style=_STYLE.get(state, ""))
         if host.failed_task:

@@ -407,6 +407,11 @@ class RunResult:
             return ExitCode.NOT_SERVING
         return ExitCode.OK
 
+    def host_state(self, host: HostResult) -> str:
+        """``host``'s status in this run: ``stopped`` for a host the run's stop left without a
+        failure (its play did not finish), else :attr:`HostResult.status`."""
+        return "stopped" if self.canceled and host.succeeded else host.status
+
     def facts(self, name: str) -> dict[str, Any]:
         """One fact across the fleet: host name -> value, for the hosts that set it."""
         return {h.name: h.facts[name] for h in self.hosts.values() if name in h.facts}
@@ -440,7 +445,10 @@ class RunResult:
             "not_serving_hosts": self.not_serving_hosts,
             "stats_data": self.stats_data,
             "artifact_dir": self.artifact_dir,
-            "hosts": {name: h.to_dict() for name, h in self.hosts.items()},
+            "hosts": {
+                name: host.to_dict() | {"status": self.host_state(host)}
+                for name, host in self.hosts.items()
+            },
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -229,6 +229,9 @@ def test_stop_through_a_signal() -> None:
     result = fleet.run(PLAY, on_event=interrupt, handle_signals=True)
     assert result.canceled and not result.failed_hosts
     assert all(h.last_task == "Retry twice" for h in result.hosts.values())
+    # the JSON report says the hosts were stopped, as the terminal does
+    hosts = json.loads(result.to_json())["hosts"]
+    assert {h["status"] for h in hosts.values()} == {"stopped"}, hosts
     assert signal.getsignal(signal.SIGINT) is previous
 
 
