@@ -37,11 +37,18 @@ GOOD = {
 
 
 def check(tmp_path: Path, **head: object) -> subprocess.CompletedProcess[str]:
+    return run_play(tmp_path, PLAY, head)
+
+
+def run_play(
+    tmp_path: Path, play: str, head: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
+    """``play`` on the good pair (hosts head and worker), the head's variables updated."""
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     hosts: dict[str, dict[str, object]] = {name: {**local, **v} for name, v in GOOD.items()}
     hosts["head"].update(head)
     (tmp_path / "inventory.json").write_text(json.dumps({"all": {"hosts": hosts}}))
-    (tmp_path / "play.yml").write_text(PLAY)
+    (tmp_path / "play.yml").write_text(play)
     playbook = Path(sys.executable).parent / "ansible-playbook"
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
     return subprocess.run(
@@ -67,6 +74,17 @@ def check(tmp_path: Path, **head: object) -> subprocess.CompletedProcess[str]:
         ({"vllm_pair_firewall_ports": ["6379", "1000-x"]},
          'head: vllm_pair_firewall_ports=["6379", "1000-x"] must be a list of TCP ports or '
          "ranges FIRST-LAST"),
+        ({"vllm_pair_firewall_ports": ["6379", "70000"]},
+         'head: vllm_pair_firewall_ports=["6379", "70000"] must be a list of TCP ports 1-65535 '
+         'or ranges FIRST-LAST within 1-65535 with FIRST <= LAST; "70000" is not'),
+        ({"vllm_pair_firewall_ports": ["19999-10001"]},
+         'vllm_pair_firewall_ports=["19999-10001"] must be a list of TCP ports 1-65535 or ranges '
+         'FIRST-LAST within 1-65535 with FIRST <= LAST; "19999-10001" is not'),
+        ({"vllm_pair_firewall_ports": ["0-100"]}, '; "0-100" is not'),
+        ({"vllm_pair_firewall_ports": ["8265", "32768-65536"]}, '; "32768-65536" is not'),
+        ({"vllm_pair_ray_port": 6380},
+         "head: vllm_pair_ray_port=6380 must be 6379: the image's entrypoint starts Ray's GCS on "
+         "port 6379 in its ray-head, ray-worker and serve modes and takes no other"),
     ],
 )  # fmt: skip
 def test_bad_pair_values_are_refused(tmp_path: Path, head: dict[str, object], message: str) -> None:
@@ -79,3 +97,62 @@ def test_a_good_pair_passes(tmp_path: Path) -> None:
     proc = check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "failed=0" in proc.stdout
+
+
+# spark_pair's checks that compare the members (read from the inventory, before any fact is
+# gathered): each message gives each host's own value.
+SPARK_PAIR = """\
+- name: Check the pair
+  hosts: all
+  gather_facts: false
+  roles:
+    - spark_pair
+"""
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        ({"vllm_pair_role": "worker"},
+         "the pair's members do not have one head and one worker: head has "
+         'vllm_pair_role="worker", worker has vllm_pair_role="worker"; a pair has one head and '
+         'one worker (worker\'s must be "head")'),
+        ({"hf_model_revision": "0123456789abcdef0123456789abcdef01234567"},
+         "model revisions differ between the pair's members: head has "
+         'hf_model_revision="0123456789abcdef0123456789abcdef01234567", worker has '
+         "hf_model_revision=null; a pair serves one model with one image"),
+        ({"vllm_image_digest": "sha256:" + "a" * 64},
+         'image digests differ between the pair\'s members: head has vllm_image_digest="sha256:'
+         + "a" * 64 + '", worker has vllm_image_digest=null'),
+    ],
+)  # fmt: skip
+def test_spark_pair_names_each_hosts_value(
+    tmp_path: Path, head: dict[str, object], message: str
+) -> None:
+    proc = run_play(tmp_path, SPARK_PAIR, head)
+    assert proc.returncode != 0
+    assert message in " ".join(proc.stdout.split()), proc.stdout[-3000:]
+
+
+def test_spark_pair_names_a_peer_that_does_not_name_this_host(tmp_path: Path) -> None:
+    hosts = dict(GOOD, third={**GOOD["worker"], "vllm_pair_peer": "worker"})
+    hosts["worker"] = {**GOOD["worker"], "vllm_pair_peer": "third"}
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = {"all": {"hosts": {name: {**local, **v} for name, v in hosts.items()}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    (tmp_path / "play.yml").write_text(SPARK_PAIR)
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    proc = subprocess.run(
+        [str(playbook), "-i", str(tmp_path / "inventory.json"), str(tmp_path / "play.yml"),
+         "--limit", "head,worker"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode != 0
+    # the message gives what each host has, not what the check expected
+    assert (
+        'the pair\'s members do not name each other: head has vllm_pair_peer="worker", worker has '
+        "vllm_pair_peer=\"third\"; each member's vllm_pair_peer must name the other (worker's "
+        'must be "head")'
+    ) in said, said[-3000:]
