@@ -20,6 +20,7 @@ UNIT_PROPERTIES = [
     "MainPID",
     "ExecMainStatus",
     "Job",
+    "InvocationID",
 ]
 
 
@@ -48,6 +49,7 @@ def unit_state(run, service):
         "main_pid": _int(props.get("MainPID")),
         "exit_status": _int(props.get("ExecMainStatus")),
         "job_pending": props.get("Job", "").strip() not in ("", "0"),
+        "invocation": props.get("InvocationID", "").strip(),
     }
 
 
@@ -135,6 +137,43 @@ def journal(run, service, lines, output="short-iso"):
     argv = ["journalctl", "--unit", name, "--lines", str(lines), "--no-pager", "--quiet"]
     _rc, out, _err = run([*argv, "--output", output])
     return out.splitlines()[-lines:]
+
+
+def invocation_lines(run, service, lines, invocation, since=0.0):
+    """The messages among the unit's last ``lines`` journal entries that belong to its invocation
+    ``invocation`` (systemd's InvocationID: the current run, or the last one when it is not
+    running), or were logged at or after ``since`` (epoch seconds; 0 for none), oldest first.
+
+    An entry's invocation is its ``_SYSTEMD_INVOCATION_ID`` (the unit's own output) or
+    ``INVOCATION_ID`` (systemd's messages about the unit, its "Main process exited, ...,
+    status=137" among them): journalctl's JSON output (systemd.journal-fields(7)). A journal
+    whose entries carry no invocation at all gives every message, as before systemd 233.
+    """
+    if not service:
+        return []
+    name = service if service.endswith(".service") else service + ".service"
+    argv = ["journalctl", "--unit", name, "--lines", str(lines), "--no-pager", "--quiet",
+            "--output", "json"]
+    _rc, out, _err = run(argv)
+    entries = []
+    for line in out.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = entry.get("MESSAGE") if isinstance(entry, dict) else None
+        if isinstance(message, list):  # journald's form of a message that is not UTF-8
+            message = bytes(b for b in message if isinstance(b, int) and 0 <= b < 256)
+            message = message.decode("utf-8", "replace")
+        if not isinstance(message, str):
+            continue
+        at = _int(entry.get("__REALTIME_TIMESTAMP")) / 1e6
+        owner = entry.get("_SYSTEMD_INVOCATION_ID") or entry.get("INVOCATION_ID") or ""
+        entries.append((at, owner, message))
+    if not any(owner for _at, owner, _message in entries):
+        return [message for _at, _owner, message in entries]
+    return [message for at, owner, message in entries
+            if (invocation and owner == invocation) or (since and at >= since)]
 
 
 def container_log(run, docker, name, lines):
@@ -280,20 +319,22 @@ def assemble_chat_stream(events):
 
 
 # Known failure patterns: (key, regex over the journal and container log, hint template).
-# The hint's {fields} come from the settings the role passes (the vllm_service variables).
+# The hint's {fields} come from the settings the role passes (the vllm_service variables); a
+# [segment] is left out when a field in it has no value, so no hint shows a placeholder.
 PATTERNS = [
     (
         "image_not_found",
         r"No such image|Unable to find image|pull access denied|manifest unknown|"
         r"repository does not exist",
-        "image not found: the unit runs {image} with --pull=never and the host does not hold it. "
+        "image not found: the host does not hold the unit's image[ {image}] (the unit runs it "
+        "with --pull=never). "
         "Re-run the vllm_service role (it pulls the image, vllm_image / vllm_image_digest) or "
         "`docker pull` it on the host.",
     ),
     (
         "port_in_use",
         r"address already in use|port is already allocated",
-        "port in use: {port_variable}={port} is already taken on the host{port_owner}. Stop "
+        "port in use: {port_variable}[={port}] is already taken on the host{port_owner}. Stop "
         "what holds it or choose another {port_variable}.",
     ),
     (
@@ -308,8 +349,8 @@ PATTERNS = [
         r"Invalid repository ID or local directory|No such file or directory: '[^']*"
         r"(\.safetensors|config\.json|\.json)'|safetensors shards missing|"
         r"Cannot find any model weights|invalid safetensors index",
-        "model files missing: vLLM did not find the model under {model_mount} (vllm_model_dir="
-        "{model_dir}). Re-run the hf_model role (it fetches only what is missing) and check "
+        "model files missing: vLLM did not find the model[ under {model_mount}][ (vllm_model_dir="
+        "{model_dir})]. Re-run the hf_model role (it fetches only what is missing) and check "
         "that the directory holds config.json and every shard of model.safetensors.index.json.",
     ),
     (
@@ -319,8 +360,8 @@ PATTERNS = [
         # vLLM 0.16's own start-up checks (vllm/v1/worker/utils.py, vllm/v1/core/kv_cache_utils.py)
         r"is less than desired GPU memory utilization|No available memory for the cache blocks|"
         r"KV cache is needed, which is larger than the available KV cache memory",
-        "out of memory at start-up: lower vllm_gpu_memory_util (now {gpu_memory_util}; 0.93 is "
-        "the card's safe maximum, 0.95 fails) or vllm_max_model_len (now {max_model_len}), and "
+        "out of memory at start-up: lower vllm_gpu_memory_util ([now {gpu_memory_util}; ]0.93 is "
+        "the card's safe maximum, 0.95 fails) or vllm_max_model_len[ (now {max_model_len})], and "
         "consider vllm_drop_caches: true (on unified memory the page cache counts against the "
         "GPU).",
     ),
@@ -333,7 +374,7 @@ PATTERNS = [
     (
         "start_timeout",
         r"start-post operation timed out|start operation timed out|Result: timeout|result timeout",
-        "the model did not answer within vllm_start_timeout_s ({start_timeout_s} s): systemd "
+        "the model did not answer within vllm_start_timeout_s[ ({start_timeout_s} s)]: systemd "
         "killed it. Look for a stalled load above (unified memory under pressure wedges loads).",
     ),
     (
@@ -342,8 +383,8 @@ PATTERNS = [
         "ray_worker_lost",
         r"ray\.exceptions\.(ActorDiedError|ActorUnavailableError|RayActorError|NodeDiedError|"
         r"RayChannelError|RayChannelTimeoutError)|The actor died unexpectedly",
-        "the pair's server lost its Ray worker: the worker {pair_peer} ({pair_peer_address}) "
-        "left the cluster. Look at it (`journalctl -u {service}` on {pair_peer}); systemd "
+        "the pair's server lost its Ray worker: the worker[ {pair_peer}][ ({pair_peer_address})] "
+        "left the cluster. Look at it (`journalctl -u {service}`[ on {pair_peer}]); systemd "
         "restarts this server, which waits for the worker to join again.",
     ),
     (
@@ -355,6 +396,20 @@ PATTERNS = [
 ]
 
 CONSEQUENCES = ("engine_died", "start_limit")
+FIELD = re.compile(r"\{([a-z_]+)\}")
+
+
+def fill(template, values):
+    """``template`` with its {fields} from ``values`` (strings); a [segment] whose fields are
+    not all given (missing or empty) is left out, a field outside one becomes its value or
+    nothing."""
+
+    def segment(match):
+        inner = match.group(1)
+        return inner if all(values.get(name) for name in FIELD.findall(inner)) else ""
+
+    text = re.sub(r"\[([^\[\]]*)\]", segment, template)
+    return FIELD.sub(lambda match: values.get(match.group(1)) or "", text)
 
 
 def find_hints(lines, settings):
@@ -366,15 +421,12 @@ def find_hints(lines, settings):
         if positions:
             found.append((positions[-1], key, template))
     found.sort(key=lambda item: -item[0])
-    values = dict((k, "?" if v in (None, "") else v) for k, v in settings.items())
-    values.setdefault("port_variable", "vllm_port")  # the setting that names the port
-    hints = []
-    for _position, key, template in found:
-        try:
-            text = template.format(**values)
-        except (KeyError, IndexError):
-            text = re.sub(r"\{[a-z_]+\}", "?", template)
-        hints.append({"pattern": key, "hint": text})
+    values = dict((k, "" if v is None else str(v)) for k, v in settings.items())
+    if not values.get("port_variable"):
+        values["port_variable"] = "vllm_port"  # the setting that names the port
+    if not values.get("service"):
+        values["service"] = "vllm"  # the role's default unit
+    hints = [{"pattern": key, "hint": fill(template, values)} for _at, key, template in found]
     # Consequences (an engine death, systemd giving up) come after the cause they follow.
     causes = [h for h in hints if h["pattern"] not in CONSEQUENCES]
     return causes + [h for h in hints if h["pattern"] in CONSEQUENCES]

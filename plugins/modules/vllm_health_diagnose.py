@@ -15,6 +15,10 @@ description:
     the container the unit runs in the foreground), the container's state and log when it still
     exists, and matches them against known failure patterns (out of memory, missing model
     files, port in use, image not found, GPU runtime, engine death, start limit, start timeout).
+  - Only the unit's current invocation (systemd's InvocationID, its run now or its last run
+    when it is not running) and what was logged since O(since) are searched for the patterns, so
+    an old failure left in the journal (an out-of-memory exit, status 137, of a run long gone)
+    gives no hint. A hint names only the settings it has values for.
   - Returns a report ready to print and the same information structured. Read-only.
 options:
   failure:
@@ -38,9 +42,16 @@ options:
     type: int
     default: 30
   scan_lines:
-    description: Journal lines searched for known patterns.
+    description: Journal lines searched for known patterns (of them, those of the current
+      invocation and those since O(since)).
     type: int
     default: 400
+  since:
+    description: Epoch seconds (host clock) when the caller began to watch the unit (the
+      health wait's C(since)); journal lines logged since then are searched too, whichever
+      run of the unit logged them. 0 for the current invocation alone.
+    type: float
+    default: 0
   settings:
     description: The service's settings named in hints (gpu_memory_util, max_model_len, port,
       port_variable (the variable that sets that port, default vllm_port), image, model_dir,
@@ -206,6 +217,7 @@ from ansible_collections.sparkfleet.spark.plugins.module_utils.vllm_health_probe
     describe_container,
     describe_unit,
     find_hints,
+    invocation_lines,
     journal,
     unit_state,
 )
@@ -237,6 +249,7 @@ def main():
             lines=dict(type="int", default=30),
             scan_lines=dict(type="int", default=400),
             settings=dict(type="dict", default={}),
+            since=dict(type="float", default=0),
         ),
         supports_check_mode=True,
     )
@@ -245,7 +258,8 @@ def main():
     unit = unit_state(run, p["service"])
     container = container_state(run, p["docker_bin"], p["container"])
     journal_lines = journal(run, p["service"], p["lines"])
-    scan = journal(run, p["service"], p["scan_lines"], output="cat")
+    invocation = unit["invocation"] if unit is not None else ""
+    scan = invocation_lines(run, p["service"], p["scan_lines"], invocation, p["since"])
     log_lines = []
     if container is not None and container["exists"]:
         log_lines = container_log(run, p["docker_bin"], p["container"], p["lines"])

@@ -9,9 +9,9 @@
   compiled here with the controller's gcc (``tests/standins/nvidia_smi_standin/build_libcuda.py``).
 - ``sparklab/vllm-standin``: the stand-in for ``avarok/dgx-vllm-nvfp4-kernel:v23``
   (``tests/standins/vllm_standin``); the lab pushes it to its registry under the production name.
-- ``sparklab/vllm-standin-ray``: the same plus real Ray (``ray`` from PyPI,
-  ``tests/standins/vllm_standin_ray``), for two-Spark pairs; the lab pushes it under its own tag
-  (``LabConfig.vllm_pair_image``), so single-host hosts do not carry Ray.
+- ``sparklab/vllm-standin-ray``: the same plus real Ray with its dashboard (``ray[default]``
+  from PyPI, ``tests/standins/vllm_standin_ray``), for two-Spark pairs; the lab pushes it under
+  its own tag (``LabConfig.vllm_pair_image``), so single-host hosts do not carry Ray.
 
 Each image is tagged with a hash of its recipe (the files it is built from and its base), so a
 changed recipe builds a new image and an unchanged one is reused. ``sparklab/spark-sim:latest``,
@@ -49,7 +49,7 @@ VLLM_STANDIN_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin"
 VLLM_STANDIN_WHEELS = ["tokenizers==0.23.3"]
 VLLM_STANDIN_RAY_DIR = REPO_ROOT / "tests" / "standins" / "vllm_standin_ray"
 # Installed offline into the pair stand-in with the pip wheel, for the image's python3 and machine.
-VLLM_STANDIN_RAY_WHEELS = ["ray==2.60.0", "pip"]
+VLLM_STANDIN_RAY_WHEELS = ["ray[default]==2.60.0", "pip"]
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 

@@ -26,6 +26,9 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.sparkfleet.spark.plugins.module_utils import vllm_health_probe as probe
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_api as api_module
+from ansible_collections.sparkfleet.spark.plugins.modules import (
+    vllm_health_diagnose as diagnose_module,
+)
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_wait as wait_module
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_model_files as files_module
 
@@ -211,6 +214,122 @@ def test_latest_cause_comes_first_and_unknown_logs_give_no_hint() -> None:
     lines = ["torch.OutOfMemoryError: CUDA out of memory.", "No such image: x:y"]
     assert patterns(lines) == ["image_not_found", "out_of_memory"]
     assert patterns(["INFO all is well"]) == []
+
+
+def test_hints_never_show_a_setting_they_have_no_value_for() -> None:
+    lines = [
+        "No such image: x:y",
+        "port is already allocated",
+        "RuntimeError: Cannot find any model weights with `/models/x`",
+        "torch.OutOfMemoryError: CUDA out of memory.",
+        "vllm.service: start-post operation timed out. Terminating.",
+        "ray.exceptions.ActorDiedError: The actor died unexpectedly",
+    ]
+    hints = probe.find_hints(lines, {})  # a worker's diagnosis passes no memory settings
+    assert len(hints) == 6
+    for hint in hints:
+        assert not re.search(r"[?{}\[\]]|\(\)|now ", hint["hint"]), hint
+    oom = next(h["hint"] for h in hints if h["pattern"] == "out_of_memory")
+    assert (
+        "lower vllm_gpu_memory_util (0.93 is the card's safe maximum, 0.95 fails) or "
+        "vllm_max_model_len, and consider" in oom
+    ), oom
+    lost = next(h["hint"] for h in hints if h["pattern"] == "ray_worker_lost")
+    assert "the worker left the cluster. Look at it (`journalctl -u vllm`); " in lost, lost
+    filled = probe.find_hints(lines[3:4], {"gpu_memory_util": 0.93, "max_model_len": 0})[0]
+    assert "(now 0.93; 0.93 is" in filled["hint"] and "vllm_max_model_len (now 0)" in filled["hint"]
+
+
+def journal_json(*entries: tuple[float, str, str, str]) -> str:
+    """journalctl --output json lines of (epoch s, field, invocation, message): the unit's own
+    output carries _SYSTEMD_INVOCATION_ID, systemd's messages about it INVOCATION_ID."""
+    return "\n".join(
+        json.dumps({"__REALTIME_TIMESTAMP": str(int(at * 1e6)), field: invocation,
+                    "MESSAGE": message})
+        for at, field, invocation, message in entries
+    )  # fmt: skip
+
+
+OLD, NOW = "0f" * 16, "a1" * 16
+STALE_OOM = (1000.0, "INVOCATION_ID", OLD, "vllm.service: Main process exited, code=exited, "
+             "status=137/n/a")  # fmt: skip
+
+
+def test_only_the_current_invocation_is_scanned() -> None:
+    out = journal_json(
+        STALE_OOM,
+        (1001.0, "_SYSTEMD_INVOCATION_ID", OLD, "Killed"),
+        (5000.0, "_SYSTEMD_INVOCATION_ID", NOW, "INFO Starting to load model"),
+        (5001.0, "INVOCATION_ID", NOW, "vllm.service: start-post operation timed out."),
+    )
+    calls: list[list[str]] = []
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        calls.append(argv)
+        return 0, out, ""
+
+    lines = probe.invocation_lines(run, "vllm", 400, NOW)
+    assert lines == ["INFO Starting to load model", "vllm.service: start-post operation timed out."]
+    assert calls[0][-2:] == ["--output", "json"] and "vllm.service" in calls[0]
+    # what was logged since the caller began to watch counts too, whichever run logged it
+    assert probe.invocation_lines(run, "vllm", 400, NOW, since=1000.5)[0] == "Killed"
+    assert probe.invocation_lines(run, "vllm", 400, OLD)[0].endswith("status=137/n/a")
+    # a journal without invocations (systemd before 233): every line, as before
+    bare = "\n".join(json.dumps({"MESSAGE": m}) for m in ("a", "b"))
+    assert probe.invocation_lines(lambda argv: (0, bare, ""), "vllm", 400, NOW) == ["a", "b"]
+    assert probe.invocation_lines(run, "", 400, NOW) == []
+
+
+def diagnose(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], journal: str,
+    **args: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """vllm_health_diagnose in-process: the unit failed (invocation NOW), its container gone."""
+
+    unit = (
+        "LoadState=loaded\nActiveState=failed\nSubState=failed\nResult=timeout\n"
+        f"NRestarts=0\nMainPID=0\nExecMainStatus=0\nJob=\nInvocationID={NOW}\n"
+    )
+
+    def run(argv: list[str], *_args: Any, **_kwargs: Any) -> tuple[int, str, str]:
+        if argv[0] == "systemctl":
+            return 0, unit, ""
+        if argv[0] == "journalctl":
+            return 0, journal if argv[-1] == "json" else "", ""
+        if argv[1:3] == ["inspect", "--format"]:
+            return 1, "", "Error: No such object: minimax"
+        raise AssertionError(argv)
+
+    monkeypatch.setattr(
+        diagnose_module.AnsibleModule, "run_command", lambda self, argv, **kw: run(argv)
+    )
+    capsys.readouterr()
+    args = {"service": "vllm", "container": "minimax", "settings": {"max_model_len": 65536}, **args}
+    with patch_module_args(args), pytest.raises(SystemExit):
+        diagnose_module.main()
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_a_stale_out_of_memory_exit_gives_no_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = journal_json(
+        STALE_OOM,
+        (5000.0, "_SYSTEMD_INVOCATION_ID", NOW, "INFO Starting to load model"),
+        (5900.0, "INVOCATION_ID", NOW, "vllm.service: start-post operation timed out."),
+    )
+    result = diagnose(monkeypatch, capsys, journal)
+    assert [h["pattern"] for h in result["hints"]] == ["start_timeout"], result["hints"]
+    assert "?" not in result["report"]
+
+    # the same exit in the run that failed now: the hint, with only the values it was given
+    current = journal.replace(OLD, NOW)
+    result = diagnose(monkeypatch, capsys, current)
+    assert "out_of_memory" in [h["pattern"] for h in result["hints"]]
+    oom = next(h["hint"] for h in result["hints"] if h["pattern"] == "out_of_memory")
+    assert "vllm_gpu_memory_util (0.93 is" in oom and "vllm_max_model_len (now 65536)" in oom
+    assert "?" not in result["report"]
 
 
 # --------------------------------------------------------------------------- unit death

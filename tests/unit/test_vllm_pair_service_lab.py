@@ -3,11 +3,15 @@
 Two lab hosts with a link of their own (``tests/lab/pair.py``) and the pair stand-in image (real
 Ray, ``LabConfig.vllm_pair_image`` pinned by its registry digest): the role converges both, the
 head's proxy serves ``max_model_len`` 196608 once the worker's Ray node has joined (vLLM's
-placement group needs both GPUs), a second run and a check-mode run change nothing, Ray's GCS
-port, open on every interface of the head, answers the peer over the link but not a LAN
-neighbour (the firewall), and the worker's container killed, the pair comes back serving by
-systemd and the watches alone. Health and status know the pair: ``status.yml`` reports the Ray
-cluster's members on both (the worker, which has no API, not as down); with the worker's unit
+placement group needs both GPUs), a second run and a check-mode run change nothing, every port
+Ray's head listens on outside the loopback (its GCS, the dashboard on 8265, agents, managers),
+open on the head's interfaces, answers the peer over the link but not a LAN address (the
+firewall); after `nft flush ruleset` on the head a check-mode run shows the table missing and a
+run loads it again (the live table, not the file, is what counts); a worker holding another
+image under the pair's tag is refused before anything starts, naming both hosts and both images;
+and the worker's container killed, the pair comes back serving by systemd and the watches alone.
+Health and status know the pair: ``status.yml`` reports the Ray cluster's members on both (the
+worker, which has no API, not as down); with the worker's unit
 stopped the head's ``vllm_health`` fails naming the worker and where to look; once the pair is
 back, ``vllm_health`` passes on both members, the head's naming both members and their link
 addresses.
@@ -16,12 +20,14 @@ addresses.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -166,6 +172,34 @@ def connect(address: str, port: int) -> str:
     return f'python3 -c "import socket; {call}"'
 
 
+def listening(name: str) -> set[tuple[str, int]]:
+    """(address, port) of the TCP sockets ``name`` listens on outside the loopback."""
+    found = set()
+    for line in hosts.sh(name, "ss -Hltn").stdout.splitlines():
+        local = line.split()[3]
+        address, port = local.rsplit(":", 1)
+        address = address.strip("[]").split("%")[0]
+        if not (address.startswith("127.") or address == "::1"):
+            found.add((address, int(port)))
+    return found
+
+
+def answers(address: str, port: int) -> bool:
+    """Whether a TCP connection from this machine (a LAN address to the hosts) is accepted."""
+    try:
+        socket.create_connection((address, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def changed_per_host(run: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """{host: changed count} of a run's recap."""
+    return {
+        m[0]: int(m[1]) for m in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", run.stdout, re.M)
+    }
+
+
 def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Path) -> None:
     head, worker = members
     names = (head.name, worker.name)
@@ -197,13 +231,60 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     recap = [line for line in checked.stdout.splitlines() if "changed=" in line]
     assert recap and all("changed=0" in line for line in recap), checked.stdout[-6000:]
 
-    # Ray's GCS listens on every interface of the head; only the peer (over the link) gets in.
-    listening = hosts.sh(head.name, "ss -Hltn 'sport = :6379'").stdout
-    assert "0.0.0.0:6379" in listening or "*:6379" in listening, listening
-    with pytest.raises(OSError):
-        socket.create_connection((head.lab_address, 6379), timeout=10).close()
+    # Ray listens on every interface of the head (its GCS, the dashboard on 8265 as the image's
+    # entrypoint asks, the client server) or on its link address (agents, managers, workers):
+    # none of those ports answers a LAN address, this machine (on the lab network and on the
+    # link's bridge); the peer gets in over the link, and the API (the proxy) stays open.
+    ports = listening(head.name)
+    assert ("0.0.0.0", 6379) in ports or ("*", 6379) in ports, ports
+    assert ("0.0.0.0", 8265) in ports or ("*", 8265) in ports, ports
+    ray = sorted((head.lab_address if a in ("0.0.0.0", "*", "::") else a, port)
+                 for a, port in ports if port not in (22, 8000))  # fmt: skip
+    assert len(ray) > 5, ports
+    with ThreadPoolExecutor(8) as pool:
+        reached = [t for t, ok in zip(ray, pool.map(lambda t: answers(*t), ray), strict=True) if ok]
+    assert reached == [], (reached, ports)
     hosts.sh(worker.name, connect(head.pair_address, 6379))
+    hosts.sh(worker.name, connect(head.pair_address, 8265))
     hosts.sh(worker.name, connect(head.lab_address, 8000))  # the API stays open
+    assert answers(head.lab_address, 8000)
+    log(f"pair: none of Ray's {len(ray)} ports on the head answers a LAN address: {ray}")
+
+    # The ruleset flushed by hand (the unit stays "active"): Ray's GCS answers the LAN. A
+    # check-mode run shows the missing table, a run loads it again, on the head alone.
+    hosts.sh(head.name, "nft flush ruleset")
+    assert answers(head.lab_address, 6379)
+    checked = playbook(workdir, "converge.yml", "--check", "--diff")
+    assert checked.returncode == 0, checked.stdout[-6000:]
+    assert changed_per_host(checked) == {head.name: 1, worker.name: 0}, checked.stdout[-6000:]
+    assert "+table inet sparkfleet_vllm_pair {" in checked.stdout, checked.stdout[-6000:]
+    assert answers(head.lab_address, 6379)  # check mode changed nothing
+    fixed = playbook(workdir, "converge.yml")
+    assert fixed.returncode == 0, fixed.stdout[-6000:]
+    assert changed_per_host(fixed) == {head.name: 1, worker.name: 0}, fixed.stdout[-6000:]
+    assert not answers(head.lab_address, 6379) and not answers(head.lab_address, 8265)
+    hosts.sh(worker.name, connect(head.pair_address, 6379))
+    log("pair: a flushed ruleset is seen and the table loaded again")
+
+    # The worker holds another image under the pair's tag: a run naming the image by its tag
+    # (no digest) is refused after the pull, before anything starts, naming both images.
+    hosts_file = yaml.safe_load((workdir / "inventory" / "hosts.yml").read_text())
+    digest = hosts_file["spark"]["hosts"][head.name]["vllm_image_digest"]
+    by_digest = f"{CFG.vllm_pair_image.rsplit(':', 1)[0]}@{digest}"
+    running = {n: hosts.sh(n, "docker inspect -f '{{.Id}}' minimax").stdout for n in names}
+    hosts.sh(worker.name, f"docker create --name other {by_digest} && docker commit -c "
+             f"'LABEL other=1' other {CFG.vllm_pair_image} && docker rm other")  # fmt: skip
+    other = hosts.sh(worker.name, f"docker image inspect -f '{{{{.Id}}}}' {CFG.vllm_pair_image}")
+    refused = playbook(workdir, "converge.yml", "-e", "vllm_image_digest=")
+    said = flat(refused)
+    assert refused.returncode != 0, said[-6000:]
+    assert (f"the pair's members hold different images for {CFG.vllm_pair_image}: "
+            f"{head.name} has sha256:") in said, said[-6000:]  # fmt: skip
+    assert f"{worker.name} has {other.stdout.strip()} (no registry digest)" in said, said[-6000:]
+    assert "Start the service" not in said.split("hold different images")[-1], said[-6000:]
+    assert {n: hosts.sh(n, "docker inspect -f '{{.Id}}' minimax").stdout for n in names} == running
+    hosts.sh(worker.name, f"docker rmi {CFG.vllm_pair_image}")
+    log("pair: members holding different images are refused before anything starts")
 
     status_file = workdir / "status.json"
     step = time.monotonic()

@@ -4,8 +4,10 @@ lab's simulated Spark pairs.
 On the outer engine, on a network of the test's own: the entrypoint's Ray modes refuse a missing
 HEAD_IP as the published script does; a head alone cannot serve with TENSOR_PARALLEL_SIZE=2 (vLLM
 0.16's placement-group error, exit 1); once a worker has joined with ``ray start --address``
-(two Ray nodes, one GPU each) the head serves; a worker gone goes unnoticed by /health, and the
-next request kills the engine (500) and ends the server, as vLLM's Ray executor does.
+(two Ray nodes, one GPU each) the head serves, but only once the worker's own copy of the model
+is there (each rank loads its weights from its own disk); Ray's dashboard answers on the head's
+8265 as the real entrypoint starts it; a worker gone goes unnoticed by /health, and the next
+request kills the engine (500) and ends the server, as vLLM's Ray executor does.
 
 On two simulated Sparks (``tests/lab/pair.py``): each reaches the other over the pair network's
 interface, whose MTU is the network's; the role ``spark_pair`` passes the pair as declared, and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -60,8 +63,12 @@ def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.Comp
     return result
 
 
-def ray_container(image: str, name: str, ip: str, mode: str, *env: str) -> None:
-    model = CFG.state_dir / "hub" / "repo" / "files"
+MODEL = CFG.state_dir / "hub" / "repo" / "files"
+
+
+def ray_container(
+    image: str, name: str, ip: str, mode: str, *env: str, model: Path = MODEL
+) -> None:
     # restarted on failure as a unit would be: `ray start` can time out on a loaded machine
     run("docker", "run", "-d", "--restart", "on-failure", "--name", name,
         "--network", RAY_NET, "--ip", ip, "--shm-size", "256m", "-v", f"{model}:/models:ro",
@@ -166,7 +173,9 @@ def test_single_host_standin_has_no_ray() -> None:
     assert res.returncode == 127, res.stdout + res.stderr
 
 
-def test_pair_serves_only_with_both_members(image: str, ray_net: None) -> None:
+def test_pair_serves_only_with_both_members(image: str, ray_net: None, tmp_path: Path) -> None:
+    worker_model = tmp_path / "worker-models"
+    worker_model.mkdir()
     ray_container(image, "w20t-head", HEAD_IP, "ray-head", f"HEAD_IP={HEAD_IP}")
     wait_for("the head's Ray node", lambda: gpu_nodes() == [1.0], RAY_UP_S)
 
@@ -176,9 +185,24 @@ def test_pair_serves_only_with_both_members(image: str, ray_net: None) -> None:
     assert "Cannot provide a placement group requiring 2.0 GPUs" in out, out
     assert "EngineCore failed to start." in out
 
+    # Ray's dashboard, as the real entrypoint asks for it: on every interface of the head
+    with urllib.request.urlopen(f"http://{HEAD_IP}:8265/api/version", timeout=30) as resp:
+        assert json.loads(resp.read())["ray_version"] == "2.60.0"
+
+    # The worker's host without the model (the unit's bind mount makes an empty directory): its
+    # rank cannot load its weights, and the engine fails naming the worker's node.
     ray_container(image, "w20t-worker", WORKER_IP, "ray-worker",
-                  f"HEAD_IP={HEAD_IP}", f"WORKER_IP={WORKER_IP}")  # fmt: skip
+                  f"HEAD_IP={HEAD_IP}", f"WORKER_IP={WORKER_IP}", model=worker_model)  # fmt: skip
     wait_for("two Ray nodes with a GPU each", lambda: gpu_nodes() == [1.0, 1.0], RAY_UP_S)
+    empty = serve()
+    out, _ = empty.communicate(timeout=600)
+    assert empty.returncode == 1, out
+    assert "Cannot find any model weights with `/models`" in out, out
+    assert f"ip={WORKER_IP}" in out, out
+    assert "EngineCore failed to start." in out
+
+    # Its copy in place (the same files, as the pair's fetch puts them), the pair serves.
+    shutil.copytree(MODEL, worker_model, dirs_exist_ok=True)
     server = serve()
     try:
         wait_for("the pair serving", lambda: get("/v1/models")[0] == 200, SERVE_UP_S)

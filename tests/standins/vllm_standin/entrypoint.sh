@@ -13,8 +13,10 @@
 #
 # Ray, as in the real script: the node address is WORKER_IP, else HEAD_IP, else the IPv4
 # address of NCCL_SOCKET_IFNAME (default enp1s0f0np0), else 127.0.0.1.
-# - ray-head: `ray start --head --node-ip-address NODE_IP --port 6379 --num-gpus ${NUM_GPUS:-1}
-#   --disable-usage-stats`, then `tail -f /dev/null`: the container outlives its Ray processes.
+# - ray-head: `ray start --head --node-ip-address NODE_IP --port 6379 --dashboard-host=0.0.0.0
+#   --num-gpus ${NUM_GPUS:-1} --disable-usage-stats`, then `tail -f /dev/null`: the container
+#   outlives its Ray processes. The port is 6379 in every mode (not configurable). Ray's dashboard
+#   (with the pair image's ray[default]) listens on 0.0.0.0:8265 and takes job submissions.
 # - ray-worker: HEAD_IP required (exit 1 without it); `ray start --address HEAD_IP:6379
 #   --node-ip-address NODE_IP --num-gpus ${NUM_GPUS:-1} --disable-usage-stats`, then the same
 #   tail. `ray start` fails (exit 1) when the head cannot be reached.
@@ -22,8 +24,7 @@
 #   RAY_ADDRESS=HEAD_IP:6379, VLLM_HOST_IP=HEAD_IP, MASTER_ADDR=HEAD_IP and passes
 #   `--distributed-executor-backend ray --tensor-parallel-size N` (server.py and
 #   ray_executor.py then do what vLLM does with them).
-# Lab deviations, to fit several Ray nodes on a small machine: `--include-dashboard=false` instead
-# of the real `--dashboard-host=0.0.0.0` on the head, and a small object store on both
+# Lab deviation, to fit several Ray nodes on a small machine: a small object store on both
 # (VLLM_STANDIN_RAY_ARGS, default "--object-store-memory=80000000"). Ray is only in the pair
 # stand-in image (sparklab/vllm-standin-ray); in the single-host one the Ray modes fail as a
 # missing `ray` command does (exit 127).
@@ -46,7 +47,7 @@ case "$MODE" in
     echo "Node IP: ${NODE_IP}"
     # shellcheck disable=SC2086 # RAY_LAB_ARGS is a list of options
     ray start --head --node-ip-address="${NODE_IP}" --port=6379 \
-      --num-gpus="${NUM_GPUS:-1}" --disable-usage-stats --include-dashboard=false ${RAY_LAB_ARGS}
+      --dashboard-host=0.0.0.0 --num-gpus="${NUM_GPUS:-1}" --disable-usage-stats ${RAY_LAB_ARGS}
     echo "Ray head started at ${NODE_IP}:6379"
     exec tail -f /dev/null
     ;;

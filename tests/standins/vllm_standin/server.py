@@ -2092,14 +2092,20 @@ def start_ray_workers(args: argparse.Namespace) -> Any:
     frames = ["v1/executor/abstract.py", "v1/executor/ray_executor.py", "v1/executor/ray_utils.py"]
     try:
         return ray_executor.initialize(
-            world_size, host_ip, wait, lambda level, where, msg: log(level, where, msg, ENGINE_CORE)
+            world_size,
+            host_ip,
+            wait,
+            lambda level, where, msg: log(level, where, msg, ENGINE_CORE),
+            args.model_tag,
         )
     except ModuleNotFoundError as exc:  # ray_utils.py assert_ray_available
         engine_core_failed(
             f"ValueError: Failed to import Ray: {exc}. Please install Ray with `pip install ray`.",
             frames,
         )
-    except (ValueError, ConnectionError) as exc:
+    # vLLM's ValueErrors, ConnectionError without a cluster, and a worker's failure to load its
+    # weights as Ray raises it (RayTaskError(...), naming the worker's node)
+    except Exception as exc:
         engine_core_failed(f"{type(exc).__name__}: {exc}", frames)
 
 
