@@ -50,6 +50,7 @@ class StandInHost:
 
     def __init__(self, name: str, key: str) -> None:
         self.name, self.key, self.engine_up = name, key, True
+        self.release = threading.Event()  # ends the requests to /v1/hold
         self.conns: set[socket.socket] = set()
         host = self
 
@@ -81,6 +82,9 @@ class StandInHost:
                     self.answer(401, {"error": "Unauthorized"})
                 elif self.path == "/v1/models":
                     self.answer(200, {"data": [{"id": "m"}]})
+                elif self.path == "/v1/hold":  # a long generation: in flight until released
+                    host.release.wait(120)
+                    self.answer(200, {"host": host.name})
                 else:
                     self.answer(200, {"host": host.name})
 
@@ -337,16 +341,25 @@ def test_a_configuration_haproxy_refuses_stops_the_run_before_the_keys_change(
     tmp_path: Path,
 ) -> None:
     """The role's own tasks from its configuration directory on (this machine as the gateway; the
-    install, unit and start after them are not reached): a certificate HAProxy cannot load
-    passes the role's checks (PEM markers) but not ``haproxy -c``, whose reason is shown, and
-    the key files keep what the running gateway has."""
+    install, unit and start after them are not reached): a certificate and key HAProxy cannot
+    load (a key that is not the certificate's) pass the role's checks (PEM markers) but not
+    ``haproxy -c``, whose reason is shown; the pair in place and the key files keep what the
+    running gateway has, and neither key reaches the output."""
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "client-keys.lst").write_text("old-fleet-key-0123456789\n")
     (etc / "host-keys.map").write_text("s-1 old-host-key-0123456789\n")
     cert, key = tmp_path / "gw.crt", tmp_path / "gw.key"
-    cert.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
-    key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    other_cert, other_key = tmp_path / "other.crt", tmp_path / "other.key"
+    for c, k in ((cert, key), (other_cert, other_key)):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=gw", "-keyout", str(k), "-out", str(c)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    in_place = cert.read_text() + "\n" + key.read_text() + "\n"
+    (etc / "tls.pem").write_text(in_place)
+    key.write_text(other_key.read_text())  # the certificate's key replaced by another one
     inventory = {
         "all": {
             "children": {
@@ -375,9 +388,46 @@ def test_a_configuration_haproxy_refuses_stops_the_run_before_the_keys_change(
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert "Write the HAProxy configuration" in out and "failed to validate" in out, out
-    assert "[ALERT]" in out and str(etc / "tls.pem") in out, out
+    assert f'fleet_gateway_tls_cert_file="{cert}" and fleet_gateway_tls_key_file="{key}"' in out
+    assert "HAProxy cannot load them (" in out, out
+    assert "inconsistencies between private key and certificate" in out, out
+    assert f"{etc / 'tls.pem'} is left as it was" in out, out
+    assert (etc / "tls.pem").read_text() == in_place
     assert (etc / "client-keys.lst").read_text() == "old-fleet-key-0123456789\n"
     assert (etc / "host-keys.map").read_text() == "s-1 old-host-key-0123456789\n"
     assert not (etc / "haproxy.cfg").exists()
     assert "new-fleet-key" not in out and "new-host-key" not in out, out
+    for pem in (key, other_key):
+        body = pem.read_text().splitlines()[1]
+        assert body not in out, "a private key reached the output"
+
+
+def test_the_drain_waits_as_long_as_the_gateway_says(gateway: Gateway) -> None:
+    """fleet_gateway_drain_timeout_s set with the gateway's variables (10 s in this inventory;
+    the role's default is 600) bounds the drain of a host with a request in flight."""
+
+    def hold() -> None:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{gateway.port}/v1/hold", data=b"{}", method="POST",
+            headers={"Authorization": f"Bearer {FLEET_KEY}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=180) as resp:
+            resp.read()
+
+    held = [threading.Thread(target=hold) for _ in gateway.hosts]  # roundrobin: one each
+    for t in held:
+        t.start()
+    try:
+        gateway.wait_for({})  # the stats page answers
+        rc, out = gateway.role("b2", "drain")
+        assert rc == 0, out
+        assert "still had 1 request(s) in flight on b2" in out, out
+        said = " ".join(out.split())
+        assert "after 10 s (fleet_gateway_drain_timeout_s): restarting it anyway" in said, out
+    finally:
+        for h in gateway.hosts.values():
+            h.release.set()
+        for t in held:
+            t.join(60)
+    rc, out = gateway.role("b2", "undrain")
+    assert rc == 0, out
