@@ -384,10 +384,18 @@ class RunResult:
     @property
     def not_serving_hosts(self) -> list[str]:
         """Hosts whose serving state was read (``status``) and that do not serve: a Spark whose
-        report says so, or a gateway whose statistics could not be read (its HAProxy stopped)."""
-        return [h.name for h in self.hosts.values()
-                if ((report := h.status_report) is not None and not report.serving)
-                or ((view := h.gateway_status) is not None and view.get("error"))]  # fmt: skip
+        report says so, a gateway whose statistics could not be read (its HAProxy stopped), or a
+        Spark a gateway does not send requests to (in maintenance, e.g. left drained by a stopped
+        roll, or down: a state other than HAProxy's ``UP``, ``UP 1/2`` included); each once."""
+        found = [h.name for h in self.hosts.values()
+                 if ((report := h.status_report) is not None and not report.serving)
+                 or ((view := h.gateway_status) is not None and view.get("error"))]  # fmt: skip
+        for host in self.hosts.values():
+            for backend in (host.gateway_status or {}).get("backends") or []:
+                name = str(backend.get("host", ""))
+                if not str(backend.get("state", "")).startswith("UP") and name not in found:
+                    found.append(name)
+        return found
 
     @property
     def exit_code(self) -> ExitCode:

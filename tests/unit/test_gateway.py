@@ -343,3 +343,21 @@ def test_status_of_a_stopped_gateway_is_not_serving_and_no_spark_row() -> None:
     running = HostResult("gw-1", ok=3, facts={"fleet_gateway_status": {**stopped, "error": ""}})
     ok = RunResult("status", "status.yml", "successful", 0, {"gw-1": running})
     assert ok.exit_code == ExitCode.OK
+
+
+def test_status_exits_not_serving_while_a_gateway_keeps_a_host_out() -> None:
+    """A host a gateway holds in maintenance (left drained by a stopped roll) or down does not
+    serve the fleet: ``status`` names it and exits NOT_SERVING; ``UP 1/2`` (HAProxy 2.8 right
+    after a host is put back) counts as up."""
+
+    def status(*states: str) -> RunResult:
+        backends = [{"host": f"s-{i}", "state": st, "in_flight": 0, "served": 1}
+                    for i, st in enumerate(states, 1)]  # fmt: skip
+        view = {"endpoint": "http://10.0.0.5:8080/v1", "error": "", "backends": backends}
+        hosts = {"gw-1": HostResult("gw-1", ok=3, facts={"fleet_gateway_status": view})}
+        return RunResult("status", "status.yml", "successful", 0, hosts)
+
+    assert status("UP", "UP 1/2").exit_code == ExitCode.OK
+    held = status("UP", "MAINT", "DOWN")
+    assert held.not_serving_hosts == ["s-2", "s-3"]
+    assert held.exit_code == ExitCode.NOT_SERVING
