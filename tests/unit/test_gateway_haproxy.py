@@ -431,3 +431,18 @@ def test_the_drain_waits_as_long_as_the_gateway_says(gateway: Gateway) -> None:
             t.join(60)
     rc, out = gateway.role("b2", "undrain")
     assert rc == 0, out
+
+
+def test_a_gateway_that_does_not_listen_is_named_at_once(gateway: Gateway) -> None:
+    """The gateway's check (``sparkfleet health``) on a gateway whose port refuses connections
+    (its HAProxy stopped): no waiting for fleet_gateway_up_timeout_s, the unit named."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    stopped = {**LOCAL, "fleet_gateway_port": closed, "fleet_gateway_instance": "sftest-stopped"}
+    rc, out = gateway.role("gw2", "check", gw2=stopped)
+    assert rc != 0, out
+    said = " ".join(out.split())
+    assert f"the gateway gw2 answers http://127.0.0.1:{closed}/health with no connection" in said
+    assert "systemctl status sftest-stopped" in said, out
+    assert "RETRYING" not in out, out
