@@ -10,7 +10,9 @@ old ones; with one it cannot (a port another process holds, an address the host 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.unit.plays import check_play
 
 pytestmark = pytest.mark.nolab
 
@@ -78,3 +82,31 @@ def test_a_reload_that_forks_none_fails_and_says_so() -> None:
     done = reload_with("refuses")
     assert done.returncode == 1
     assert "HAProxy started no new worker within 30 s of the reload" in done.stderr
+
+
+def test_the_failure_names_haproxys_reason_past_a_busy_access_log(tmp_path: Path) -> None:
+    """The unit's journal as the role reads it on a failed reload (its last 500 lines): HAProxy's
+    alert and the reload's own line are kept even with access-log lines before and after them;
+    a journal without such lines gives its last lines."""
+    access = ["10.0.0.1:51000 [01/Dec/2026:01:00:00.000] fleet fleet/s-1 0/0/1/2/3 200 120 - -"]
+    reason = [
+        "[ALERT]    (12) : Binding [haproxy.cfg:40] for frontend metrics: cannot bind socket"
+        " (Cannot assign requested address) for [192.0.2.77:8405]",
+        "HAProxy started no new worker within 30 s of the reload: the old configuration still"
+        " serves (the error is above)",
+        "Reload failed for sparkfleet-gateway.service - HAProxy gateway.",
+    ]
+    task = {
+        "ansible.builtin.debug": {"msg": "{{ _fleet_gateway_journal_reason }}"},
+        "loop": [access * 30 + reason + access * 20, ["a", "b"]],
+        "vars": {"_fleet_gateway_journal": {"stdout_lines": "{{ item }}"}},
+    }
+    play = [{"hosts": "localhost", "gather_facts": False,
+             "vars_files": [str(ROLE / "vars/main.yml")], "tasks": [task]}]  # fmt: skip
+    rc, out = check_play(
+        tmp_path, {"all": {"hosts": {"localhost": {"ansible_connection": "local"}}}},
+        yaml.safe_dump(play), env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
+    )  # fmt: skip
+    assert rc == 0, out
+    said = [json.loads(m) for m in re.findall(r'"msg": ("(?:[^"\\]|\\.)*")', out)]
+    assert said == [" | ".join(reason), "a | b"], out
