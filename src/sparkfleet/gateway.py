@@ -61,11 +61,25 @@ def read_inventory(
     return found
 
 
-def endpoint_from(listing: Mapping[str, Any], group: str = GATEWAY_GROUP) -> str | None:
+def endpoint_from(listing: Mapping[str, Any], group: str | None = None) -> str | None:
     """The gateway's base URL from an ``ansible-inventory --list`` listing; None without a host
-    in ``group``. The address is the gateway's ``fleet_gateway_public_address`` (a VIP, a DNS
-    name) when set, else its ``fleet_gateway_bind_address`` when it names one address (the
-    gateway listens there only), else its ``ansible_host`` (or its name); as the role reports it."""
+    in ``group`` (default: the inventory's ``fleet_gateway_group``, as the fleet's hosts have it,
+    else ``gateway``). The address is the gateway's ``fleet_gateway_public_address`` (a VIP, a
+    DNS name) when set, else its ``fleet_gateway_bind_address`` when it names one address (the
+    gateway listens there only), else its ``ansible_host`` (or its name); as the role reports it.
+
+    Raises:
+        GatewayError: a variable it reads is a template, or hosts disagree on
+            ``fleet_gateway_group``.
+    """
+    if group is None:
+        all_vars: Mapping[str, Mapping[str, Any]] = (listing.get("_meta") or {}).get("hostvars", {})
+        named = {
+            str(v["fleet_gateway_group"]) for v in all_vars.values() if "fleet_gateway_group" in v
+        }
+        if len(named) > 1:
+            raise GatewayError(f"hosts disagree on fleet_gateway_group: {sorted(named)}")
+        group = named.pop() if named else GATEWAY_GROUP
     members: list[str] = list((listing.get(group) or {}).get("hosts") or [])
     if not members:
         return None

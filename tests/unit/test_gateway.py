@@ -100,6 +100,19 @@ def test_endpoint_brackets_ipv6_and_refuses_templates() -> None:
     listing["_meta"]["hostvars"]["gw"]["fleet_gateway_port"] = "{{ gw_port }}"
     with pytest.raises(GatewayError, match="fleet_gateway_port is a template"):
         endpoint_from(listing)
+    # the gateways in a group of another name, as the fleet's hosts know it
+    named: dict[str, Any] = {
+        "front": {"hosts": ["gw-a"]},
+        "spark": {"hosts": ["s-1"]},
+        "_meta": {"hostvars": {"gw-a": {"ansible_host": "10.0.0.9", "fleet_gateway_group": "front"},
+                               "s-1": {"fleet_gateway_group": "front"}}},
+    }  # fmt: skip
+    assert endpoint_from(named) == "http://10.0.0.9:8080/v1"
+    named["_meta"]["hostvars"]["s-1"]["fleet_gateway_group"] = "gateway"
+    with pytest.raises(
+        GatewayError, match=r"disagree on fleet_gateway_group: \['front', 'gateway'\]"
+    ):
+        endpoint_from(named)
 
 
 def test_status_shows_each_gateways_view_per_host() -> None:
