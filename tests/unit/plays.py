@@ -48,16 +48,22 @@ GATEWAY_CHECK_PLAY = """
 
 
 def check_play(
-    workdir: Path, inventory: object, play: str, *args: str, env: dict[str, str] | None = None
+    workdir: Path,
+    inventory: object,
+    play: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
 ) -> tuple[int, str]:
-    """(exit status, stdout + stderr) of ``play`` (YAML text) run in check mode on ``inventory``
-    (a YAML inventory as a dict), both written into ``workdir``; ``args`` go to
-    ``ansible-playbook``, ``env`` is added to its environment. Times out after 300 s."""
+    """(exit status, stdout + stderr) of ``play`` (YAML text) run in check mode (unless
+    ``check`` is false) on ``inventory`` (a YAML inventory as a dict), both written into
+    ``workdir``; ``args`` go to ``ansible-playbook``, ``env`` is added to its environment.
+    Times out after 300 s."""
     (workdir / "hosts.yml").write_text(yaml.safe_dump(inventory))
     (workdir / "play.yml").write_text(play)
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(workdir / "hosts.yml"),
-         "--check", str(workdir / "play.yml"),
+         *(["--check"] if check else []), str(workdir / "play.yml"),
          "-e", f"ansible_python_interpreter={sys.executable}", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",

@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from tests.ports import free_port
+from tests.unit.plays import check_play
 
 pytestmark = pytest.mark.lab
 
@@ -446,3 +447,41 @@ def test_a_gateway_that_does_not_listen_is_named_at_once(gateway: Gateway) -> No
     assert f"the gateway gw2 answers http://127.0.0.1:{closed}/health with no connection" in said
     assert "systemctl status sftest-stopped" in said, out
     assert "RETRYING" not in out, out
+
+
+def test_the_roles_tls_write_takes_a_matching_pair_and_keeps_it_from_a_bad_one(
+    tmp_path: Path,
+) -> None:
+    """The role's own TLS task (read from its tasks/main.yml, run as it is, for real): a
+    certificate with its key is written 0600; then one with another key is refused by its
+    ``haproxy -c`` check and the pair in place stays."""
+    tasks = yaml.safe_load((ROOT / "roles/fleet_gateway/tasks/main.yml").read_text())
+    block = next(t for t in tasks if str(t.get("name", "")).startswith("Write the TLS certificate"))
+    pem = tmp_path / "tls.pem"
+    pairs = {}
+    for name in ("a", "b"):
+        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        pairs[name] = (cert, key)
+
+    def write(cert: Path, key: Path) -> tuple[int, str]:
+        play = [{"hosts": "gw", "gather_facts": False, "tasks": block["block"],
+                 "vars": {"_fleet_gateway_tls_pem": str(pem),
+                          "fleet_gateway_tls_cert_file": str(cert),
+                          "fleet_gateway_tls_key_file": str(key)}}]  # fmt: skip
+        return check_play(tmp_path, {"all": {"hosts": {"gw": LOCAL}}}, yaml.safe_dump(play),
+                          check=False)  # fmt: skip
+
+    rc, out = write(*pairs["a"])
+    assert rc == 0, out
+    written = pem.read_text()
+    assert pairs["a"][0].read_text().strip() in written and "PRIVATE KEY" in written
+    assert oct(pem.stat().st_mode & 0o777) == "0o600"
+    rc, out = write(pairs["a"][0], pairs["b"][1])
+    assert rc != 0 and "failed to validate" in out, out
+    assert pem.read_text() == written
+    assert pairs["b"][1].read_text().splitlines()[1] not in out
