@@ -1,4 +1,8 @@
-"""Run a small play of the project's roles on local inventory hosts, as the no-lab tests do.
+"""Run a small play of the project's roles on local inventory hosts, or one of its modules in
+process, as the no-lab tests do.
+
+``run_module`` runs a module's ``main()`` with the given arguments and returns its exit status
+and its JSON result.
 
 ``check_play`` writes an inventory and a play into a test's directory and runs ``ansible-playbook``
 from the venv with the project's ``ansible.cfg``, in check mode: nothing on this machine changes
@@ -13,12 +17,17 @@ at), ``PUBLIC AT`` (the host clients use), ``SCRAPED AT`` (the first Prometheus 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import pytest
 import yaml
+from ansible.module_utils.testing import patch_module_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +79,14 @@ def check_play(
              **(env or {})},
     )  # fmt: skip
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def run_module(
+    module: ModuleType, args: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
+    """(exit status, result) of one module run."""
+    capsys.readouterr()
+    with patch_module_args(args), pytest.raises(SystemExit) as exited:
+        module.main()
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return int(exited.value.code or 0), result

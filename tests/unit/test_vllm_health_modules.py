@@ -19,11 +19,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.sparkfleet.spark.plugins.module_utils import vllm_health_probe as probe
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_health_api as api_module
 from ansible_collections.sparkfleet.spark.plugins.modules import (
@@ -34,6 +32,7 @@ from ansible_collections.sparkfleet.spark.plugins.modules import vllm_model_file
 
 from tests import model_profile
 from tests.ports import free_port
+from tests.unit.plays import run_module
 
 pytestmark = pytest.mark.nolab
 
@@ -52,17 +51,6 @@ SETTINGS = {
     "start_timeout_s": 900,
     "port_owner": "",
 }
-
-
-def run_module(
-    module: ModuleType, args: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, dict[str, Any]]:
-    """(exit status, result) of one module run."""
-    capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        module.main()
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return int(exited.value.code or 0), result
 
 
 def make_model_dir(root: Path, shards: int = 2, drop: int | None = None) -> Path:
@@ -303,12 +291,8 @@ def diagnose(
     monkeypatch.setattr(
         diagnose_module.AnsibleModule, "run_command", lambda self, argv, **kw: run(argv)
     )
-    capsys.readouterr()
     args = {"service": "vllm", "container": "minimax", "settings": {"max_model_len": 65536}, **args}
-    with patch_module_args(args), pytest.raises(SystemExit):
-        diagnose_module.main()
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return result
+    return run_module(diagnose_module, args, capsys)[1]
 
 
 def test_a_stale_out_of_memory_exit_gives_no_hint(

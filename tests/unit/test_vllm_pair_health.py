@@ -33,7 +33,7 @@ from ansible_collections.sparkfleet.spark.plugins.modules import vllm_status as 
 
 from sparkfleet.display import host_detail, status_table
 from sparkfleet.result import HostResult, RunResult, StatusResult
-from tests.unit.plays import GATEWAY_CHECK_PLAY, check_play
+from tests.unit.plays import GATEWAY_CHECK_PLAY, check_play, run_module
 
 pytestmark = pytest.mark.nolab
 
@@ -243,12 +243,9 @@ def run_ray_module(
     **args: Any,
 ) -> tuple[int, dict[str, Any]]:  # fmt: skip
     monkeypatch.setattr(AnsibleModule, "run_command", lambda self, argv, **kw: script(argv))
-    capsys.readouterr()
     args = {"role": "worker", "members": MEMBERS, "gcs_address": f"{HEAD}:6379",
             "interval_s": 0.05, **args}  # fmt: skip
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        ray_module.main()
-    return int(exited.value.code or 0), json.loads(capsys.readouterr().out)
+    return run_module(ray_module, args, capsys)
 
 
 def test_the_worker_passes_with_its_node_alive(

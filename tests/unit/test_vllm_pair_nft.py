@@ -14,6 +14,8 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.sparkfleet.spark.plugins.modules import vllm_pair_nft as nft_module
 
+from tests.unit.plays import run_module
+
 pytestmark = pytest.mark.nolab
 
 TABLE = "sparkfleet_vllm_pair"
@@ -75,11 +77,7 @@ def converge(
     **args: Any,
 ) -> dict[str, Any]:  # fmt: skip
     host(monkeypatch, kernel)
-    capsys.readouterr()
-    with patch_module_args({"table": TABLE, "content": SCRIPT, **args}), pytest.raises(SystemExit):
-        nft_module.main()
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return result
+    return run_module(nft_module, {"table": TABLE, "content": SCRIPT, **args}, capsys)[1]
 
 
 def test_a_flushed_ruleset_is_loaded_again(
