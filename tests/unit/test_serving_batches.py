@@ -20,7 +20,7 @@ from tests.lab.config import REPO_ROOT, venv_tool
 
 pytestmark = pytest.mark.nolab
 
-# a and d are a pair (a the head), listed apart; g's peer is not in the play (a --limit)
+# a and d are a pair (a the head), listed apart; so are g and f (g the head, listed after f)
 HOSTS: dict[str, dict[str, str]] = {
     "a": {"vllm_pair_role": "head", "vllm_pair_peer": "d"},
     "b": {},
@@ -82,19 +82,33 @@ def batches(result: subprocess.CompletedProcess[str]) -> list[list[str]]:
 @pytest.mark.parametrize(
     ("batch", "expected"),
     [
-        # --limit leaves g out: f, its worker, is then a unit of its own. 5 units: a+d, b, c, e, f
-        ("25%", [["a", "d"], ["b"], ["c"], ["e"], ["f"]]),
-        ("2", [["a", "d", "b"], ["c", "e"], ["f"]]),
-        ("50%", [["a", "d", "b"], ["c", "e"], ["f"]]),  # 2.5 rounded down, as serial does
-        ("60%", [["a", "d", "b", "c"], ["e", "f"]]),
-        ("100%", [["a", "d", "b", "c", "e", "f"]]),
+        # 5 units: a+d, b, c, e, g+f (a pair where its head comes, the head first)
+        ("25%", [["a", "d"], ["b"], ["c"], ["e"], ["g", "f"]]),
+        ("2", [["a", "d", "b"], ["c", "e"], ["g", "f"]]),
+        ("50%", [["a", "d", "b"], ["c", "e"], ["g", "f"]]),  # 2.5 rounded down, as serial does
+        ("60%", [["a", "d", "b", "c"], ["e", "g", "f"]]),
+        ("100%", [["a", "d", "b", "c", "e", "g", "f"]]),
     ],
 )
 def test_a_pair_is_one_unit_in_one_batch(
     tmp_path: Path, batch: str, expected: list[list[str]]
 ) -> None:
-    found = batches(run(tmp_path, "-e", f"vllm_rolling_batch={batch}", "--limit", "a,b,c,d,e,f"))
+    found = batches(run(tmp_path, "-e", f"vllm_rolling_batch={batch}"))
     assert found == expected
+
+
+@pytest.mark.parametrize("playbook", ["site.yml", "rolling_restart.yml"])
+def test_a_member_without_its_peer_is_refused_naming_both(tmp_path: Path, playbook: str) -> None:
+    # --limit to f, a worker, without g, its head: f fails before any batch, naming g and how
+    # to run the pair; the other hosts are batched as before
+    result = run(tmp_path, "--limit", "a,b,d,f", playbook=playbook)
+    assert result.returncode != 0
+    said = " ".join(result.stdout.split())
+    assert "f is the worker of a pair with g, which is not in this run" in said, said[-3000:]
+    assert "run both members together (--limit g,f, or no --limit)" in said, said[-3000:]
+    found = [json.loads(m) for m in re.findall(r"BATCH=(\[[^\]]*\])", result.stdout)]
+    assert found == [["a", "d"], ["b"]] if playbook == "rolling_restart.yml" else [["a", "d", "b"]]
+    assert "f" not in [h for b in found for h in b]
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "rolling_restart.yml"])

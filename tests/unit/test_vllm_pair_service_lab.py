@@ -14,12 +14,18 @@ Health and status know the pair: ``status.yml`` reports the Ray cluster's member
 worker, which has no API, not as down); with the worker's unit
 stopped the head's ``vllm_health`` fails naming the worker and where to look; once the pair is
 back, ``vllm_health`` passes on both members, the head's naming both members and their link
-addresses.
+addresses. The pair restarts as one: a variable of the worker's only, served as ``site.yml``'s
+serving play does, restarts both (the head stopped first) and is checked at the head;
+``rolling_restart.yml --limit WORKER`` is refused naming both; ``rolling_restart.yml`` restarts
+both in one batch, after the earlier steps' restarts of the head (it used to hit systemd's start
+limit); a release that cannot serve, pinned by digest, fails at the head and both members are
+rolled back to the previous image and reference (by digest), serving.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -38,20 +44,33 @@ from tests.lab.config import REPO_ROOT, LabConfig, log
 
 pytestmark = pytest.mark.lab
 
-CFG = LabConfig(host_prefix="pairsvc", host_label="sparklab.pairsvc")
-NET = pair.PairNet("sparklab-pairsvc", "172.29.93.0/24", mtu=9000)
+# SPARKLAB_PAIRSVC_PREFIX and SPARKLAB_PAIRSVC_SUBNET give a second copy of this test its own
+# hosts and link network on a shared lab machine.
+PREFIX = os.environ.get("SPARKLAB_PAIRSVC_PREFIX", "pairsvc")
+CFG = LabConfig(host_prefix=PREFIX, host_label=f"sparklab.{PREFIX}")
+NET = pair.PairNet(
+    f"sparklab-{PREFIX}", os.environ.get("SPARKLAB_PAIRSVC_SUBNET", "172.29.93.0/24"), mtu=9000
+)
 CONTEXT = 196608
 MODEL = "MiniMax-M2.5-REAP-172B-NVFP4"
 # A loaded 2-core machine: liveness limits, not bounds.
 SERVE_UP_S = 1500
 JOURNAL = "journalctl -u vllm -u vllm-watch -n 40 --no-pager"
+ROLLING = str(REPO_ROOT / "playbooks" / "rolling_restart.yml")
+# A release that cannot serve, under a tag of its own in the production repository.
+BROKEN = f"{LabConfig().vllm_pair_image}-broken"
 
 
 def pair_image_digest() -> str:
     """The registry digest of this tree's pair stand-in, published under the pair tag."""
     ref = images.build_vllm_standin_ray(CFG, images.build_vllm_standin(CFG, images.build_base(CFG)))
-    repo = f"{CFG.registry_push}/{CFG.vllm_pair_image.split(':', 1)[0]}@"
-    services.push_vllm_image(CFG, ref, CFG.vllm_pair_image)
+    return published_digest(ref, CFG.vllm_pair_image)
+
+
+def published_digest(ref: str, name: str) -> str:
+    """Publish image ``ref`` in the lab registry as ``name``; its registry digest."""
+    repo = f"{CFG.registry_push}/{name.split(':', 1)[0]}@"
+    services.push_vllm_image(CFG, ref, name)
     out = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", ref],
         capture_output=True, text=True, check=True,
@@ -125,7 +144,53 @@ def workdir(members: list[pair.PairMember], tmp_path_factory: pytest.TempPathFac
 
 
 def playbook(tmp: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return pair.playbook(tmp, name, *args)
+    """``pair.playbook``; each run's output is kept in ``tmp``/runs (numbered) for a post-mortem."""
+    run = pair.playbook(tmp, name, *args)
+    runs = tmp / "runs"
+    runs.mkdir(exist_ok=True)
+    (runs / f"{len(list(runs.iterdir())):02d}-{Path(name).stem}.log").write_text(run.stdout)
+    return run
+
+
+def failure(run: subprocess.CompletedProcess[str]) -> str:
+    """A failed run's first failure message (its start) and its end, for an assertion."""
+    first = run.stdout.find("fatal: [")
+    return run.stdout[first : first + 4000] + "\n...\n" + run.stdout[-4000:]
+
+
+def broken_release_digest() -> str:
+    """The registry digest of a release of the pair stand-in that cannot serve (vLLM's start-up
+    memory error, ``VLLM_STANDIN_FAULT=startup_memory:free`` in the image), under ``BROKEN``."""
+    good = images.build_vllm_standin_ray(
+        CFG, images.build_vllm_standin(CFG, images.build_base(CFG))
+    )
+    ref = f"{CFG.vllm_standin_ray_tag}-broken:{good.rsplit(':', 1)[1]}"
+    dockerfile = f"FROM {good}\nENV VLLM_STANDIN_FAULT=startup_memory:free\n"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", ref, "-"],
+        input=dockerfile, text=True, check=True, stdout=subprocess.DEVNULL,
+        env=dict(os.environ, DOCKER_BUILDKIT="0"),  # the classic builder, as tests/lab/images.py
+    )  # fmt: skip
+    return published_digest(ref, BROKEN)
+
+
+def running(name: str) -> tuple[str, str, str]:
+    """(container id, image id, image reference) of the host's container."""
+    out = hosts.sh(name, "docker inspect -f '{{.Id}} {{.Image}} {{.Config.Image}}' minimax").stdout
+    found = out.split()
+    assert len(found) == 3, out
+    return found[0], found[1], found[2]
+
+
+def changed_in(run: subprocess.CompletedProcess[str], task: str) -> list[str]:
+    """The hosts that task ``task`` (as its header names it) reported changed on, in a run."""
+    blocks = re.split(r"\n(?=TASK \[)", run.stdout)
+    return [
+        host
+        for block in blocks
+        if block.startswith(f"TASK [{task}]")
+        for host in re.findall(r"^changed: \[([\w-]+)\]", block, re.M)
+    ]
 
 
 def flat(run: subprocess.CompletedProcess[str]) -> str:
@@ -148,6 +213,17 @@ def request(url: str, body: dict[str, object] | None = None) -> tuple[int, bytes
 def chat(head: pair.PairMember) -> int:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
     return request(f"http://{head.lab_address}:8000/v1/chat/completions", body)[0]
+
+
+def journals(*names: str) -> str:
+    """The last lines of each host's service and watch journals, for a failure's message."""
+    script = (
+        "journalctl -u vllm -u vllm-watch -n 1000 --no-pager"
+        " | grep -E 'systemd\\[1\\]|Ray|ray start|ERROR|Error|rror:|timed out' | tail -n 60"
+    )
+    return "".join(
+        f"\n--- {name}:\n" + hosts.sh(name, script, check=False).stdout for name in names
+    )
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, *names: str) -> float:
@@ -271,7 +347,7 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     hosts_file = yaml.safe_load((workdir / "inventory" / "hosts.yml").read_text())
     digest = hosts_file["spark"]["hosts"][head.name]["vllm_image_digest"]
     by_digest = f"{CFG.vllm_pair_image.rsplit(':', 1)[0]}@{digest}"
-    running = {n: hosts.sh(n, "docker inspect -f '{{.Id}}' minimax").stdout for n in names}
+    serving = {n: running(n) for n in names}
     hosts.sh(worker.name, f"docker create --name other {by_digest} && docker commit -c "
              f"'LABEL other=1' other {CFG.vllm_pair_image} && docker rm other")  # fmt: skip
     other = hosts.sh(worker.name, f"docker image inspect -f '{{{{.Id}}}}' {CFG.vllm_pair_image}")
@@ -282,7 +358,7 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
             f"{head.name} has sha256:") in said, said[-6000:]  # fmt: skip
     assert f"{worker.name} has {other.stdout.strip()} (no registry digest)" in said, said[-6000:]
     assert "Start the service" not in said.split("hold different images")[-1], said[-6000:]
-    assert {n: hosts.sh(n, "docker inspect -f '{{.Id}}' minimax").stdout for n in names} == running
+    assert {n: running(n) for n in names} == serving  # the same containers, nothing started
     hosts.sh(worker.name, f"docker rmi {CFG.vllm_pair_image}")
     log("pair: members holding different images are refused before anything starts")
 
@@ -342,3 +418,79 @@ def test_pair_serves_as_one_service(members: list[pair.PairMember], workdir: Pat
     assert f"{worker.name} is the worker of the pair headed by {head.name}" in said, said[-6000:]
     assert f"the pair is served and checked at {head.name}" in said, said[-6000:]
     log(f"pair: vllm_health passes on both members ({time.monotonic() - step:.0f} s)")
+
+    # A variable of the worker's only (its unit's stop timeout), served as site.yml's serving
+    # play does: the pair restarts as one, the head stopped first, both containers new, checked
+    # at the head (the head's server would otherwise end at its next request, unchecked).
+    step = time.monotonic()
+    before = {n: running(n) for n in names}
+    inventory = workdir / "inventory" / "hosts.yml"
+    declared = yaml.safe_load(inventory.read_text())
+    declared["spark"]["hosts"][worker.name]["vllm_stop_timeout_s"] = 61
+    inventory.write_text(yaml.safe_dump(declared))
+    served = playbook(workdir, "health.yml")
+    assert served.returncode == 0, failure(served) + journals(*names)
+    after = {n: running(n) for n in names}
+    assert all(after[n][0] != before[n][0] for n in names), (before, after)
+    stop_head = (
+        "vllm_service : Stop the service that runs another configuration than the one written"
+    )
+    stop_worker = "vllm_service : Stop a pair's worker after its head"
+    assert changed_in(served, stop_head) == [head.name], served.stdout[-6000:]
+    assert changed_in(served, stop_worker) == [worker.name], served.stdout[-6000:]
+    assert served.stdout.index(f"TASK [{stop_head}]") < served.stdout.index(f"TASK [{stop_worker}]")
+    assert f"the pair is served and checked at {head.name}" in flat(served), served.stdout[-6000:]
+    assert chat(head) == 200
+    log(f"pair: a change of the worker's only restarted both ({time.monotonic() - step:.0f} s)")
+
+    # rolling_restart.yml limited to one member is refused before anything changes.
+    limited = playbook(workdir, ROLLING, "--limit", worker.name)
+    assert limited.returncode != 0, limited.stdout[-6000:]
+    said = flat(limited)
+    assert (
+        f"{worker.name} is the worker of a pair with {head.name}, which is not in this run" in said
+    )
+    assert f"(--limit {head.name},{worker.name}, or no --limit)" in said, said[-3000:]
+    assert {n: running(n) for n in names} == after
+
+    # rolling_restart.yml takes the pair as one unit: one batch with both members (the head
+    # first), both containers restarted, the head's health check passing for the pair; the
+    # restart is reported as the change it is, on both.
+    step = time.monotonic()
+    rolled = playbook(workdir, ROLLING)
+    assert rolled.returncode == 0, failure(rolled) + journals(*names)
+    batches = re.findall(r"PLAY \[Roll the vLLM service across the fleet\]", rolled.stdout)
+    assert len(batches) == 1, rolled.stdout[-8000:]
+    restarted = {n: running(n) for n in names}
+    assert all(restarted[n][0] != after[n][0] for n in names), (after, restarted)
+    stop_head = "Stop the service for the restart (a pair's head first)"
+    assert changed_in(rolled, stop_head) == [head.name], rolled.stdout[-6000:]
+    assert changed_in(rolled, "Stop a pair's worker after its head") == [worker.name]
+    assert chat(head) == 200
+    log(f"pair: rolling_restart.yml restarted both in one batch ({time.monotonic() - step:.0f} s)")
+
+    # A release that cannot serve, pinned by its digest as the running one is: the head fails its
+    # check, and both members go back to the previous image (still there under its digest: no
+    # tag is made) and configuration, serving, the head's health check covering the pair.
+    step = time.monotonic()
+    bad = broken_release_digest()
+    upgrade = playbook(
+        workdir, ROLLING, "-e", f"vllm_image={BROKEN}", "-e", f"vllm_image_digest={bad}"
+    )
+    said = flat(upgrade)
+    assert upgrade.returncode != 0, upgrade.stdout[-8000:]
+    assert "rolled back" in said, said[-8000:] + journals(*names)
+    assert f"{head.name} failed after the change" in said, said[-6000:]
+    good = f"{CFG.vllm_pair_image}@{restarted[head.name][2].split('@')[1]}"
+    assert f"It was rolled back to {good}" in said, said[-6000:]
+    back = {n: running(n) for n in names}
+    for n in names:
+        assert back[n][2] == good, back  # the previous reference, by digest
+        assert back[n][1] == restarted[n][1], (restarted, back)  # the previous image
+        assert back[n][0] != restarted[n][0], (restarted, back)  # restarted
+        assert hosts.sh(n, "systemctl is-active vllm", check=False).stdout.strip() == "active"
+    assert f"{head.name} (head, {head.pair_address}, node " in said, said[-6000:]
+    assert f"{worker.name} (worker, {worker.pair_address}, node " in said, said[-6000:]
+    assert chat(head) == 200
+    log(f"pair: a broken release pinned by digest: both rolled back, serving "
+        f"({time.monotonic() - step:.0f} s)")  # fmt: skip
