@@ -89,6 +89,12 @@ def run_hosts(
          'FIRST-LAST within 1-65535 with FIRST <= LAST; "19999-10001" is not'),
         ({"vllm_pair_firewall_ports": ["0-100"]}, '; "0-100" is not'),
         ({"vllm_pair_firewall_ports": ["8265", "32768-65536"]}, '; "32768-65536" is not'),
+        ({"vllm_port": 11434},
+         'head: vllm_pair_firewall_ports=["6379", "8265", "10001-19999", "32768-60999"] would drop '
+         "vllm_port=11434 from every host but worker"),
+        ({"ansible_port": 2222, "vllm_port": 40000,
+          "vllm_pair_firewall_ports": ["6379", "2000-3000", "10001-19999", "32768-60999"]},
+         "would drop vllm_port=40000, ansible_port=2222 from every host but worker"),
         ({"vllm_pair_ray_port": 6380},
          "head: vllm_pair_ray_port=6380 must be 6379: the image's entrypoint starts Ray's GCS on "
          "port 6379 in its ray-head, ray-worker and serve modes and takes no other"),
@@ -167,6 +173,38 @@ def test_spark_pair_names_a_peer_that_does_not_name_this_host(tmp_path: Path) ->
         "vllm_pair_peer=\"third\"; each member's vllm_pair_peer must name the other (worker's "
         'must be "head")'
     ) in said, said[-3000:]
+
+
+# As site.yml runs it: with the roles whose defaults name the revision and the image in the play
+# (a peer's hostvars hold only its inventory, not those defaults).
+SPARK_PAIR_WITH_DEFAULTS = """\
+- name: Check the pair
+  hosts: all
+  gather_facts: false
+  roles:
+    - {role: hf_model, when: false}
+    - {role: vllm_service, when: false}
+    - spark_pair
+"""
+
+
+def test_spark_pair_compares_each_members_defaults_too(tmp_path: Path) -> None:
+    proc = run_hosts(tmp_path, SPARK_PAIR_WITH_DEFAULTS, GOOD)
+    # neither member names a revision, an image or a digest: both have the roles' defaults and
+    # pass to the next check (the link's, which this machine has no interface for)
+    assert "differ between the pair's members" not in proc.stdout, proc.stdout[-3000:]
+    assert "TASK [spark_pair : Check the link interface on both members]" in proc.stdout
+    one = {**GOOD, "worker": {**GOOD["worker"], "hf_model_revision": "0" * 40}}
+    proc = run_hosts(tmp_path, SPARK_PAIR_WITH_DEFAULTS, one)
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode != 0
+    # refused on both members, each naming the other's value (the head's is the default)
+    for mine, theirs in (("head", "worker"), ("worker", "head")):
+        value = {"head": '"main"', "worker": '"' + "0" * 40 + '"'}
+        assert (
+            f"model revisions differ between the pair's members: {mine} has "
+            f"hf_model_revision={value[mine]}, {theirs} has hf_model_revision={value[theirs]}"
+        ) in said, said[-3000:]
 
 
 # vllm_service's comparison of the images the members hold after the pull (tasks/pair_image.yml),
