@@ -167,19 +167,38 @@ def run_gateway_checks(
     return check_play(tmp_path, inventory, GATEWAY_CHECK_PLAY)
 
 
+def refused(
+    tmp_path: Path, gateway_vars: dict[str, Any] | None, hosts: dict[str, Any], *named: str
+) -> str:
+    """The checks' output, once they stopped before the role derived anything, each of ``named``
+    in it."""
+    rc, out = run_gateway_checks(tmp_path, gateway_vars, **hosts)
+    assert rc != 0, out
+    for text in named:
+        assert text in out, out
+    assert "BACKEND ADDRESSES" not in out, out
+    return out
+
+
+def accepted(
+    tmp_path: Path, gateway_vars: dict[str, Any] | None, hosts: dict[str, Any], addresses: str
+) -> str:
+    """The checks' output, once they passed with the gateway's backends at ``addresses``
+    (space-separated)."""
+    rc, out = run_gateway_checks(tmp_path, gateway_vars, **hosts)
+    assert rc == 0 and f"BACKEND ADDRESSES {addresses}" in out, out
+    return out
+
+
 def test_a_host_bound_to_one_address_is_reached_there(tmp_path: Path) -> None:
-    rc, out = run_gateway_checks(
-        tmp_path,
-        **{
-            "s-1": {"ansible_host": "10.0.0.11", "vllm_bind_address": "192.168.5.11"},
-            "s-2": {"ansible_host": "10.0.0.12", "vllm_bind_address": "0.0.0.0"},
-            "s-3": {"ansible_host": "10.0.0.13", "vllm_bind_address": "::"},
-            "s-4": {"ansible_host": "10.0.0.14"},
-            "s-5": {"vllm_bind_address": "127.0.0.1", "fleet_gateway_backend_address": "10.9.0.5"},
-        },
-    )
-    assert rc == 0, out
-    assert "BACKEND ADDRESSES 192.168.5.11 10.0.0.12 10.0.0.13 10.0.0.14 10.9.0.5" in out, out
+    hosts = {
+        "s-1": {"ansible_host": "10.0.0.11", "vllm_bind_address": "192.168.5.11"},
+        "s-2": {"ansible_host": "10.0.0.12", "vllm_bind_address": "0.0.0.0"},
+        "s-3": {"ansible_host": "10.0.0.13", "vllm_bind_address": "::"},
+        "s-4": {"ansible_host": "10.0.0.14"},
+        "s-5": {"vllm_bind_address": "127.0.0.1", "fleet_gateway_backend_address": "10.9.0.5"},
+    }
+    out = accepted(tmp_path, None, hosts, "192.168.5.11 10.0.0.12 10.0.0.13 10.0.0.14 10.9.0.5")
     # a gateway on every address checks itself on the loopback
     assert "CHECKED AT http://127.0.0.1:8080" in out, out
 
@@ -194,21 +213,15 @@ def test_a_gateway_on_one_address_checks_itself_there(tmp_path: Path) -> None:
 
 
 def test_a_host_bound_to_its_loopback_is_refused_unless_it_is_the_gateway(tmp_path: Path) -> None:
-    rc, out = run_gateway_checks(
-        tmp_path,
-        **{
-            "s-1": {"ansible_host": "10.0.0.11", "vllm_bind_address": "127.0.0.1"},
-            "s-2": {"ansible_host": "10.0.0.12"},
-        },
-    )
-    assert rc != 0, out
-    assert 's-1: its proxy answers only on 127.0.0.1 (vllm_bind_address="127.0.0.1")' in out, out
-    assert "which the gateway gw cannot reach" in out, out
-    assert "BACKEND ADDRESSES" not in out, out
+    refused(
+        tmp_path, None,
+        {"s-1": {"ansible_host": "10.0.0.11", "vllm_bind_address": "127.0.0.1"},
+         "s-2": {"ansible_host": "10.0.0.12"}},
+        's-1: its proxy answers only on 127.0.0.1 (vllm_bind_address="127.0.0.1")',
+        "which the gateway gw cannot reach",
+    )  # fmt: skip
     # the gateway on the host itself reaches its loopback
-    rc, out = run_gateway_checks(tmp_path, gw={"vllm_bind_address": "127.0.0.1"})
-    assert rc == 0, out
-    assert "BACKEND ADDRESSES 127.0.0.1" in out, out
+    accepted(tmp_path, None, {"gw": {"vllm_bind_address": "127.0.0.1"}}, "127.0.0.1")
 
 
 def test_bad_gateway_variables_are_named_with_value_and_range(tmp_path: Path) -> None:
@@ -222,17 +235,14 @@ def test_bad_gateway_variables_are_named_with_value_and_range(tmp_path: Path) ->
         "fleet_gateway_tls_cert_file": str(cert),
         "fleet_gateway_tls_key_file": str(key),
     }
-    rc, out = run_gateway_checks(tmp_path, bad, **{"s-1": {"ansible_host": "10.0.0.11"}})
-    assert rc != 0, out
-    for named in (
+    out = refused(
+        tmp_path, bad, {"s-1": {"ansible_host": "10.0.0.11"}},
         "fleet_gateway_affinity_expire_m=0 and fleet_gateway_affinity_table_size=100000: each at",
         "fleet_gateway_prometheus_scrape_interval_s=0: must be at least 1",
         'fleet_gateway_instance="my gateway": a name of letters, digits and . _ -',
         f"fleet_gateway_tls_cert_file='{cert}' / fleet_gateway_tls_key_file='{key}': must be a PEM",
-    ):
-        assert named in out, out
+    )  # fmt: skip
     assert "c2VjcmV0" not in out, out
-    assert "BACKEND ADDRESSES" not in out, out
 
 
 def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_path: Path) -> None:
@@ -246,11 +256,8 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
         "fleet_gateway_timeout_s": 100000,
         "fleet_gateway_api_key": "#fleet-key-0123456789",
     }
-    rc, out = run_gateway_checks(
-        tmp_path, bad, **{"s-1": {"fleet_gateway_backend_address": "10.0.0.11:8000/x"}}
-    )
-    assert rc != 0, out
-    for named in (
+    out = refused(
+        tmp_path, bad, {"s-1": {"fleet_gateway_backend_address": "10.0.0.11:8000/x"}},
         'fleet_gateway_bind_address="eth0": an IPv4 or IPv6 address',
         'fleet_gateway_metrics_bind_address="10.0.0.5 ssl": an IPv4 or',
         's-1: address "10.0.0.11:8000/x" (fleet_gateway_backend_address)',
@@ -260,10 +267,8 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
         'fleet_gateway_package="haproxy; reboot": a Debian package name',
         "fleet_gateway_timeout_s=100000: must be at least 300",
         "and may not start with # (HAProxy's key file would read it as a comment)",
-    ):
-        assert named in out, out
+    )  # fmt: skip
     assert "#fleet-key-0123456789" not in out, out
-    assert "BACKEND ADDRESSES" not in out, out
     # the same values, good: an IPv6 gateway on every address, a comma in the key
     good = {
         "fleet_gateway_bind_address": "::",
@@ -274,8 +279,7 @@ def test_addresses_paths_package_and_timeout_are_checked_before_any_change(tmp_p
         "fleet_gateway_timeout_s": 86400,
         "fleet_gateway_api_key": "fleet,key-0123456789",
     }
-    rc, out = run_gateway_checks(tmp_path, good, **{"s-1": {"ansible_host": "fd00::11"}})
-    assert rc == 0 and "BACKEND ADDRESSES fd00::11" in out, out
+    accepted(tmp_path, good, {"s-1": {"ansible_host": "fd00::11"}}, "fd00::11")
 
 
 def test_a_health_run_leaves_the_gateway_alone(tmp_path: Path) -> None:
@@ -319,25 +323,20 @@ def test_an_address_out_of_range_and_a_bad_host_port_are_refused(tmp_path: Path)
         "s-2": {"ansible_host": "10.0.0.12", "vllm_port": 70000},
         "s-3": {"ansible_host": "10.0.0.13", "vllm_port": 8001},
     }
-    rc, out = run_gateway_checks(tmp_path, bad, **hosts)
-    assert rc != 0, out
-    for named in (
+    out = refused(
+        tmp_path, bad, hosts,
         'fleet_gateway_bind_address="10.0.0.300": an IPv4 or IPv6 address',
         'fleet_gateway_metrics_bind_address="1::2::3": an IPv4 or',
         's-1: vllm_port="80x"; s-2: vllm_port=70000; each backend\'s vllm_port',
         "must be a number 1-65535",
-    ):
-        assert named in out, out
+    )  # fmt: skip
     assert "s-3: vllm_port" not in out, out
-    assert "BACKEND ADDRESSES" not in out, out
     good = {
         "fleet_gateway_bind_address": "255.255.255.254",
         "fleet_gateway_metrics_bind_address": "::ffff:10.0.0.5",
     }
-    rc, out = run_gateway_checks(
-        tmp_path, good, **{"s-1": {"ansible_host": "10.0.0.11", "vllm_port": 65535}}
-    )
-    assert rc == 0 and "BACKEND ADDRESSES 10.0.0.11" in out, out
+    hosts = {"s-1": {"ansible_host": "10.0.0.11", "vllm_port": 65535}}
+    accepted(tmp_path, good, hosts, "10.0.0.11")
 
 
 def test_status_of_a_stopped_gateway_is_not_serving_and_no_spark_row() -> None:
