@@ -13,18 +13,29 @@ Makefile's ``timed``. While stages run, a line every ``--heartbeat`` seconds nam
 elapsed time (for a CI log that would otherwise be silent for many minutes).
 
 Exit status: 0 when every stage exits 0, else 1 after all have ended (a failing stage does not
-stop the others); the stages that failed are named on the last line.
+stop the others); the stages that failed are named on the last line. Just before it, for each failed
+stage, a recap of the lines of its log that say what failed (pytest's ``FAILED``/``ERROR`` summary
+lines, Ansible's ``fatal:``, ``[time] ... FAILED``), at most ``RECAP_LINES`` per stage, each cut
+at ``RECAP_WIDTH`` characters: a CI log kept only by its tail still names the failing tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+RECAP_LINES = 12
+RECAP_WIDTH = 400
+# pytest's short summary ("FAILED tests/x.py::test_y - AssertionError: ..."), its errors, Ansible's
+# failed tasks, a nested stage's timing line
+_FAILURE_LINE = re.compile(r"^(FAILED |ERROR )|fatal: \[|^\[time\] .* FAILED")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -56,6 +67,15 @@ def _report(stage: Stage, status: int, log_path: Path) -> None:
     failed = "" if status == 0 else f" FAILED (exit {status})"
     sys.stdout.buffer.write(f"[time] {stage.label}: {elapsed} s{failed}\n".encode())
     sys.stdout.flush()
+
+
+def recap(log_path: Path) -> list[str]:
+    """The lines of ``log_path`` that say what failed: at most ``RECAP_LINES`` (the last ones), ANSI
+    colours removed, each cut at ``RECAP_WIDTH`` characters; ``[]`` when none matches."""
+    lines = log_path.read_text(errors="replace").splitlines()[1:]  # [0] is "+ COMMAND"
+    found = [_ANSI.sub("", line) for line in lines]
+    found = [line for line in found if _FAILURE_LINE.search(line)]
+    return [line[:RECAP_WIDTH] for line in found[-RECAP_LINES:]]
 
 
 def run(stages: list[Stage], jobs: int, log_dir: Path, heartbeat: float) -> list[str]:
@@ -111,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     failed = run(args.stages, args.jobs, args.log_dir, args.heartbeat)
+    for label in failed:
+        lines = recap(args.log_dir / f"{label.replace(' ', '_')}.log")
+        print(
+            f"[recap] {label}: " + ("no failure line in its log" if not lines else ""), flush=True
+        )
+        for line in lines:
+            print(f"  {line}", flush=True)
     if failed:
         print(f"stages that failed: {', '.join(failed)}", flush=True)
         return 1

@@ -45,6 +45,27 @@ def test_side_by_side_logs_whole_and_a_failure_fails_the_run(tmp_path: Path) -> 
     assert (tmp_path / "slow.log").read_text().splitlines()[1:] == ["slow-1", "slow-2"]
 
 
+def test_the_failure_lines_are_recapped_at_the_end(tmp_path: Path) -> None:
+    # a long log whose failure lines a CI tail would have lost; a passing stage gets no recap
+    noise = "; ".join(["seq 1 500"] * 2)
+    result = _stages(
+        tmp_path,
+        "--jobs",
+        "2",
+        f"bad=echo 'FAILED tests/t.py::test_x - AssertionError: 1 != 2'; {noise}; "
+        'echo \'fatal: [h1]: FAILED! => {"msg": "boom"}\'; seq 1 300; exit 1',
+        "good=echo 'FAILED looks like a failure but the stage passed'",
+    )
+    tail = result.stdout.splitlines()[-4:]
+    assert result.returncode == 1, result.stdout
+    assert tail == [
+        "[recap] bad: ",
+        "  FAILED tests/t.py::test_x - AssertionError: 1 != 2",
+        '  fatal: [h1]: FAILED! => {"msg": "boom"}',
+        "stages that failed: bad",
+    ]
+
+
 def test_all_passing_exit_0_and_jobs_limit(tmp_path: Path) -> None:
     # With one job "second" cannot start before "first" ends.
     result = _stages(tmp_path, "--jobs", "1", "first=echo a", "second=echo b")
