@@ -120,6 +120,12 @@ def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
     )  # fmt: skip
     assert run.returncode != 0, run.stdout[-3000:]
     assert "fleet-2 failed after the change" in run.stdout
+    # fleet-1 pulled v24 while it still served: before it left the gateway's rotation
+    pull = run.stdout.index(
+        "TASK [vllm_service : Pull the image when missing, and record it (the previous one stays"
+    )
+    assert run.stdout[pull:].split("\n", 2)[1] == "changed: [fleet-1]", run.stdout[pull:][:500]
+    assert pull < run.stdout.index("TASK [Take the host out of the gateway's rotation]")
     assert "rolled back to avarok/dgx-vllm-nvfp4-kernel:v23" in run.stdout
     after = {h: container(h) for h in HOSTS}
     # fleet-1: upgraded, restarted, healthy
