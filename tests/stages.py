@@ -17,11 +17,13 @@ stop the others); the stages that failed are named on the last line. Just before
 stage, a recap of the lines of its log that say what failed (pytest's ``FAILED``/``ERROR`` summary
 lines, Ansible's ``fatal:``, ``[time] ... FAILED``), at most ``RECAP_LINES`` per stage, each cut
 at ``RECAP_WIDTH`` characters: a CI log kept only by its tail still names the failing tests.
+Stages run with ``COLUMNS`` (400 unless set), so that molecule does not wrap those lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -36,6 +38,11 @@ RECAP_WIDTH = 400
 # failed tasks, a nested stage's timing line
 _FAILURE_LINE = re.compile(r"^(FAILED |ERROR )|fatal: \[|^\[time\] .* FAILED")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# molecule frames a step's output: "  │ " before each line
+_FRAME = re.compile(r"^\s*\u2502 ?")
+# molecule wraps its framed lines at the terminal's width (shutil.get_terminal_size, which reads
+# COLUMNS): a wide one keeps a failure line whole
+COLUMNS = "400"
 
 
 @dataclass
@@ -73,7 +80,7 @@ def recap(log_path: Path) -> list[str]:
     """The lines of ``log_path`` that say what failed: at most ``RECAP_LINES`` (the last ones), ANSI
     colours removed, each cut at ``RECAP_WIDTH`` characters; ``[]`` when none matches."""
     lines = log_path.read_text(errors="replace").splitlines()[1:]  # [0] is "+ COMMAND"
-    found = [_ANSI.sub("", line) for line in lines]
+    found = [_FRAME.sub("", _ANSI.sub("", line)) for line in lines]
     found = [line for line in found if _FAILURE_LINE.search(line)]
     return [line[:RECAP_WIDTH] for line in found[-RECAP_LINES:]]
 
@@ -98,6 +105,7 @@ def run(stages: list[Stage], jobs: int, log_dir: Path, heartbeat: float) -> list
                 stdout=stage.log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, "COLUMNS": os.environ.get("COLUMNS", COLUMNS)},
             )
             running.append(stage)
             print(f"[start] {stage.label} (log: {log_path})", flush=True)

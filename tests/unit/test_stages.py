@@ -46,13 +46,15 @@ def test_side_by_side_logs_whole_and_a_failure_fails_the_run(tmp_path: Path) -> 
 
 
 def test_the_failure_lines_are_recapped_at_the_end(tmp_path: Path) -> None:
-    # a long log whose failure lines a CI tail would have lost; a passing stage gets no recap
+    # a long log whose failure lines a CI tail would have lost (one framed as molecule frames
+    # its steps' output); a passing stage gets no recap
     noise = "; ".join(["seq 1 500"] * 2)
     result = _stages(
         tmp_path,
         "--jobs",
         "2",
-        f"bad=echo 'FAILED tests/t.py::test_x - AssertionError: 1 != 2'; {noise}; "
+        "bad=printf '  \\033[2m\\342\\224\\202\\033[0m %s\\n' "
+        f"'FAILED tests/t.py::test_x - AssertionError: 1 != 2'; {noise}; "
         'echo \'fatal: [h1]: FAILED! => {"msg": "boom"}\'; seq 1 300; exit 1',
         "good=echo 'FAILED looks like a failure but the stage passed'",
     )
