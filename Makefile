@@ -75,12 +75,16 @@ unit: lab-prepare
 unit-nolab: setup
 	@$(call timed,unit (no lab),pytest -q $(PYTEST_FLAGS) -m nolab tests/unit)
 
+# molecule into a log: it wraps the lines it frames at the terminal's width, COLUMNS in a log; a
+# wide one keeps each line (a failed test's summary line) whole
+MOLECULE_LOGGED := COLUMNS=400 molecule
+
 molecule: lab-prepare
-	@$(PY) -m tests.stages --jobs $(LAB_JOBS) $(foreach s,$(SCENARIOS),'molecule $(s)=molecule test -s $(s)')
+	@$(PY) -m tests.stages --jobs $(LAB_JOBS) $(foreach s,$(SCENARIOS),'molecule $(s)=$(MOLECULE_LOGGED) test -s $(s)')
 
 # The unit tests and every scenario, side by side
 lab-stages: lab-prepare
-	@$(PY) -m tests.stages --jobs $(LAB_JOBS) 'molecule $(firstword $(SCENARIOS))=molecule test -s $(firstword $(SCENARIOS))' 'unit=pytest -q $(PYTEST_FLAGS) tests/unit' $(foreach s,$(wordlist 2,99,$(SCENARIOS)),'molecule $(s)=molecule test -s $(s)')
+	@$(PY) -m tests.stages --jobs $(LAB_JOBS) 'molecule $(firstword $(SCENARIOS))=$(MOLECULE_LOGGED) test -s $(firstword $(SCENARIOS))' 'unit=pytest -q $(PYTEST_FLAGS) tests/unit' $(foreach s,$(wordlist 2,99,$(SCENARIOS)),'molecule $(s)=$(MOLECULE_LOGGED) test -s $(s)')
 
 molecule-%: lab-prepare
 	@$(call timed,molecule $*,molecule test -s $*)

@@ -17,13 +17,13 @@ stop the others); the stages that failed are named on the last line. Just before
 stage, a recap of the lines of its log that say what failed (pytest's ``FAILED``/``ERROR`` summary
 lines, Ansible's ``fatal:``, ``[time] ... FAILED``), at most ``RECAP_LINES`` per stage, each cut
 at ``RECAP_WIDTH`` characters: a CI log kept only by its tail still names the failing tests.
-Stages run with ``COLUMNS`` (400 unless set), so that molecule does not wrap those lines.
+(molecule wraps the lines it frames at the terminal's width, ``COLUMNS`` in a log: the Makefile
+runs it with a wide one.)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -40,9 +40,6 @@ _FAILURE_LINE = re.compile(r"^(FAILED |ERROR )|fatal: \[|^\[time\] .* FAILED")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # molecule frames a step's output: "  │ " before each line
 _FRAME = re.compile(r"^\s*\u2502 ?")
-# molecule wraps its framed lines at the terminal's width (shutil.get_terminal_size, which reads
-# COLUMNS): a wide one keeps a failure line whole
-COLUMNS = "400"
 
 
 @dataclass
@@ -105,7 +102,6 @@ def run(stages: list[Stage], jobs: int, log_dir: Path, heartbeat: float) -> list
                 stdout=stage.log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "COLUMNS": os.environ.get("COLUMNS", COLUMNS)},
             )
             running.append(stage)
             print(f"[start] {stage.label} (log: {log_path})", flush=True)
