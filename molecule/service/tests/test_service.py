@@ -47,8 +47,13 @@ CARD_CHAT = PROFILE.chat_request("Hello! What can you do?")
 
 # --------------------------------------------------------------------------- helpers
 
+# Liveness limits for a loaded machine (CI runs this scenario beside two other stages on two
+# cores), not bounds on how fast anything is: a playbook run, a wait on the host.
+PLAYBOOK_TIMEOUT_S = 1800
+WAIT_TIMEOUT_S = 600
 
-def sh(command: str, check: bool = True, timeout: float = 120) -> str:
+
+def sh(command: str, check: bool = True, timeout: float = 300) -> str:
     """Run ``command`` on the simulated host (docker exec, quicker than testinfra's ansible)."""
     res = subprocess.run(
         ["docker", "exec", HOST, "sh", "-c", command],
@@ -136,7 +141,7 @@ def image_digest() -> str:
     return ref.rsplit("@", 1)[1]
 
 
-def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run:
+def converge(*args: str, json_output: bool = False, timeout: float = PLAYBOOK_TIMEOUT_S) -> Run:
     """Run converge.yml (as molecule does) with extra arguments."""
     digest = image_digest()
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +162,9 @@ def converge(*args: str, json_output: bool = False, timeout: float = 600) -> Run
         return Run(proc, result_file)
 
 
-def wait_for(what: str, predicate: Any, timeout: float = 120, every: float = 0.5) -> None:
+def wait_for(
+    what: str, predicate: Any, timeout: float = WAIT_TIMEOUT_S, every: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -173,7 +180,6 @@ def restart_and_wait_until_active() -> None:
     wait_for(
         "the service to be active",
         lambda: unit_props("ActiveState")["ActiveState"] == "active",
-        300,
     )
 
 
@@ -593,7 +599,7 @@ def test_crash_after_start_is_restarted_and_health_goes_green_again() -> None:
                 "running",
             )
 
-        wait_for("systemd to restart the crashed service", restarted, timeout=120)
+        wait_for("systemd to restart the crashed service", restarted)
         run = converge("--tags", "health")
         assert run.rc == 0, run.output[-3000:]
         assert run.result["healthy"] is True
@@ -747,7 +753,6 @@ def test_a_deploy_killed_after_the_environment_write_is_finished_by_the_next_run
             wait_for(
                 "the run to write the new environment",
                 lambda: "MAX_MODEL_LEN=32768" in sh(f"cat {env_file}"),
-                timeout=300,
                 every=0.1,
             )
         finally:
@@ -791,7 +796,7 @@ def test_a_narrowed_bind_address_is_where_health_and_status_look(tmp_path: Path)
         status = subprocess.run(
             ["ansible-playbook", "-i", str(INVENTORY), str(SCENARIO.parents[1] / "playbooks" /
              "status.yml"), *narrowed, "-e", f"fleet_status_output_file={status_file}"],
-            capture_output=True, text=True, timeout=600, check=False,
+            capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT_S, check=False,
             env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
         )  # fmt: skip
         assert status.returncode == 0, status.stdout[-3000:]
@@ -981,7 +986,7 @@ def test_the_benchmark_goes_through_the_proxy_with_the_key(tmp_path: Path) -> No
     proc = subprocess.run(
         ["ansible-playbook", "-i", str(INVENTORY),
          str(SCENARIO.parents[1] / "playbooks" / "benchmark.yml"), "-e", json.dumps(extra)],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT_S, check=False,
         env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -1020,7 +1025,7 @@ def test_uninstall_removes_the_proxy_and_only_the_haproxy_it_installed() -> None
     def run_uninstall() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ansible-playbook", "-i", str(INVENTORY), str(uninstall)],
-            capture_output=True, text=True, timeout=600, check=False,
+            capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT_S, check=False,
             env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
         )  # fmt: skip
 
@@ -1041,7 +1046,7 @@ def test_uninstall_removes_the_proxy_and_only_the_haproxy_it_installed() -> None
     assert again.returncode == 0 and re.search(rf"{HOST}\s*: ok=\d+\s+changed=0", again.stdout)
     # a HAProxy the host had before is adopted, and kept by the uninstall
     sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy",
-       timeout=600)  # fmt: skip
+       timeout=PLAYBOOK_TIMEOUT_S)  # fmt: skip
     run = converge("--tags", "service")
     assert run.rc == 0, run.output[-3000:]
     assert json.loads(sh("cat /var/lib/sparkfleet/vllm-proxy.json")) == {"installed_haproxy": False}
