@@ -34,9 +34,11 @@ from typing import IO
 
 RECAP_LINES = 12
 RECAP_WIDTH = 400
+RECAP_FOLLOW = 3
 # pytest's short summary ("FAILED tests/x.py::test_y - AssertionError: ..."), its errors, Ansible's
-# failed tasks, a nested stage's timing line
-_FAILURE_LINE = re.compile(r"^(FAILED |ERROR )|fatal: \[|^\[time\] .* FAILED")
+# failed tasks (not "FAILED - RETRYING:", an attempt of a task that retries), a nested stage's
+# timing line
+_FAILURE_LINE = re.compile(r"^(FAILED|ERROR) (?!- RETRYING)|fatal: \[|^\[time\] .* FAILED")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # molecule frames a step's output: "  │ " before each line
 _FRAME = re.compile(r"^\s*\u2502 ?")
@@ -75,11 +77,20 @@ def _report(stage: Stage, status: int, log_path: Path) -> None:
 
 def recap(log_path: Path) -> list[str]:
     """The lines of ``log_path`` that say what failed: at most ``RECAP_LINES`` (the last ones), ANSI
-    colours removed, each cut at ``RECAP_WIDTH`` characters; ``[]`` when none matches."""
+    colours and molecule's frame removed, each cut at ``RECAP_WIDTH`` characters; ``[]`` when
+    none matches. An Ansible ``fatal: [HOST]: FAILED! =>`` whose result follows on its own lines
+    (the YAML result format) is joined with the next ``RECAP_FOLLOW`` of them."""
     lines = log_path.read_text(errors="replace").splitlines()[1:]  # [0] is "+ COMMAND"
-    found = [_FRAME.sub("", _ANSI.sub("", line)) for line in lines]
-    found = [line for line in found if _FAILURE_LINE.search(line)]
-    return [line[:RECAP_WIDTH] for line in found[-RECAP_LINES:]]
+    plain = [_FRAME.sub("", _ANSI.sub("", line)) for line in lines]
+    found = []
+    for i, line in enumerate(plain):
+        if _FAILURE_LINE.search(line):
+            if line.rstrip().endswith("=>"):
+                line = " ".join(
+                    [line.rstrip(), *(s.strip() for s in plain[i + 1 : i + 1 + RECAP_FOLLOW])]
+                )
+            found.append(line[:RECAP_WIDTH])
+    return found[-RECAP_LINES:]
 
 
 def run(stages: list[Stage], jobs: int, log_dir: Path, heartbeat: float) -> list[str]:

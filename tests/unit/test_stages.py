@@ -55,15 +55,19 @@ def test_the_failure_lines_are_recapped_at_the_end(tmp_path: Path) -> None:
         "2",
         "bad=printf '  \\033[2m\\342\\224\\202\\033[0m %s\\n' "
         f"'FAILED tests/t.py::test_x - AssertionError: 1 != 2'; {noise}; "
-        'echo \'fatal: [h1]: FAILED! => {"msg": "boom"}\'; seq 1 300; exit 1',
+        "echo 'FAILED - RETRYING: [localhost]: Wait for instance(s) creation (300 retries left).'; "
+        'echo \'fatal: [h1]: FAILED! => {"msg": "boom"}\'; seq 1 300; '
+        "printf 'fatal: [h2]: FAILED! =>\\n    msg: |-\\n        h2 failed\\n    rc: 1\\nnext\\n'; "
+        "exit 1",
         "good=echo 'FAILED looks like a failure but the stage passed'",
     )
-    tail = result.stdout.splitlines()[-4:]
+    tail = result.stdout.splitlines()[-5:]
     assert result.returncode == 1, result.stdout
     assert tail == [
         "[recap] bad: ",
         "  FAILED tests/t.py::test_x - AssertionError: 1 != 2",
         '  fatal: [h1]: FAILED! => {"msg": "boom"}',
+        "  fatal: [h2]: FAILED! => msg: |- h2 failed rc: 1",
         "stages that failed: bad",
     ]
 
