@@ -75,6 +75,11 @@ def _report(stage: Stage, status: int, log_path: Path) -> None:
     sys.stdout.flush()
 
 
+def log_path_of(log_dir: Path, label: str) -> Path:
+    """Where the stage ``label`` logs: ``LOG_DIR/LABEL.log``, spaces in the label as ``_``."""
+    return log_dir / f"{label.replace(' ', '_')}.log"
+
+
 def recap(log_path: Path) -> list[str]:
     """The lines of ``log_path`` that say what failed: at most ``RECAP_LINES`` (the last ones), ANSI
     colours and molecule's frame removed, each cut at ``RECAP_WIDTH`` characters; ``[]`` when
@@ -103,7 +108,7 @@ def run(stages: list[Stage], jobs: int, log_dir: Path, heartbeat: float) -> list
     while waiting or running:
         while waiting and len(running) < jobs:
             stage = waiting.pop(0)
-            log_path = log_dir / f"{stage.label.replace(' ', '_')}.log"
+            log_path = log_path_of(log_dir, stage.label)
             stage.log = log_path.open("wb")
             stage.started = time.monotonic()
             stage.log.write(f"+ {stage.command}\n".encode())
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     failed = run(args.stages, args.jobs, args.log_dir, args.heartbeat)
     for label in failed:
-        lines = recap(args.log_dir / f"{label.replace(' ', '_')}.log")
+        lines = recap(log_path_of(args.log_dir, label))
         print(
             f"[recap] {label}: " + ("no failure line in its log" if not lines else ""), flush=True
         )
