@@ -42,7 +42,7 @@ import yaml
 from tests.lab import hosts, images, pair, services
 from tests.lab.config import REPO_ROOT, LabConfig, log
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.ray]
 
 # SPARKLAB_PAIRSVC_PREFIX and SPARKLAB_PAIRSVC_SUBNET give a second copy of this test its own
 # hosts and link network on a shared lab machine.

@@ -173,6 +173,7 @@ def test_single_host_standin_has_no_ray() -> None:
     assert res.returncode == 127, res.stdout + res.stderr
 
 
+@pytest.mark.ray
 def test_pair_serves_only_with_both_members(image: str, ray_net: None, tmp_path: Path) -> None:
     worker_model = tmp_path / "worker-models"
     worker_model.mkdir()
