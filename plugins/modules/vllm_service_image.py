@@ -41,6 +41,13 @@ options:
     description: Seconds between two attempts.
     type: int
     default: 10
+  update_record:
+    description:
+      - Whether to write O(record). V(false) only pulls (C(rolling_restart.yml) pulls while the host
+        still serves, and the role records the image once the unit runs it); the record is read
+        for RV(previous) either way.
+    type: bool
+    default: true
 author: sparkfleet maintainers (!UNKNOWN)
 """
 
@@ -60,6 +67,12 @@ EXAMPLES = r"""
     pull_retries: 5
     pull_retry_delay: 30
   register: vllm_image
+
+- name: Pull a new release while the host still serves; record it only once the unit runs it
+  sparkfleet.spark.vllm_service_image:
+    image: avarok/dgx-vllm-nvfp4-kernel:v24
+    record: /etc/vllm/vllm.image.json
+    update_record: false
 
 - name: Name the image to roll back to
   ansible.builtin.debug:
@@ -144,14 +157,22 @@ def write_record(path, data):
     os.replace(tmp, path)
 
 
+# docker's message of a failed pull, at most this many of its last lines and characters
+ERROR_LINES = 10
+ERROR_CHARS = 2000
+
+
 def pull(module, docker, ref, retries, delay):
-    """Pull ``ref``; fails the module with docker's message after ``retries`` attempts."""
+    """Pull ``ref``; fails the module with docker's message (its last ``ERROR_LINES`` lines of
+    standard error, joined by " | ") after ``retries`` attempts."""
     errors = []
     for attempt in range(1, retries + 1):
         rc, _out, err = module.run_command([docker, "pull", ref])
         if rc == 0:
             return attempt
-        errors.append(err.strip().splitlines()[-1] if err.strip() else "rc=%d" % rc)
+        lines = [line.strip() for line in err.splitlines() if line.strip()]
+        message = " | ".join(lines[-ERROR_LINES:])[-ERROR_CHARS:]
+        errors.append(message or "rc=%d" % rc)
         if attempt < retries:
             time.sleep(delay)
     module.fail_json(
@@ -171,6 +192,7 @@ def main():
             docker_bin=dict(type="path", default="/usr/bin/docker"),
             pull_retries=dict(type="int", default=3),
             pull_retry_delay=dict(type="int", default=10),
+            update_record=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -190,9 +212,12 @@ def main():
     before = read_record(params["record"])
     current = before.get("current") if isinstance(before.get("current"), dict) else None
     previous = before.get("previous") if isinstance(before.get("previous"), dict) else None
-    if current and image_id and current.get("id") != image_id:
-        previous = {"ref": current.get("ref", ""), "id": current.get("id", "")}
-    after = {"current": {"ref": ref, "id": image_id}, "previous": previous}
+    after = before
+    if params["update_record"]:
+        # the image the unit ran until now becomes the previous one
+        if current and image_id and current.get("id") != image_id:
+            previous = {"ref": current.get("ref", ""), "id": current.get("id", "")}
+        after = {"current": {"ref": ref, "id": image_id}, "previous": previous}
     record_changed = bool(image_id) and after != before
     if record_changed and not module.check_mode:
         write_record(params["record"], after)

@@ -122,7 +122,7 @@ def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
     assert "fleet-2 failed after the change" in run.stdout
     # fleet-1 pulled v24 while it still served: before it left the gateway's rotation
     pull = run.stdout.index(
-        "TASK [vllm_service : Pull the image when missing, and record it (the previous one stays"
+        "TASK [vllm_service : Pull the image when missing, while the host still serves (recorded"
     )
     assert run.stdout[pull:].split("\n", 2)[1] == "changed: [fleet-1]", run.stdout[pull:][:500]
     assert pull < run.stdout.index("TASK [Take the host out of the gateway's rotation]")
