@@ -95,6 +95,11 @@ def run_hosts(
         ({"ansible_port": 2222, "vllm_port": 40000,
           "vllm_pair_firewall_ports": ["6379", "2000-3000", "10001-19999", "32768-60999"]},
          "would drop vllm_port=40000, ansible_port=2222 from every host but worker"),
+        # a gateway's own ports, on a member that is also a gateway (its group is 'all' here)
+        ({"fleet_gateway_group": "all",
+          "vllm_pair_firewall_ports": ["6379", "8001-8500", "10001-19999", "32768-60999"]},
+         "would drop fleet_gateway_port=8080, fleet_gateway_metrics_port=8405 from every host "
+         "but worker"),
         ({"vllm_pair_ray_port": 6380},
          "head: vllm_pair_ray_port=6380 must be 6379: the image's entrypoint starts Ray's GCS on "
          "port 6379 in its ray-head, ray-worker and serve modes and takes no other"),
@@ -124,6 +129,10 @@ def test_a_good_pair_passes(tmp_path: Path) -> None:
     proc = check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "failed=0" in proc.stdout
+    # the gateway's ports matter only on a gateway: here no host is one
+    ports = ["6379", "8001-8500", "10001-19999", "32768-60999"]
+    not_a_gateway = check(tmp_path, vllm_pair_firewall_ports=ports)
+    assert not_a_gateway.returncode == 0, not_a_gateway.stdout[-3000:]
 
 
 # spark_pair's checks that compare the members (read from the inventory, before any fact is
