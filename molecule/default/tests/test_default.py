@@ -213,3 +213,32 @@ def test_without_become_every_playbook_stops_before_any_change(
     assert "changed=0" in recap and "failed=1" in recap
     after = (unit.mtime, host.check_output("systemctl show -p ActiveEnterTimestamp vllm"))
     assert after == before
+
+
+def test_rolling_upgrade_in_check_mode_changes_nothing(host: Any) -> None:
+    # a preview of an upgrade (another tag, a changed setting): it says what would change and
+    # goes through the restart's steps without pulling, writing, stopping or rolling back
+    unit = host.file("/etc/systemd/system/vllm.service")
+    record = host.file("/etc/vllm/vllm.image.json")
+
+    def state() -> tuple[Any, ...]:
+        return (unit.mtime, record.content_string,
+                host.check_output("systemctl show -p ActiveEnterTimestamp -p NRestarts vllm"),
+                host.check_output("docker inspect -f '{{.Id}}' minimax"))  # fmt: skip
+
+    before = state()
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / "rolling_restart.yml"),
+         "--check", "--diff", "-e", f"vllm_image={PROFILE.image.rsplit(':', 1)[0]}:v99",
+         "-e", "vllm_gpu_memory_util=0.92"],
+        capture_output=True, text=True, check=False, timeout=1800,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "rolled back" not in out and "Remember why the host failed" not in out, out[-4000:]
+    # it says what would change: the pull, and the unit's image in the unit's diff
+    pull = out.index("TASK [vllm_service : Pull the image when missing, while the host still")
+    assert out[pull:].split("\n", 2)[1] == "changed: [spark-sim-molecule]", out[pull:][:800]
+    assert any(line.startswith("+") and ":v99" in line for line in out.splitlines()), out[-4000:]
+    assert state() == before
