@@ -44,8 +44,8 @@ options:
   update_record:
     description:
       - Whether to write O(record). V(false) only pulls (C(rolling_restart.yml) pulls while the host
-        still serves, and the role records the image once the unit runs it); the record is read
-        for RV(previous) either way.
+        still serves, and the role records the image when it applies it); the record is read for
+        RV(previous) either way.
     type: bool
     default: true
 author: sparkfleet maintainers (!UNKNOWN)
@@ -68,7 +68,7 @@ EXAMPLES = r"""
     pull_retry_delay: 30
   register: vllm_image
 
-- name: Pull a new release while the host still serves; record it only once the unit runs it
+- name: Pull a new release while the host still serves; the role records it when it applies it
   sparkfleet.spark.vllm_service_image:
     image: avarok/dgx-vllm-nvfp4-kernel:v24
     record: /etc/vllm/vllm.image.json

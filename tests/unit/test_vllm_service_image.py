@@ -6,8 +6,9 @@ pull's message on standard error, exit 1).
 - ``update_record: false`` (``rolling_restart.yml``'s pull while the host still serves) pulls a
   missing image and leaves the record as it was, byte for byte; the role's own run afterwards
   records the new image, the one it replaces as the previous.
-- A pull that keeps failing names docker's message whole (every line of its last error), not
-  only its last line: behind a registry mirror, Docker's last line can be the fallback's error.
+- A pull that keeps failing names docker's message whole (its last error's lines, up to 10 and
+  2,000 characters), not only its last line: behind a registry mirror, Docker's last line can be
+  the fallback's error.
 """
 
 from __future__ import annotations
