@@ -8,6 +8,8 @@
 - With ``CI=true`` in the environment a skip is a failure, unless it is a deliberate one: raised
   by :func:`deliberate_skip` for a reason named in :data:`DELIBERATE_SKIPS`; an ``xfail`` marker
   stops the collection. molecule/conftest.py applies the skip rule to the scenarios' tests too.
+- A test that leaves a server's ``serve_forever()`` thread running on a closed socket fails: that
+  thread would poll the closed descriptor in a busy loop for the rest of the run.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import functools
 import os
 import shutil
 import socket
+import socketserver
 import subprocess
-from collections.abc import Generator
+import threading
+from collections.abc import Generator, Iterator
 from typing import NoReturn
 
 import pytest
@@ -185,3 +189,38 @@ def pytest_make_collect_report(
             report.outcome = "failed"
             report.longrepr = _ci_failure(reason)
     return report
+
+
+# -- no server left polling a closed socket ------------------------------------------------------
+
+
+def closed_servers() -> list[socketserver.BaseServer]:
+    """The servers whose ``serve_forever()`` still runs in a thread while their socket is closed
+    (``server_close()`` without ``shutdown()`` first). Such a thread polls the closed descriptor,
+    which every poll reports at once, so it spins until the process ends, taking CPU from every
+    later test and from the stages running beside them."""
+    found = []
+    for thread in threading.enumerate():
+        target = getattr(thread, "_target", None)  # Thread.run() deletes it once target returns
+        server = getattr(target, "__self__", None)
+        if getattr(target, "__name__", "") != "serve_forever":
+            continue
+        sock = getattr(server, "socket", None)  # TCPServer's and UnixStreamServer's listener
+        if isinstance(server, socketserver.BaseServer) and sock is not None and sock.fileno() == -1:
+            found.append(server)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_spinning() -> Iterator[None]:
+    yield  # torn down after the test's own fixtures
+    spinning = closed_servers()
+    for server in spinning:
+        server.shutdown()  # serve_forever() checks for it at each turn of its loop
+    if spinning:
+        pytest.fail(
+            f"{len(spinning)} server(s) closed while their serve_forever() thread ran "
+            f"({', '.join(type(s).__name__ for s in spinning)}): call shutdown() before "
+            "server_close()",
+            pytrace=False,
+        )

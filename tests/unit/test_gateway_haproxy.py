@@ -272,6 +272,9 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
             gw.proc.terminate()
             gw.proc.wait(timeout=30)
         for h in hosts.values():
+            # shutdown() first: a server closed under its serve_forever() thread leaves that
+            # thread polling a closed descriptor, a busy loop for the rest of the session
+            h.server.shutdown()
             h.server.server_close()
         shutil.rmtree(gw.run_dir, ignore_errors=True)
 
