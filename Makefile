@@ -26,6 +26,7 @@ PYTEST_FLAGS ?= -rfEs --durations=25
 # fixed 30 s node start-up limit flakes under that load). 'make test-pair' runs those alone,
 # 'make test-full' runs everything ('UNIT_SELECT=').
 UNIT_SELECT ?= -m "not ray"
+UNIT_PYTEST = pytest -q $(PYTEST_FLAGS) $(UNIT_SELECT) tests/unit
 
 .PHONY: setup lab lab-prepare lab-down test test-pair test-full quick lint sanity ee dist unit unit-nolab molecule lab-stages
 # Make's own stages one at a time, even under -j (the lab stages run side by side through
@@ -76,7 +77,7 @@ lab-prepare: setup
 	@$(call timed,lab prepare,$(PY) -m tests.lab prepare)
 
 unit: lab-prepare
-	@$(call timed,unit,pytest -q $(PYTEST_FLAGS) $(UNIT_SELECT) tests/unit)
+	@$(call timed,unit,$(UNIT_PYTEST))
 
 unit-nolab: setup
 	@$(call timed,unit (no lab),pytest -q $(PYTEST_FLAGS) -m nolab tests/unit)
@@ -90,7 +91,7 @@ molecule: lab-prepare
 
 # The unit tests and every scenario, side by side
 lab-stages: lab-prepare
-	@$(PY) -m tests.stages --jobs $(LAB_JOBS) 'molecule $(firstword $(SCENARIOS))=$(MOLECULE_LOGGED) test -s $(firstword $(SCENARIOS))' 'unit=pytest -q $(PYTEST_FLAGS) $(UNIT_SELECT) tests/unit' $(foreach s,$(wordlist 2,99,$(SCENARIOS)),'molecule $(s)=$(MOLECULE_LOGGED) test -s $(s)')
+	@$(PY) -m tests.stages --jobs $(LAB_JOBS) 'molecule $(firstword $(SCENARIOS))=$(MOLECULE_LOGGED) test -s $(firstword $(SCENARIOS))' 'unit=$(UNIT_PYTEST)' $(foreach s,$(wordlist 2,99,$(SCENARIOS)),'molecule $(s)=$(MOLECULE_LOGGED) test -s $(s)')
 
 molecule-%: lab-prepare
 	@$(call timed,molecule $*,molecule test -s $*)

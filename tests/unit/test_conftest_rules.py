@@ -22,7 +22,7 @@ def serving() -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
     return server, thread
 
 
-def test_a_server_closed_under_its_thread_is_found_and_spins() -> None:
+def test_a_server_closed_under_its_thread_is_found_and_still_shuts_down() -> None:
     server, thread = serving()
     try:
         assert server not in closed_servers()

@@ -220,6 +220,7 @@ def test_rolling_upgrade_in_check_mode_changes_nothing(host: Any) -> None:
     # goes through the restart's steps without pulling, writing, stopping or rolling back
     unit = host.file("/etc/systemd/system/vllm.service")
     record = host.file("/etc/vllm/vllm.image.json")
+    new_image = f"{PROFILE.image.rsplit(':', 1)[0]}:v99"
 
     def state() -> tuple[Any, ...]:
         return (unit.mtime, record.content_string,
@@ -229,7 +230,7 @@ def test_rolling_upgrade_in_check_mode_changes_nothing(host: Any) -> None:
     before = state()
     proc = subprocess.run(
         ["ansible-playbook", "-i", INVENTORY, str(PROJECT / "playbooks" / "rolling_restart.yml"),
-         "--check", "--diff", "-e", f"vllm_image={PROFILE.image.rsplit(':', 1)[0]}:v99",
+         "--check", "--diff", "-e", f"vllm_image={new_image}",
          "-e", "vllm_gpu_memory_util=0.92"],
         capture_output=True, text=True, check=False, timeout=1800,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
@@ -240,5 +241,5 @@ def test_rolling_upgrade_in_check_mode_changes_nothing(host: Any) -> None:
     # it says what would change: the pull, and the unit's image in the unit's diff (its line)
     pull = out.index("TASK [vllm_service : Pull the image when missing, while the host still")
     assert out[pull:].split("\n", 2)[1] == "changed: [spark-sim-molecule]", out[pull:][:800]
-    assert f"+    {PROFILE.image.rsplit(':', 1)[0]}:v99" in out.splitlines(), out[-4000:]
+    assert f"+    {new_image}" in out.splitlines(), out[-4000:]
     assert state() == before
