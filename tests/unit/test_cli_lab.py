@@ -120,6 +120,7 @@ def deployed(cli_host: str, inventory: Path, become_password: str) -> dict[str, 
     return manifest
 
 
+@pytest.mark.long
 def test_status_table(
     cli_host: str, inventory: Path, become_password: str, deployed: dict[str, Any]
 ) -> None:
@@ -150,6 +151,7 @@ def test_status_table(
     assert report["generation_tokens"] == int(row["tokens out"])
 
 
+@pytest.mark.long
 def test_status_of_a_stopped_host(
     cli_host: str, inventory: Path, become_password: str, deployed: dict[str, Any]
 ) -> None:

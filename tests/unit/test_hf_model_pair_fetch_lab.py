@@ -150,6 +150,7 @@ def fetch_as_a_pair(
         f"link; the model {total} bytes")  # fmt: skip
 
 
+@pytest.mark.long
 def test_peer_mode_the_worker_copies_from_the_head_over_the_link(
     members: list[pair.PairMember], solo: tuple[str, str], workdir: Path
 ) -> None:
@@ -171,6 +172,7 @@ def test_peer_mode_the_worker_copies_from_the_head_over_the_link(
     assert started and all(line.startswith("skipping:") for line in started), started
 
 
+@pytest.mark.long
 def test_hub_mode_the_head_fetches_for_the_pair(
     members: list[pair.PairMember], solo: tuple[str, str], workdir: Path
 ) -> None:

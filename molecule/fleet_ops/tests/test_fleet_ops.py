@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fleet_hosts import HOSTS, address, on, playbook
 
 from tests.lab import services
@@ -59,6 +60,7 @@ def test_status_reports_the_stand_ins_figures(tmp_path: Path) -> None:
         assert f"{host}: active/running" in run.stdout
 
 
+@pytest.mark.long
 def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path: Path) -> None:
     # Wide margins both ways: fleet-1 and fleet-2 (150 decode, 1000 prefill at 512 tokens) are
     # judged against half their rates or less, fleet-3's 50 decode against 100: a loaded machine
@@ -105,6 +107,7 @@ def test_benchmark_matches_the_configured_rates_and_flags_the_slow_host(tmp_path
     assert "fleet-3" in (run_dir / "fleet.md").read_text()
 
 
+@pytest.mark.long
 def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
     for tag in ("v23", "v24"):  # v24: a new release (the same stand-in under a new tag)
         subprocess.run(
@@ -144,6 +147,7 @@ def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
     assert after["fleet-3"]["State"]["StartedAt"] == before["fleet-3"]["State"]["StartedAt"]
 
 
+@pytest.mark.long
 def test_uninstall_keeps_the_model_and_site_converges_again() -> None:
     run = playbook("uninstall.yml")
     assert run.returncode == 0, run.stdout[-3000:]
@@ -176,6 +180,7 @@ def hub_bytes_served() -> int:
     return sum(int(clients.get(address(host), 0)) for host in HOSTS)
 
 
+@pytest.mark.long
 def test_site_restarts_in_batches_and_the_peer_fetch_costs_the_hub_one_copy() -> None:
     """A changed setting reaches the fleet batch by batch (vllm_rolling_batch, 25 % of 3 hosts:
     one at a time, each health-checked before the next); the model, fetched again in peer mode,

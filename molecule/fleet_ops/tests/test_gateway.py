@@ -217,6 +217,7 @@ def test_status_shows_the_gateways_view_and_the_api_its_endpoint() -> None:
     assert all(stats[h].served >= backends[h]["served"] for h in SPARKS)
 
 
+@pytest.mark.long
 def test_a_reload_haproxy_cannot_apply_fails_keeps_serving_and_is_retried() -> None:
     """A metrics address the gateway host does not have passes ``haproxy -c`` but cannot be
     bound: the reload forks no worker, the role fails with the unit's journal, the old
@@ -252,6 +253,7 @@ def host_keys(**changed: str) -> str:
     )
 
 
+@pytest.mark.long
 def test_a_key_rotation_sends_no_client_a_401() -> None:
     """fleet-2's key changes through site.yml (its serving batch and the gateway play) under a
     steady load through the gateway: fleet-2 is drained first and back with the new key, no
@@ -309,6 +311,7 @@ def test_a_key_rotation_sends_no_client_a_401() -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.long
 def test_an_unreachable_gateway_stops_no_run(tmp_path: Path) -> None:
     """A second gateway that cannot be reached: site.yml's serving batch for a host warns and
     goes on; the host stays in rotation at the gateway that answers."""

@@ -617,6 +617,7 @@ def test_crash_after_start_is_restarted_and_health_goes_green_again() -> None:
         restore_service()
 
 
+@pytest.mark.long
 def test_out_of_memory_at_start_fails_fast_with_a_hint() -> None:
     try:
         inject({"fault": "oom_at_start", "load_seconds": 20})
@@ -642,6 +643,7 @@ def test_out_of_memory_at_start_fails_fast_with_a_hint() -> None:
         restore_service()
 
 
+@pytest.mark.long
 def test_model_dir_emptied_under_the_service_is_diagnosed() -> None:
     aside = f"{MODEL_DIR}.aside"
     try:
@@ -658,6 +660,7 @@ def test_model_dir_emptied_under_the_service_is_diagnosed() -> None:
         restore_service()
 
 
+@pytest.mark.long
 def test_port_clash_is_diagnosed() -> None:
     try:
         sh("systemctl stop vllm.service")
@@ -721,6 +724,7 @@ def test_an_engine_that_exits_0_is_restarted_by_design() -> None:
         wait_for("the restarted server to serve", _serves)
 
 
+@pytest.mark.long
 def test_a_server_stuck_answering_503_after_readiness_is_restarted() -> None:
     with serving_with_fault("unready_after_start:4") as before:
         wait_for("the watch to have the server restarted", lambda: _restarted_since(before))
@@ -780,6 +784,7 @@ def test_a_deploy_killed_after_the_environment_write_is_finished_by_the_next_run
         assert _served_len() == PROFILE.max_model_len
 
 
+@pytest.mark.long
 def test_a_narrowed_bind_address_is_where_health_and_status_look(tmp_path: Path) -> None:
     """With vllm_bind_address one of the host's addresses, nothing answers on 127.0.0.1:8000:
     the health check and status.yml reach the proxy at that address."""
@@ -807,6 +812,7 @@ def test_a_narrowed_bind_address_is_where_health_and_status_look(tmp_path: Path)
         assert run.rc == 0, run.output[-3000:]
 
 
+@pytest.mark.long
 def test_a_host_running_the_bridged_container_is_moved_to_the_host_network() -> None:
     """As the role left a host before: vLLM in a bridged container published on 127.0.0.1
     (PORT 8000 inside, -p 127.0.0.1:18000:8000) under another configuration digest. One run
@@ -837,6 +843,7 @@ def _listening(port: int) -> bool:
     return sh(f"ss -Hltn 'sport = :{port}' | wc -l").strip() != "0"
 
 
+@pytest.mark.long
 def test_renamed_unit_container_and_port_replace_the_old_instance_and_back() -> None:
     moved = ["-e", "vllm_service_name=vllm-b", "-e", "vllm_container_name=minimax-b",
              "-e", "vllm_port=8001"]  # fmt: skip
@@ -867,6 +874,7 @@ def _proxy_pid() -> str:
     return sh("systemctl show -p MainPID --value vllm-proxy.service").strip()
 
 
+@pytest.mark.long
 def test_a_proxy_change_reloads_the_proxy_and_leaves_vllm_alone() -> None:
     """A proxy setting is applied by a graceful reload (same master process, vLLM's container
     untouched); a run killed after writing the configuration but before the reload is finished
@@ -906,6 +914,7 @@ def test_a_proxy_change_reloads_the_proxy_and_leaves_vllm_alone() -> None:
     assert snapshot()["started_at"] == before["started_at"]
 
 
+@pytest.mark.long
 def test_a_reload_that_fails_is_not_recorded_as_loaded() -> None:
     """A configuration HAProxy checks as valid but cannot apply (an address the host does not
     have): the reload fails, the old workers go on serving, and the record of what the proxy
@@ -934,6 +943,7 @@ def test_a_reload_that_fails_is_not_recorded_as_loaded() -> None:
     assert run.json_output()["stats"][HOST]["changed"] == 0, run.changed_tasks()
 
 
+@pytest.mark.long
 def test_the_cards_sampling_served_as_vllms_defaults() -> None:
     """vllm_serve_card_sampling: vLLM starts with --override-generation-config and a request
     that sets no sampling gets the card's (the checkpoint's generation_config.json has no
