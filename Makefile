@@ -27,8 +27,8 @@ PYTEST_FLAGS ?= -rfEs --durations=25
 # (the pair's lab tests that run a Ray cluster across two simulated Sparks; Ray's fixed 30 s node
 # start-up limit flakes under CI's load) and 'long' (lab tests beyond the budget of 45 minutes on
 # CI's two cores: each a further playbook run or fault on converged hosts). 'make test-full'
-# runs everything (SELECT=), 'make test-pair' the 'ray' ones alone; SELECT='...' any selection
-# (other pytest options: PYTEST_FLAGS, for the unit stage).
+# runs everything (SELECT=), 'make test-pair' the 'ray' ones alone. This Makefile owns
+# PYTEST_ADDOPTS (a caller's value is replaced); other pytest options: PYTEST_FLAGS (unit stage).
 SELECT ?= not ray and not long
 export PYTEST_ADDOPTS = $(if $(SELECT),-m '$(SELECT)')
 UNIT_PYTEST = pytest -q $(PYTEST_FLAGS) tests/unit

@@ -242,7 +242,7 @@ def test_rolling_upgrade_in_check_mode_changes_nothing(host: Any) -> None:
     # (the task's result: the first line after its header that names the host, whatever
     # callback plugins print between them)
     pull = out.index("TASK [vllm_service : Pull the image when missing, while the host still")
-    result = next(line for line in out[pull:].splitlines()[1:] if "[spark-sim-molecule]" in line)
+    result = next((ln for ln in out[pull:].splitlines()[1:] if "[spark-sim-molecule]" in ln), "")
     assert result == "changed: [spark-sim-molecule]", out[pull:][:800]
     assert f"+    {new_image}" in out.splitlines(), out[-4000:]
     assert state() == before

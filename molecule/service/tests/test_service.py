@@ -589,8 +589,19 @@ def test_crash_after_start_is_restarted_and_health_goes_green_again() -> None:
     state_dir = f"/dev/shm/sparklab-crash-{uuid.uuid4().hex[:8]}"
     try:
         inject({"fault": "crash_after_start:2", "load_seconds": 1, "state_dir": state_dir})
-        sh("systemctl reset-failed vllm.service; systemctl restart vllm.service", timeout=300)
+        sh("systemctl reset-failed vllm.service", timeout=300)
         before = int(unit_props("NRestarts")["NRestarts"])
+        # The server dies 2 s after it is ready: the unit's start succeeds when ExecStartPost's
+        # /health poll (every 2 s) catches it up in time, and fails ("the control process
+        # exited with error code") when the crash comes first, as a loaded machine makes
+        # likely. Either way systemd restarts it (Restart=always), which is what is checked.
+        restart = subprocess.run(
+            ["docker", "exec", HOST, "systemctl", "restart", "vllm.service"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert restart.returncode == 0 or "control process exited" in restart.stderr, (
+            restart.stdout + restart.stderr
+        )
 
         def restarted() -> bool:
             props = unit_props("NRestarts", "ActiveState", "SubState")
