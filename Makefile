@@ -27,10 +27,14 @@ PYTEST_FLAGS ?= -rfEs --durations=25
 # (the pair's lab tests that run a Ray cluster across two simulated Sparks; Ray's fixed 30 s node
 # start-up limit flakes under CI's load) and 'long' (lab tests beyond the budget of 45 minutes on
 # CI's two cores: each a further playbook run or fault on converged hosts). 'make test-full'
-# runs everything (SELECT=), 'make test-pair' the 'ray' ones alone. This Makefile owns
-# PYTEST_ADDOPTS (a caller's value is replaced); other pytest options: PYTEST_FLAGS (unit stage).
+# runs everything (SELECT=), 'make test-pair' the 'ray' ones alone. A caller's PYTEST_ADDOPTS
+# (-x, -k ...) comes first, as make found it at the top level (a sub-make inherits the exported
+# value, the selection already in it); the selection after it, so its -m wins.
 SELECT ?= not ray and not long
-export PYTEST_ADDOPTS = $(if $(SELECT),-m '$(SELECT)')
+ifeq ($(MAKELEVEL),0)
+export SPARKFLEET_CALLER_ADDOPTS := $(PYTEST_ADDOPTS)
+endif
+export PYTEST_ADDOPTS = $(strip $(SPARKFLEET_CALLER_ADDOPTS) $(if $(SELECT),-m '$(SELECT)'))
 UNIT_PYTEST = pytest -q $(PYTEST_FLAGS) tests/unit
 
 .PHONY: setup lab lab-prepare lab-down test test-pair test-full quick lint sanity ee dist unit unit-nolab molecule lab-stages
@@ -75,8 +79,8 @@ dist: setup
 
 # The execution environment's build context (ansible-builder create; building the image needs a
 # registry: ansible-builder build -f execution-environment.yml -t sparkfleet-ee:0.1.0)
-ee: setup
-	@$(call timed,execution environment,$(MAKE) --no-print-directory dist && ansible-builder create -f execution-environment.yml --context .cache/ee && test -s .cache/ee/_build/requirements.yml)
+ee: setup dist
+	@$(call timed,execution environment,ansible-builder create -f execution-environment.yml --context .cache/ee && test -s .cache/ee/_build/requirements.yml)
 
 lab-prepare: setup
 	@$(call timed,lab prepare,$(PY) -m tests.lab prepare)

@@ -114,6 +114,7 @@ def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
         )
         subprocess.run(["docker", "push", "-q", f"{REGISTRY}/{IMAGE}:{tag}"], check=True)
     before = {h: container(h) for h in HOSTS}
+    record_before = on("fleet-2", "cat", "/etc/vllm/vllm.image.json")
     run = playbook(
         "rolling_restart.yml",
         "-e", f"vllm_image={IMAGE}:v24",
@@ -140,8 +141,10 @@ def test_rolling_upgrade_stops_at_the_failing_host_and_rolls_it_back() -> None:
     assert after["fleet-2"]["Config"]["Image"] == f"{IMAGE}:v23"
     assert after["fleet-2"]["Image"] == before["fleet-2"]["Image"]
     assert "GPU_MEMORY_UTIL=0.9" in after["fleet-2"]["Config"]["Env"]
-    # its image record names what runs again (the role recorded v24 when it applied it)
+    # its image record is the one from before the roll again (the role recorded v24 when it
+    # applied it): it names what runs
     record = json.loads(on("fleet-2", "cat", "/etc/vllm/vllm.image.json"))
+    assert record == json.loads(record_before), (record, record_before)
     assert record["current"] == {"ref": f"{IMAGE}:v23", "id": after["fleet-2"]["Image"]}, record
     fleet1 = json.loads(on("fleet-1", "cat", "/etc/vllm/vllm.image.json"))
     assert fleet1["current"] == {"ref": f"{IMAGE}:v24", "id": after["fleet-1"]["Image"]}, fleet1
