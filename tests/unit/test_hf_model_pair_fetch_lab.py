@@ -27,7 +27,8 @@ import yaml
 from tests.lab import access, hosts, pair, services
 from tests.lab.config import LabConfig, log
 
-pytestmark = pytest.mark.lab
+# both tests fetch the model to a pair: beyond make test's budget (marker long)
+pytestmark = [pytest.mark.lab, pytest.mark.long]
 
 CFG = LabConfig(host_prefix="pairfetch", host_label="sparklab.pairfetch")
 SOLO = LabConfig(host_prefix="pairfetch-solo", host_label="sparklab.pairfetch-solo")
@@ -150,7 +151,6 @@ def fetch_as_a_pair(
         f"link; the model {total} bytes")  # fmt: skip
 
 
-@pytest.mark.long
 def test_peer_mode_the_worker_copies_from_the_head_over_the_link(
     members: list[pair.PairMember], solo: tuple[str, str], workdir: Path
 ) -> None:
@@ -172,7 +172,6 @@ def test_peer_mode_the_worker_copies_from_the_head_over_the_link(
     assert started and all(line.startswith("skipping:") for line in started), started
 
 
-@pytest.mark.long
 def test_hub_mode_the_head_fetches_for_the_pair(
     members: list[pair.PairMember], solo: tuple[str, str], workdir: Path
 ) -> None:
